@@ -1,0 +1,75 @@
+"""Everything that fills the controller slot, by name.
+
+``make_controller("static", k=4)`` or ``make_controller("static:k=4")``. Unknown names or
+parameters raise :class:`ControllerError` listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from runtime.contract import Controller
+
+from controllers.basic import NoSpec, Static
+
+
+class ControllerError(ValueError):
+    """Bad controller name or parameter; the message lists what is valid."""
+
+
+#: name -> factory. Other modules add themselves with :func:`register`.
+REGISTRY: dict[str, Callable[..., Controller]] = {
+    "no-spec": NoSpec,
+    "static": Static,
+}
+
+
+def register(name: str, factory: Callable[..., Controller]) -> None:
+    REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY) + ["policy:<checkpoint>"]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"static:k=6"`` -> ("static", {"k": 6}); values are parsed as YAML scalars."""
+    import yaml
+
+    if spec.startswith("policy:"):
+        return "policy", {"ref": spec.removeprefix("policy:")}
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ControllerError(f"controller {spec!r}: parameter {item!r} needs the form key=value")
+        params[key.strip()] = yaml.safe_load(value)
+    return name, params
+
+
+def make_controller(spec: str, **params: Any) -> Controller:
+    """Build a controller from ``NAME[:key=value,...]`` or ``policy:<checkpoint>``."""
+    name, parsed = parse_spec(spec)
+    parsed.update(params)
+    if name == "policy":
+        try:
+            from controllers.policy import PolicyController
+        except ImportError as e:  # pragma: no cover - depends on optional install
+            raise ControllerError(f"policy controllers are not available: {e}") from None
+        return PolicyController.load(**parsed)
+    factory = REGISTRY.get(name)
+    if factory is None:
+        raise ControllerError(f"unknown controller {name!r}; valid: {', '.join(available())}")
+    sig = inspect.signature(factory)
+    valid = [p for p in sig.parameters if p not in ("self",)]
+    bad = [p for p in parsed if p not in valid]
+    if bad:
+        raise ControllerError(
+            f"controller {name!r} has no parameter(s) {bad}; valid: {valid or 'none'}"
+        )
+    try:
+        return factory(**parsed)
+    except (TypeError, ValueError) as e:
+        raise ControllerError(f"controller {name!r}: {e}") from None

@@ -1,0 +1,64 @@
+"""Acceptance models: how many of a round's draft tokens the target accepts.
+
+A round's outcome is summarised by its *run length* ``L``: the number of leading draft tokens
+the target would accept if the drafter had proposed infinitely many. With ``k`` drafted,
+``min(k, L)`` are accepted and one bonus/correction token is committed. Drawing ``L`` at
+round start (i.i.d. Bernoulli gives ``P(L >= j) = alpha**j``) keeps the outcome independent of
+``k``, so the clairvoyant oracle can see it and every controller faces the same luck
+(common random numbers: each request has its own stream seeded by ``(seed, rid)``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from runtime.scenario import DriftAcceptance, IIDAcceptance, PositionAcceptance
+
+
+def _clip(x: float, lo: float = 0.01, hi: float = 0.995) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def beta_sample(rng: random.Random, mean: float, std: float) -> float:
+    """Beta(mean, std) via moments; std=0 gives ``mean`` exactly."""
+    if std <= 0:
+        return mean
+    var = min(std * std, mean * (1 - mean) * 0.99)
+    nu = mean * (1 - mean) / var - 1
+    return _clip(rng.betavariate(mean * nu, (1 - mean) * nu))
+
+
+class AcceptanceState:
+    """One request's acceptance behaviour for one drafter model."""
+
+    __slots__ = ("spec", "rng", "alpha", "mean", "scale", "cap")
+
+    def __init__(self, spec: IIDAcceptance | PositionAcceptance | DriftAcceptance, rng: random.Random, cap: int) -> None:
+        self.spec = spec
+        self.rng = rng  # this (request, drafter model)'s own stream
+        self.cap = cap  # run lengths beyond max_k never matter
+        self.scale = 1.0
+        if isinstance(spec, PositionAcceptance):
+            self.scale = max(0.2, rng.gauss(1.0, spec.scale_std)) if spec.scale_std > 0 else 1.0
+            self.alpha = self.mean = _clip(spec.table[0] * self.scale)
+        else:
+            self.alpha = self.mean = beta_sample(rng, spec.alpha_mean, spec.alpha_std)
+
+    def run_length(self) -> int:
+        """Draw this round's run length (advances a drifting alpha by one round)."""
+        spec, rng = self.spec, self.rng
+        if isinstance(spec, PositionAcceptance):
+            table, n = spec.table, 0
+            while n < self.cap:
+                p = _clip(table[min(n, len(table) - 1)] * self.scale)
+                if rng.random() >= p:
+                    break
+                n += 1
+            return n
+        if isinstance(spec, DriftAcceptance):
+            a = self.alpha + spec.reversion * (self.mean - self.alpha) + rng.gauss(0.0, spec.drift_std)
+            self.alpha = _clip(a)
+        u = 1.0 - rng.random()  # (0, 1]
+        n = int(math.log(u) / math.log(self.alpha))
+        return n if n < self.cap else self.cap

@@ -1,0 +1,698 @@
+"""The simulated backend: a discrete-event simulation of speculative decoding across sites.
+
+One speculation round of one request (DESIGN section 2): the target commits tokens -> the
+commit travels to the drafter site(s) -> queues for that site's GPU -> ``k`` batched draft
+steps (the first step also feeds the tokens the drafter has not seen: a whole context when
+the request moves to a new site) -> the draft travels back -> waits in the verification queue
+-> one target forward over the batch -> accepted prefix + one bonus token committed.
+
+The simulator implements :class:`runtime.contract.Runtime` (``next_decision``/``apply``) and
+:class:`runtime.contract.SystemView` (it is the ``system`` of every point it emits). Drafting
+at the target site shares the target GPU with verification, which is what makes offloading
+pay. Events are ``(time, seq, handler, arg)`` tuples on a heap; per-event work is kept small
+because the event loop is the hot path (see ``benchmarks/sim_throughput.py``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from typing import Any, Callable, Iterator
+
+from runtime.acceptance import AcceptanceState
+from runtime.contract import (
+    BatchResult,
+    Controller,
+    Decision,
+    DecisionPoint,
+    InvalidDecision,
+    RoundPlan,
+    RuntimeInfo,
+    SiteInfo,
+    SiteState,
+    batch_tokens,
+    drive,
+)
+from runtime.latency import LatencyModel, ModelSpec, ProfileTable, Roofline
+from runtime.load import LoadProcess
+from runtime.metrics import Metrics, RequestRecord
+from runtime.network import Link
+from runtime.scenario import Scenario, Site
+from runtime.workload import Arrival, arrivals
+
+
+class SimRequest:
+    """A request inside the simulator; satisfies :class:`runtime.contract.RequestView`."""
+
+    __slots__ = (
+        "rid", "arrival", "origin", "slo_class", "ttft_slo", "tpot_slo", "prompt_tokens", "max_tokens",
+        "generated", "phase", "first_token_time", "drafter_site", "rounds", "drafted", "accepted",
+        "rejected_rounds", "last_k", "last_accepted", "ready_k", "ready_site", "ready_since",
+        # internal
+        "acc", "run_len", "round_id", "round_open", "round_start", "tasks", "synced", "deliver_s",
+        "draft_ctx", "finish_time", "done",
+    )
+
+    def __init__(self, rid: int, a: Arrival, deliver_s: float) -> None:
+        self.rid = rid
+        self.arrival = a.time
+        self.origin = a.origin
+        self.slo_class = a.slo_class
+        self.ttft_slo = a.ttft_s
+        self.tpot_slo = a.tpot_s
+        self.prompt_tokens = a.prompt_tokens
+        self.max_tokens = a.output_tokens
+        self.generated = 0
+        self.phase = "prefill"
+        self.first_token_time = -1.0
+        self.drafter_site: str | None = None
+        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
+        self.last_k = self.last_accepted = 0
+        self.ready_k = 0
+        self.ready_site: str | None = None
+        self.ready_since = 0.0
+        self.acc: dict[str, AcceptanceState] = {}
+        self.run_len: dict[str, int] = {}
+        self.round_id = 0
+        self.round_open = False
+        self.round_start = 0.0
+        self.tasks: list[DraftTask] = []
+        self.synced: dict[str, int] = {}
+        self.deliver_s = deliver_s
+        self.draft_ctx = 0
+        self.finish_time = -1.0
+        self.done = False
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - self.generated
+
+    def deadline(self) -> float:
+        if self.phase == "prefill":
+            return self.arrival + self.ttft_slo
+        return self.first_token_time + self.tpot_slo * self.generated
+
+    def alpha_estimate(self, prior: float) -> float:
+        # geometric MLE with a 4-observation prior: accepted / (accepted + rejections)
+        return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
+
+    def __repr__(self) -> str:
+        return f"SimRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
+
+
+class DraftTask:
+    """One site's share of one round: draft ``k`` tokens for ``req`` after feeding ``catchup``."""
+
+    __slots__ = ("req", "site", "k", "catchup", "round_id", "cancel_at")
+
+    def __init__(self, req: SimRequest, site: str, k: int, catchup: int, round_id: int) -> None:
+        self.req = req
+        self.site = site
+        self.k = k
+        self.catchup = catchup
+        self.round_id = round_id
+        self.cancel_at = math.inf
+
+
+class SimSite:
+    """A site's GPUs, draft queue, background load and link to the target."""
+
+    __slots__ = ("spec", "name", "role", "drafter", "draft_lat", "load", "link", "queue", "free", "rtt_ewma")
+
+    def __init__(self, spec: Site, scenario: Scenario, load: LoadProcess, link: Link | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.role = spec.role
+        self.drafter = spec.drafter
+        self.draft_lat: LatencyModel | None = None
+        if spec.drafter is not None:
+            self.draft_lat = _latency(spec, spec.drafter, scenario.model_specs[spec.drafter], tp=1)
+        self.load = load
+        self.link = link
+        self.queue: list[DraftTask] = []
+        self.free = spec.gpus if spec.role != "target" else 1
+        self.rtt_ewma = spec.rtt_ms / 1000.0
+
+
+def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
+    """The site's measured profile for this model if it has one, else the roofline."""
+    if name in site.profiles:
+        return ProfileTable.from_csv(site.profiles[name])
+    return Roofline(model, site.gpu, tp=tp)
+
+
+class Simulator:
+    """Simulated runtime for one scenario, seed and arrival window.
+
+    ``duration`` is the arrival window in simulated seconds; afterwards the simulator drains
+    in-flight requests (at most ``limits.drain_s``; the rest count as dropped). ``rate``
+    overrides the workload's arrival rate.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int = 0,
+        duration: float = 60.0,
+        trace: str | None = None,
+        rate: float | None = None,
+        progress: bool = False,
+    ) -> None:
+        if duration <= 0:
+            raise ValueError(f"duration must be > 0 seconds, got {duration}")
+        self.scenario = scenario
+        self.seed = seed
+        self.duration = duration
+        lim = scenario.spec.limits
+        self.limits = lim
+        self.net = scenario.spec.network
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._seq = 0
+        self.events_processed = 0
+        self.metrics = Metrics(window_s=duration)
+
+        self.sites: dict[str, SimSite] = {}
+        for i, s in enumerate(scenario.sites):
+            rng = random.Random(seed * 7919 + 104729 * (i + 1))
+            link = Link(s, self.net, random.Random(seed * 6007 + 15485863 * (i + 1))) if s.role != "target" else None
+            self.sites[s.name] = SimSite(s, scenario, LoadProcess(s.load, rng), link)
+        self.target = self.sites[scenario.target.name]
+        self.target_lat = _latency(scenario.target, scenario.spec.target_model, scenario.target_model, tp=scenario.target.tp)
+        self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
+
+        self.info = RuntimeInfo(
+            scenario=scenario.name,
+            target_site=self.target.name,
+            sites=tuple(
+                SiteInfo(s.name, s.role, s.index, s.drafter, s.rtt_ms / 1000.0, s.gpus) for s in scenario.sites
+            ),
+            max_k=lim.max_k,
+            max_batch_size=lim.max_batch_size,
+            max_batch_tokens=lim.max_batch_tokens,
+            max_redundancy=lim.max_redundancy,
+            prior_alpha={n: _prior_alpha(d.acceptance) for n, d in scenario.spec.drafters.items()},
+            clairvoyant=self,
+        )
+        self._allowed: dict[str, frozenset[str]] = {}
+        for o in set(scenario.origins):
+            self._allowed[o] = frozenset(
+                s.name for s in scenario.sites if s.drafter is not None and (s.role != "edge" or s.name == o)
+            )
+
+        # request state
+        self.requests: dict[int, SimRequest] = {}  # admitted or awaiting admission, unfinished
+        self._admit_q: list[SimRequest] = []
+        self._plan_q: list[SimRequest] = []
+        self.ready: dict[int, SimRequest] = {}  # verification candidates by rid
+        self._local_q: list[DraftTask] = []  # draft tasks for the target GPU
+        self._target_busy = False
+        self._hold_until = -1.0
+        self._feedback: list[BatchResult] = []
+        self._pending: DecisionPoint | None = None
+        self._next_rid = 0
+        self._arrivals_done = False
+        self._to_arrive = 0  # created but not yet at the target
+        self.verify_time_ewma = 0.0
+        self.last_batch_size = 0
+        self._finished = False
+
+        self._arrivals: Iterator[Arrival] = arrivals(scenario, seed, duration, trace=trace, rate=rate)
+        self._schedule_next_arrival()
+        self._drain_end = duration + lim.drain_s
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=round(duration), unit="sim-s", desc=f"simulate {scenario.name}", leave=False, disable=None)
+            self._bar_t = 0
+
+    # ------------------------------------------------------------------ SystemView
+    @property
+    def verify_queue(self) -> int:
+        return len(self.ready)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    @property
+    def verifier_busy(self) -> bool:
+        return self._target_busy
+
+    @property
+    def system(self) -> "Simulator":
+        return self
+
+    def site_state(self, name: str) -> SiteState:
+        s = self.sites[name]
+        queue = len(s.queue) if s is not self.target else len(self._local_q)
+        return SiteState(name, s.load.level(self.now), queue, s.free == 0 if s is not self.target else self._target_busy, s.rtt_ewma)
+
+    def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self.target.load.slowdown(self.now)
+
+    def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
+        s = self.sites[site]
+        lat = s.draft_lat
+        if lat is None or k <= 0:
+            return 0.0
+        step = lat.forward_time(n_seqs, n_seqs, context_tokens)
+        return step * k * s.load.slowdown(self.now)
+
+    # ---------------------------------------------------------- clairvoyant hooks (oracle)
+    def peek_run_length(self, req: SimRequest, site: str) -> int:
+        """This round's acceptance run length if ``site`` drafts it (sim-only, for the oracle)."""
+        model = self.sites[site].drafter
+        if model is None:
+            return 0
+        return self._run_length(req, model)
+
+    def peek_link_delay(self, site: str, nbytes: int = 0) -> float:
+        """The exact one-way delay of the next message between ``site`` and the target."""
+        link = self.sites[site].link
+        return 0.0 if link is None else link.peek_delay(nbytes)
+
+    # ------------------------------------------------------------------ Runtime protocol
+    def next_decision(self) -> DecisionPoint | None:
+        if self._pending is not None:
+            raise RuntimeError("apply() the decision for the previous point before asking for the next")
+        heap = self._heap
+        pop = heapq.heappop
+        while True:
+            if self._admit_q or self._plan_q:
+                point = DecisionPoint("plan", self.now, self, admit=self._admit_q, plan=self._plan_q, feedback=self._feedback)
+                self._admit_q, self._plan_q, self._feedback = [], [], []
+                self._pending = point
+                return point
+            if not self._target_busy:
+                if self._local_q:
+                    self._start_local_drafts()
+                    continue
+                if self.ready and self.now >= self._hold_until:
+                    point = DecisionPoint("batch", self.now, self, ready=list(self.ready.values()), feedback=self._feedback)
+                    self._feedback = []
+                    self._pending = point
+                    return point
+            if not heap or (self._arrivals_done and not self.requests and not self._to_arrive):
+                self._finish()
+                return None
+            t, _, fn, arg = pop(heap)
+            if t < self.now:
+                raise RuntimeError(f"simulated time went backwards: {t} < {self.now}")
+            if t > self._drain_end:
+                self._finish()
+                return None
+            self.now = t
+            self.events_processed += 1
+            fn(arg)
+            if self._bar is not None and t - self._bar_t >= 1.0:
+                step = min(int(t), self._bar.total) - self._bar_t
+                if step > 0:
+                    self._bar.update(step)
+                    self._bar_t += step
+
+    def apply(self, decision: Decision) -> None:
+        point = self._pending
+        if point is None:
+            raise RuntimeError("apply() called without a pending decision point")
+        self._pending = None
+        if point.kind == "plan":
+            if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
+                raise InvalidDecision(
+                    f"decision answers {len(decision.admit)} admissions and {len(decision.plans)} plans; "
+                    f"the point asked {len(point.admit)} and {len(point.plan)}"
+                )
+            for req, ok in zip(point.admit, decision.admit):
+                if ok:
+                    self._admit(req)
+                else:
+                    self._drop(req)
+            for req, plan in zip(point.plan, decision.plans):
+                self._start_round(req, plan)  # type: ignore[arg-type]
+        else:
+            self._start_verify(decision.batch)
+
+    def run(self, controller: Controller) -> dict[str, float | int]:
+        """Drive the whole run with ``controller``; returns the metrics summary."""
+        drive(self, controller)
+        return self.summary()
+
+    def summary(self) -> dict[str, float | int]:
+        return self.metrics.summary()
+
+    # ------------------------------------------------------------------ events
+    def _push(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, fn, arg))
+
+    def _schedule_next_arrival(self) -> None:
+        a = next(self._arrivals, None)
+        if a is None:
+            self._arrivals_done = True
+        else:
+            self._push(a.time, self._on_arrival, a)
+
+    def _on_arrival(self, a: Arrival) -> None:
+        self.metrics.arrived += 1
+        origin = self.sites[a.origin]
+        req = SimRequest(self._next_rid, a, origin.link.base_s if origin.link else 0.0)
+        self._next_rid += 1
+        self._schedule_next_arrival()
+        if origin.link is not None:  # the prompt travels from the edge to the target
+            nbytes = self.net.header_bytes + a.prompt_tokens * self.net.bytes_per_token
+            self._to_arrive += 1
+            self._push(self.now + origin.link.send(nbytes), self._on_request_at_target, req)
+        else:
+            self._on_request_at_target(req, counted=False)
+
+    def _on_request_at_target(self, req: SimRequest, counted: bool = True) -> None:
+        if counted:
+            self._to_arrive -= 1
+        if len(self.requests) >= self.limits.max_inflight:
+            self.metrics.dropped += 1
+            return
+        self.requests[req.rid] = req
+        self._admit_q.append(req)
+
+    def _admit(self, req: SimRequest) -> None:
+        req.ready_k = 0
+        req.ready_site = None
+        req.ready_since = self.now
+        self.ready[req.rid] = req
+        self._hold_until = -1.0
+
+    def _drop(self, req: SimRequest) -> None:
+        self.requests.pop(req.rid, None)
+        self.metrics.dropped += 1
+
+    # ---- speculation rounds
+    def _start_round(self, req: SimRequest, plan: RoundPlan) -> None:
+        k = plan.k
+        req.round_id += 1
+        req.round_start = self.now
+        req.tasks = []
+        req.run_len.clear()
+        if k <= 0:
+            self._make_ready(req, 0, None)
+            return
+        lim = self.limits
+        allowed = self._allowed[req.origin]
+        if k > lim.max_k:
+            raise InvalidDecision(f"request {req.rid}: k={k} exceeds limits.max_k={lim.max_k}")
+        site = plan.site
+        if site not in allowed:
+            raise InvalidDecision(f"request {req.rid}: site {site!r} cannot draft for it; allowed: {sorted(allowed)}")
+        red = plan.redundancy
+        if red.backups:
+            if len(red.backups) + 1 > lim.max_redundancy:
+                raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
+            for b in red.backups:
+                if b not in allowed or b == site or red.backups.count(b) > 1:
+                    raise InvalidDecision(f"request {req.rid}: backup site {b!r} must be distinct from {site!r} and one of {sorted(allowed)}")
+        req.round_open = True
+        req.drafter_site = site
+        req.draft_ctx = req.prompt_tokens + req.generated
+        self._launch(req, site, k)
+        if red.backups:
+            if red.hedge_after_s <= 0:
+                for b in red.backups:
+                    self._launch(req, b, k)
+            else:
+                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, red.backups, k))
+        if red.timeout_s is not None:
+            self._push(self.now + red.timeout_s, self._on_timeout, (req, req.round_id))
+
+    def _launch(self, req: SimRequest, site_name: str, k: int) -> None:
+        site = self.sites[site_name]
+        ctx = req.draft_ctx
+        catchup = max(ctx - req.synced.get(site_name, 0), 1)
+        task = DraftTask(req, site_name, k, catchup, req.round_id)
+        req.tasks.append(task)
+        if site is self.target:
+            self._local_q.append(task)
+            return
+        # commit notification (+ any context the site lacks) travels to the drafter
+        ship = catchup if site_name != req.origin or site_name in req.synced else 1
+        nbytes = self.net.header_bytes + ship * self.net.bytes_per_token
+        self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)
+
+    def _on_hedge(self, arg: tuple[SimRequest, int, tuple[str, ...], int]) -> None:
+        req, rid, backups, k = arg
+        if req.round_id == rid and req.round_open:
+            for b in backups:
+                self._launch(req, b, k)
+
+    def _on_timeout(self, arg: tuple[SimRequest, int]) -> None:
+        req, rid = arg
+        if req.round_id == rid and req.round_open:
+            self._resolve(req, None, 0)
+
+    def _on_task_at_site(self, task: DraftTask) -> None:
+        site = self.sites[task.site]
+        site.queue.append(task)
+        if site.free > 0:
+            self._start_site_job(site)
+
+    def _take_batch(self, queue: list[DraftTask]) -> list[DraftTask]:
+        now = self.now
+        live = [t for t in queue if t.cancel_at > now and t.req.round_id == t.round_id]
+        cap = self.limits.max_batch_size
+        batch, rest = live[:cap], live[cap:]
+        queue[:] = rest
+        return batch
+
+    def _draft_job(self, site: SimSite, batch: list[DraftTask]) -> tuple[float, list[tuple[float, list[DraftTask]]], int]:
+        """Duration of a batched draft job, when each k-group is done, and its forward passes."""
+        lat = site.draft_lat
+        slow = site.load.slowdown(self.now)
+        by_k: dict[int, list[DraftTask]] = {}
+        ctx = 0
+        new = 0
+        for t in batch:
+            by_k.setdefault(t.k, []).append(t)
+            ctx += t.req.draft_ctx
+            new += t.catchup
+        n = len(batch)
+        elapsed = 0.0
+        groups: list[tuple[float, list[DraftTask]]] = []
+        step = 0
+        for k in sorted(by_k):
+            while step < k:
+                step += 1
+                elapsed += lat.forward_time(n, new, ctx) * slow  # type: ignore[union-attr]
+                ctx += n
+                new = n
+            groups.append((elapsed, by_k[k]))
+            n -= len(by_k[k])
+            ctx -= sum(t.req.draft_ctx + k for t in by_k[k])
+        drafted = sum(t.k for t in batch)
+        self.metrics.draft_tokens += drafted
+        return elapsed, groups, step
+
+    def _start_site_job(self, site: SimSite) -> None:
+        batch = self._take_batch(site.queue)
+        if not batch:
+            return
+        site.free -= 1
+        dur, groups, passes = self._draft_job(site, batch)
+        self.metrics.remote_draft_passes += passes
+        link = site.link
+        per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
+        for offset, tasks in groups:
+            nbytes = self.net.header_bytes + sum(t.k for t in tasks) * per_tok
+            d = link.send(nbytes)  # type: ignore[union-attr]
+            site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
+            self._push(self.now + offset + d, self._on_drafts_at_target, tasks)
+        self._push(self.now + dur, self._on_site_job_done, site)
+
+    def _on_site_job_done(self, site: SimSite) -> None:
+        site.free += 1
+        if site.queue:
+            self._start_site_job(site)
+
+    def _start_local_drafts(self) -> None:
+        batch = self._take_batch(self._local_q)
+        if not batch:
+            return
+        dur, _, passes = self._draft_job(self.target, batch)
+        self.metrics.target_draft_passes += passes
+        self.metrics.target_draft_gpu_s += dur
+        self._target_busy = True
+        self._push(self.now + dur, self._on_local_drafts_done, batch)
+
+    def _on_local_drafts_done(self, batch: list[DraftTask]) -> None:
+        self._target_busy = False
+        self._on_drafts_at_target(batch)
+
+    def _on_drafts_at_target(self, tasks: list[DraftTask]) -> None:
+        m = self.metrics
+        for t in tasks:
+            req = t.req
+            if req.round_id != t.round_id or not req.round_open:
+                m.wasted_redundant += t.k  # lost the race, or arrived after the timeout
+                continue
+            self._resolve(req, t.site, t.k)
+
+    def _resolve(self, req: SimRequest, site: str | None, k: int) -> None:
+        """The round's first draft arrived (or the timeout fired): cancel the others."""
+        req.round_open = False
+        now = self.now
+        for t in req.tasks:
+            if t.site != site:
+                link = self.sites[t.site].link
+                t.cancel_at = now + (link.base_s if link is not None else 0.0)
+        self._make_ready(req, k, site)
+
+    def _make_ready(self, req: SimRequest, k: int, site: str | None) -> None:
+        req.ready_k = k
+        req.ready_site = site
+        req.ready_since = self.now
+        self.ready[req.rid] = req
+        self._hold_until = -1.0
+
+    # ---- verification
+    def _start_verify(self, rids: list[int]) -> None:
+        if not rids:  # the controller chose to wait
+            self._hold_until = self.now + self.limits.batch_wait_s
+            self._push(self._hold_until, _noop, None)
+            return
+        lim = self.limits
+        if len(rids) > lim.max_batch_size:
+            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
+        batch: list[SimRequest] = []
+        new = ctx = 0
+        ready = self.ready
+        for rid in rids:
+            req = ready.pop(rid, None)
+            if req is None:
+                for r in batch:  # put back what we took: the decision is rejected whole
+                    ready[r.rid] = r
+                raise InvalidDecision(f"request {rid} is not ready for verification (ready: {sorted(ready)[:10]}...)")
+            batch.append(req)
+            new += batch_tokens(req)
+            if req.phase != "prefill":
+                ctx += req.prompt_tokens + req.generated
+        if new > lim.max_batch_tokens and len(batch) > 1:
+            for r in batch:
+                ready[r.rid] = r
+            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
+        dur = self.target_lat.forward_time(len(batch), new, ctx) * self.target.load.slowdown(self.now)
+        self._target_busy = True
+        m = self.metrics
+        m.target_verify_passes += 1
+        m.target_verify_gpu_s += dur
+        m.batch_sizes_sum += len(batch)
+        self._push(self.now + dur, self._on_verify_done, (batch, dur, new, ctx))
+
+    def _on_verify_done(self, arg: tuple[list[SimRequest], float, int, int]) -> None:
+        batch, dur, new, ctx = arg
+        self._target_busy = False
+        self.verify_time_ewma = dur if self.verify_time_ewma == 0 else 0.8 * self.verify_time_ewma + 0.2 * dur
+        self.last_batch_size = len(batch)
+        now = self.now
+        m = self.metrics
+        ks: list[int] = []
+        accs: list[int] = []
+        sites: list[str | None] = []
+        for req in batch:
+            k = req.ready_k
+            site = req.ready_site
+            ks.append(k)
+            sites.append(site)
+            if req.phase == "prefill":
+                req.phase = "decode"
+                req.generated = 1
+                req.first_token_time = now + req.deliver_s
+                m.tokens_committed += 1
+                accs.append(0)
+            else:
+                a = 0
+                if k > 0:
+                    model = self.sites[site].drafter  # type: ignore[index]
+                    L = self._run_length(req, model)  # type: ignore[arg-type]
+                    a = k if L >= k else L
+                    req.rounds += 1
+                    req.drafted += k
+                    req.accepted += a
+                    if a < k:
+                        req.rejected_rounds += 1
+                    req.synced[site] = req.draft_ctx + (a if a < k else k - 1)  # type: ignore[index]
+                    m.spec_rounds += 1
+                    m.drafted_verified += k
+                    m.accepted += a
+                    m.wasted_rejected += k - a
+                commit = a + 1
+                left = req.max_tokens - req.generated
+                if commit > left:
+                    commit = left
+                if k > 0:
+                    m.committed_in_spec_rounds += commit
+                req.generated += commit
+                m.tokens_committed += commit
+                req.last_k = k
+                req.last_accepted = a
+                accs.append(a)
+            req.run_len.clear()
+            if req.generated >= req.max_tokens:
+                self._complete(req)
+            else:
+                self._plan_q.append(req)
+        self._feedback.append(BatchResult(now, dur, [r.rid for r in batch], ks, accs, new, ctx, sites))
+
+    def _run_length(self, req: SimRequest, model: str) -> int:
+        L = req.run_len.get(model)
+        if L is None:
+            st = req.acc.get(model)
+            if st is None:
+                spec = self.scenario.spec.drafters[model].acceptance
+                seed = (self.seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model]
+                st = req.acc[model] = AcceptanceState(spec, random.Random(seed), self.limits.max_k)
+            L = req.run_len[model] = st.run_length()
+        return L
+
+    def _complete(self, req: SimRequest) -> None:
+        req.done = True
+        req.finish_time = self.now + req.deliver_s
+        del self.requests[req.rid]
+        self.metrics.records.append(
+            RequestRecord(req.arrival, req.first_token_time, req.finish_time, req.generated,
+                          req.ttft_slo, req.tpot_slo, req.slo_class)
+        )
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        m = self.metrics
+        m.dropped += len(self.requests) + self._to_arrive  # unfinished when the drain ended
+        m.sim_time = max((r.finish for r in m.records), default=self.now)
+        m.wan_bytes = sum(s.link.bytes_sent for s in self.sites.values() if s.link is not None)
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _noop(_: Any) -> None:
+    """A wake-up event (the controller asked to wait before batching)."""
+
+
+def _prior_alpha(acc: Any) -> float:
+    return acc.table[0] if hasattr(acc, "table") else acc.alpha_mean
+
+
+def simulate(
+    scenario: Scenario,
+    controller: Controller,
+    seed: int = 0,
+    duration: float = 60.0,
+    trace: str | None = None,
+    rate: float | None = None,
+    progress: bool = False,
+) -> dict[str, float | int]:
+    """One simulated run; returns the metrics summary (``runtime.metrics.KEYS``)."""
+    return Simulator(scenario, seed, duration, trace=trace, rate=rate, progress=progress).run(controller)
