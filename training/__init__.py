@@ -1,0 +1,1 @@
+"""Training (stable-baselines3 + MLflow) and the evaluation harness."""
