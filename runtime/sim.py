@@ -397,7 +397,8 @@ class Simulator:
         req.round_id += 1
         req.round_start = self.now
         req.tasks = []
-        req.run_len.clear()
+        # run_len is cleared after each verification, not here: a value peeked at this plan
+        # point (peek_run_length) must be the one the round's verification uses.
         if k <= 0:
             self._make_ready(req, 0, None)
             return

@@ -1,0 +1,70 @@
+"""`python -m runtime`: readable table, JSON with documented keys, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runtime.metrics import KEYS
+
+REQUIRED = [
+    "requests_arrived", "requests_completed", "requests_dropped", "goodput_rps", "goodput_tps",
+    "slo_attainment", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s",
+    "target_draft_forward_passes", "target_verify_forward_passes", "mean_accepted_per_round",
+    "wasted_draft_tokens", "wan_bytes",
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_simulate_json_has_documented_keys():
+    p = run("simulate", "--scenario", "wan-4region", "--controller", "static", "--duration", "5", "--seed", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert set(REQUIRED) <= set(out) and set(KEYS) <= set(out)
+    assert out["requests_arrived"] == out["requests_completed"] + out["requests_dropped"]
+
+
+def test_simulate_table_and_trace(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:00:00.0,100,20\n2023-11-16 18:00:00.5,200,30\n2023-11-16 18:00:01.0,50,5\n")
+    p = run("simulate", "--scenario", "colocated", "--controller", "no-spec", "--duration", "5", "--trace", str(trace))
+    assert p.returncode == 0, p.stderr
+    assert "requests_completed" in p.stdout and "goodput_rps" in p.stdout
+    line = next(l for l in p.stdout.splitlines() if l.strip().startswith("requests_completed"))
+    assert line.split()[-1] == "3"
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["simulate", "--scenario", "nope"], "unknown scenario 'nope'"),
+        (["simulate", "--controller", "magic"], "unknown controller 'magic'"),
+        (["simulate", "--controller", "static:q=1"], "has no parameter(s) ['q']"),
+        (["simulate", "--duration", "-1"], "must be a positive number"),
+        (["simulate", "--seed", "abc"], "invalid int value"),
+        (["simulate", "--bogus"], "unrecognized arguments: --bogus"),
+        (["simulate", "--trace", "/no/such.csv", "--duration", "1"], "does not exist"),
+        (["simulate", "--controller", "static:site=mars", "--duration", "1"], "hosts no drafter"),
+    ],
+)
+def test_bad_input_gives_one_line(args, needle):
+    p = run(*args)
+    assert p.returncode == 2
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0] and lines[0].startswith("error: ")
+
+
+def test_bad_scenario_file_gives_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsites:\n  - {name: a, role: target, gpu: H100}\nworkload:\n  arrivals: {kind: poisson, rate: -2}\n")
+    p = run("check", str(bad))
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "rate" in p.stderr and "greater than 0" in p.stderr
