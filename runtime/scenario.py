@@ -410,9 +410,9 @@ def _resolve(spec: ScenarioSpec, source: str) -> Scenario:
         for model, p in s.profiles.items():
             if model not in hosted:
                 raise ScenarioError(f"{where}.profiles: model {model!r} is not hosted here; hosted: {sorted(filter(None, hosted))}")
-            if not _resolve_path(p).is_file():
+            if not resolve_data_path(p).is_file():
                 raise ScenarioError(f"{where}.profiles.{model}: file {p!r} does not exist")
-            profiles[model] = str(_resolve_path(p))
+            profiles[model] = str(resolve_data_path(p))
         for j in range(s.count):
             name = s.name if s.count == 1 else f"{s.name}-{j:03d}"
             if name in names:
@@ -436,7 +436,7 @@ def _resolve(spec: ScenarioSpec, source: str) -> Scenario:
         if o not in groups:
             raise ScenarioError(f"workload.origins: unknown site {o!r}; sites are {sorted(groups)}")
         origins.extend(groups[o])
-    if spec.workload.arrivals.kind == "trace" and not _resolve_path(spec.workload.arrivals.path).is_file():
+    if spec.workload.arrivals.kind == "trace" and not resolve_data_path(spec.workload.arrivals.path).is_file():
         raise ScenarioError(f"workload.arrivals.path: trace file {spec.workload.arrivals.path!r} does not exist")
     return Scenario(
         spec=spec, sites=tuple(sites), target=target, target_model=models[spec.target_model],
@@ -444,7 +444,8 @@ def _resolve(spec: ScenarioSpec, source: str) -> Scenario:
     )
 
 
-def _resolve_path(p: str) -> Path:
+def resolve_data_path(p: str) -> Path:
+    """A path as given, or the shipped file of that name in runtime/data."""
     path = Path(p)
     if not path.is_absolute() and not path.exists() and (DATA_DIR / p).exists():
         return DATA_DIR / p

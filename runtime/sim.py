@@ -245,10 +245,6 @@ class Simulator:
     def verifier_busy(self) -> bool:
         return self._target_busy
 
-    @property
-    def system(self) -> "Simulator":
-        return self
-
     def site_state(self, name: str) -> SiteState:
         s = self.sites[name]
         queue = len(s.queue) if s is not self.target else len(self._local_q)
@@ -545,9 +541,9 @@ class Simulator:
         req.round_open = False
         now = self.now
         for t in req.tasks:
-            if t.site != site:
+            if t.site != site:  # a cancellation message travels to each losing site
                 link = self.sites[t.site].link
-                t.cancel_at = now + (link.base_s if link is not None else 0.0)
+                t.cancel_at = now + (link.send(self.net.header_bytes) if link is not None else 0.0)
         self._make_ready(req, k, site)
 
     def _make_ready(self, req: SimRequest, k: int, site: str | None) -> None:

@@ -24,7 +24,7 @@ from runtime.scenario import (
     Scenario,
     ScenarioError,
     TraceArrivals,
-    _resolve_path,
+    resolve_data_path,
 )
 
 
@@ -47,7 +47,7 @@ def _lengths(d: LengthDist, rng: np.random.Generator) -> int:
 
 def read_trace(path: str | Path, max_prompt: int = 1 << 30, max_output: int = 1 << 30) -> list[tuple[float, int, int]]:
     """(seconds since first request, prompt tokens, output tokens) from an Azure-format CSV."""
-    p = _resolve_path(str(path))
+    p = resolve_data_path(str(path))
     if not p.is_file():
         raise ScenarioError(f"trace file {path} does not exist")
     out: list[tuple[float, int, int]] = []
