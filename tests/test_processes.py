@@ -1,0 +1,97 @@
+"""Stochastic building blocks: arrivals, background load, acceptance, links."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from runtime.acceptance import AcceptanceState
+from runtime.load import LoadProcess
+from runtime.network import Link
+from runtime.scenario import (
+    DiurnalLoad, DriftAcceptance, IIDAcceptance, MarkovLoad, NetworkSpec, PositionAcceptance, load_scenario,
+)
+from runtime.workload import arrivals
+from tests.helpers import base_spec, scenario
+
+
+@pytest.mark.parametrize("kind", [
+    {"kind": "poisson", "rate": 20.0},
+    {"kind": "bursty", "rate": 20.0, "burst_factor": 5.0, "mean_burst_s": 2.0, "mean_calm_s": 6.0},
+    {"kind": "diurnal", "rate": 20.0, "amplitude": 0.8, "period_s": 50.0},
+])
+def test_arrival_processes_keep_their_mean_rate(kind):
+    spec = base_spec()
+    spec["workload"]["arrivals"] = kind
+    times = [a.time for a in arrivals(scenario(spec), seed=1, duration=1000.0)]
+    assert times == sorted(times)
+    assert len(times) / 1000.0 == pytest.approx(20.0, rel=0.1)
+
+
+def test_bursty_arrivals_are_burstier_than_poisson():
+    def cv_of_counts(kind):
+        spec = base_spec()
+        spec["workload"]["arrivals"] = kind
+        counts = [0] * 500
+        for a in arrivals(scenario(spec), seed=2, duration=500.0):
+            counts[int(a.time)] += 1
+        return statistics.pstdev(counts) / statistics.fmean(counts)
+
+    assert cv_of_counts({"kind": "bursty", "rate": 10.0, "burst_factor": 6.0}) > 1.5 * cv_of_counts({"kind": "poisson", "rate": 10.0})
+
+
+def test_trace_replay_and_rate_override():
+    sc = load_scenario("colocated")
+    replay = list(arrivals(sc, seed=0, duration=60.0, trace="azure_conv_sample.csv"))
+    assert replay and replay[0].time == 0.0 and replay[0].prompt_tokens == 374 and replay[0].output_tokens == 44
+    faster = list(arrivals(sc, seed=0, duration=60.0, trace="azure_conv_sample.csv", rate=20.0))
+    assert len(faster) / 60.0 == pytest.approx(20.0, rel=0.2)
+
+
+def test_edge_requests_come_from_edge_devices():
+    sc = load_scenario("edge-fleet")
+    origins = {a.origin for a in arrivals(sc, seed=0, duration=30.0)}
+    assert len(origins) > 10 and all(o.startswith("edge-") for o in origins)
+
+
+def test_load_processes():
+    d = LoadProcess(DiurnalLoad(kind="diurnal", mean=0.4, amplitude=0.3, period_s=100.0), random.Random(0))
+    levels = [d.level(t) for t in range(0, 100)]
+    assert max(levels) == pytest.approx(0.7, abs=0.01) and min(levels) == pytest.approx(0.1, abs=0.01)
+    m = LoadProcess(MarkovLoad(kind="markov", levels=[0.1, 0.8], mean_dwell_s=[10.0, 5.0]), random.Random(0))
+    seen = [m.level(t * 0.5) for t in range(4000)]
+    assert set(seen) == {0.1, 0.8}
+    assert seen.count(0.1) / len(seen) == pytest.approx(2 / 3, abs=0.1)  # dwell-weighted
+    assert m.slowdown(0.0) in (1 / 0.9, 1 / 0.2)
+
+
+def test_acceptance_models():
+    iid = AcceptanceState(IIDAcceptance(alpha_mean=0.7, alpha_std=0.0), random.Random(1), cap=64)
+    runs = [iid.run_length() for _ in range(20000)]
+    assert statistics.fmean(runs) == pytest.approx(0.7 / 0.3, rel=0.05)  # geometric mean
+    table = PositionAcceptance(kind="position", table=[0.9, 0.5, 0.1], scale_std=0.0)
+    pos = AcceptanceState(table, random.Random(1), cap=8)
+    runs = [pos.run_length() for _ in range(20000)]
+    assert sum(r >= 1 for r in runs) / len(runs) == pytest.approx(0.9, abs=0.02)
+    assert sum(r >= 2 for r in runs) / sum(r >= 1 for r in runs) == pytest.approx(0.5, abs=0.02)
+    drift = AcceptanceState(DriftAcceptance(kind="drift", alpha_mean=0.7, alpha_std=0.0, drift_std=0.1), random.Random(1), cap=8)
+    alphas = []
+    for _ in range(200):
+        drift.run_length()
+        alphas.append(drift.alpha)
+    assert statistics.pstdev(alphas) > 0.03 and 0.4 < statistics.fmean(alphas) < 0.95
+
+
+def test_link_delay_and_peek():
+    sc = load_scenario("wan-4region")
+    site = sc.site("us-west-2")
+    link = Link(site, NetworkSpec(spike_prob=0.0), random.Random(0))
+    peeked = link.peek_delay(1000)
+    assert link.send(1000) == peeked  # the oracle sees exactly what the next message takes
+    delays = [link.send(0) for _ in range(2000)]
+    assert min(delays) >= site.rtt_ms / 2000
+    assert statistics.fmean(delays) == pytest.approx(site.rtt_ms / 2000, rel=0.05)
+    slow = Link(site.model_copy(update={"bandwidth_mbps": 8.0}), NetworkSpec(), random.Random(0))
+    assert slow.send(1_000_000) >= 1.0  # 1 MB over 8 Mbit/s
