@@ -51,6 +51,10 @@ def build_parser() -> OneLineParser:
     sub.add_parser("scenarios", help="list the shipped scenarios")
     c = sub.add_parser("check", help="validate a scenario file")
     c.add_argument("scenario")
+
+    from runtime.profile import add_parser as add_profile_parser
+
+    add_profile_parser(sub)
     return p
 
 
@@ -109,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sc = load_scenario(name)
                 print(f"{name:<14} {len(sc.sites):>3} sites  {sc.spec.description.strip().splitlines()[0][:90]}")
             return 0
+        if args.command == "profile":
+            from runtime.profile import cmd_profile
+
+            return cmd_profile(args)
         if args.command == "check":
             sc = load_scenario(args.scenario)
             print(f"ok: {sc.name}: {len(sc.sites)} sites, target {sc.target.name}, drafters {sorted(sc.spec.drafters)}")

@@ -1,0 +1,134 @@
+"""Deployment config: which checkpoints and addresses realise a scenario's sites.
+
+A scenario (``runtime/scenario.py``) says what the system looks like (sites, RTTs, limits,
+workload, SLOs) and is shared with the simulator; a deployment says how to run it for real.
+Kept separate so the simulator's schema carries no host names or file paths::
+
+    scenario: wan-4region            # shipped name or YAML path
+    target_model: {path: /models/Llama-3.1-8B-Instruct, device: cuda, dtype: bfloat16}
+    drafters:                        # scenario drafter name -> checkpoint
+      llama-3.2-1b: {path: /models/Llama-3.2-1B-Instruct, device: cuda, dtype: bfloat16}
+    sites:                           # sites with an address run elsewhere; others start locally
+      us-east-2: {address: 10.0.1.7:50061}
+    emulate_wan: false               # real WAN between hosts: no emulated delay
+
+Unset models default to the tiny pair (``python -m runtime.models build-tiny``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.scenario import Scenario, ScenarioError, _format_validation, load_scenario
+
+REAL_SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Strict):
+    path: str
+    device: str = "auto"  # auto: cuda when present
+    dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu
+
+
+class SiteDeploy(_Strict):
+    address: str | None = None  # host:port of a site started elsewhere (`python -m runtime.serve --site`)
+    device: str | None = None
+    dtype: str | None = None
+
+
+class DeploymentSpec(_Strict):
+    scenario: str = "tiny-local"
+    target_model: ModelRef | None = None
+    drafters: dict[str, ModelRef] = Field(default_factory=dict)
+    sites: dict[str, SiteDeploy] = Field(default_factory=dict)
+    emulate_wan: bool = True  # delay/jitter/bandwidth of the scenario's links in the transport
+    draft_timeout_s: float = Field(2.0, gt=0)  # a draft RPC slower than this fails over
+    health_interval_s: float = Field(0.5, gt=0)
+    max_context: int | None = Field(None, ge=8)  # prompt + max_tokens limit (default: the model's)
+
+
+class Deployment:
+    """A validated deployment: the scenario plus resolved checkpoints per site."""
+
+    def __init__(self, spec: DeploymentSpec, models_dir: str | Path | None = None) -> None:
+        self.spec = spec
+        self.scenario: Scenario = load_scenario(_scenario_path(spec.scenario))
+        unknown = set(spec.sites) - {s.name for s in self.scenario.sites}
+        if unknown:
+            raise ScenarioError(f"deployment sites {sorted(unknown)} are not in scenario {self.scenario.name!r}; "
+                                f"sites are {[s.name for s in self.scenario.sites]}")
+        unknown = set(spec.drafters) - set(self.scenario.spec.drafters)
+        if unknown:
+            raise ScenarioError(f"deployment drafters {sorted(unknown)} are not declared in scenario "
+                                f"{self.scenario.name!r}; drafters are {sorted(self.scenario.spec.drafters)}")
+        self._models_dir = models_dir
+
+    def _tiny(self, which: str) -> ModelRef:
+        from runtime.models import ensure_tiny
+
+        return ModelRef(path=str(ensure_tiny(self._models_dir) / which), device="auto", dtype="auto")
+
+    @property
+    def target(self) -> ModelRef:
+        return self.spec.target_model or self._tiny("target")
+
+    def drafter_for(self, site: str) -> ModelRef | None:
+        """The checkpoint the site drafts with (None: the site hosts no drafter)."""
+        name = self.scenario.site(site).drafter
+        if name is None:
+            return None
+        ref = self.spec.drafters.get(name) or self._tiny("draft")
+        over = self.spec.sites.get(site)
+        if over is not None and (over.device or over.dtype):
+            ref = ref.model_copy(update={k: v for k, v in (("device", over.device), ("dtype", over.dtype)) if v})
+        return ref
+
+    def with_addresses(self, addresses: dict[str, str]) -> "Deployment":
+        """A copy (same scenario object) where these sites run at these addresses."""
+        new = copy.copy(self)
+        sites = {**self.spec.sites, **{n: SiteDeploy(address=a) for n, a in addresses.items()}}
+        new.spec = self.spec.model_copy(update={"sites": sites})
+        return new
+
+    def address(self, site: str) -> str | None:
+        d = self.spec.sites.get(site)
+        return d.address if d is not None else None
+
+
+def _scenario_path(name: str) -> str:
+    """Scenario names also resolve in ``runtime/real/scenarios`` (deployable tiny scenarios)."""
+    local = REAL_SCENARIO_DIR / f"{name}.yaml"
+    return str(local) if not Path(name).suffix and local.is_file() else name
+
+
+def load_deployment(path: str | Path | None = None, scenario: str | None = None,
+                    models_dir: str | Path | None = None, **overrides: Any) -> Deployment:
+    """Read a deployment YAML (or defaults), optionally overriding its scenario and fields."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ScenarioError(f"deployment file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ScenarioError(f"deployment {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ScenarioError(f"deployment {p}: expected a mapping of fields at the top level")
+    if scenario is not None:
+        raw["scenario"] = scenario
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        spec = DeploymentSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(f"deployment {path or '<defaults>'}: {_format_validation(e)}") from None
+    return Deployment(spec, models_dir)

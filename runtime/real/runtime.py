@@ -1,0 +1,759 @@
+"""The real backend: wall-clock speculative decoding across site processes, driven by any controller.
+
+:class:`RealRuntime` implements :class:`runtime.contract.Runtime` (``next_decision``/``apply``)
+and :class:`runtime.contract.SystemView`, with the same decision points, request views and
+feedback as the simulator, so every controller runs unchanged. Threads:
+
+* the *driver* (whoever calls :func:`runtime.contract.drive`) owns all request state, runs the
+  target model (verification forwards, and drafting for rounds the controller put on the
+  target site) and answers decision points;
+* the *transport* loop (:mod:`runtime.real.transport`) talks gRPC to the drafter sites, with
+  emulated WAN delays, and posts replies back to the driver as events;
+* callers (the HTTP server, benchmarks) :meth:`submit` requests from any thread and get tokens
+  through a listener callback.
+
+Failover: a draft RPC that errors or misses its deadline marks the site down; the round's
+other sites (redundancy) may still deliver, and if none is left the request goes back to the
+controller for a new plan this same round. A plan that names a down site uses its first live
+backup, or becomes a plain target decode step. Requests are never lost nor duplicated: tokens
+are only committed by the target's verification.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import math
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from runtime.contract import (
+    BatchResult,
+    Decision,
+    DecisionPoint,
+    InvalidDecision,
+    RoundPlan,
+    RuntimeInfo,
+    SiteInfo,
+    SiteState,
+    batch_tokens,
+)
+from runtime.latency import ProfileTable
+from runtime.metrics import Metrics, RequestRecord
+from runtime.models import check_pair, load_model
+from runtime.real.deploy import Deployment
+from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
+from runtime.real.site import SWITCH_INTERVAL_S
+from runtime.real.transport import DraftResult, SiteClient, Transport
+
+#: ``listener(new_tokens, finish_reason)``: finish_reason is None while streaming, then
+#: "length", "stop", or "error: <why>".
+Listener = Callable[[list[int], str | None], None]
+
+
+class RealRequest:
+    """A request in the real runtime; satisfies :class:`runtime.contract.RequestView`."""
+
+    def __init__(self, rid: int, prompt: list[int], max_tokens: int, temperature: float, origin: str,
+                 slo: Any, arrival: float, listener: Listener | None, seed: int) -> None:
+        self.rid = rid
+        self.arrival = arrival
+        self.origin = origin
+        self.slo_class = slo.name
+        self.ttft_slo = slo.ttft_s
+        self.tpot_slo = slo.tpot_s
+        self.prompt_tokens = len(prompt)
+        self.max_tokens = max_tokens
+        self.generated = 0
+        self.phase = "prefill"
+        self.first_token_time = -1.0
+        self.drafter_site: str | None = None
+        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
+        self.last_k = self.last_accepted = 0
+        self.ready_k = 0
+        self.ready_site: str | None = None
+        self.ready_since = arrival
+        # internal
+        self.temperature = temperature
+        self.listener = listener
+        self.context = list(prompt)
+        self.output: list[int] = []
+        self.cache = SeqCache()  # the target model's KV cache
+        self.local_cache = SeqCache()  # the target site's drafter cache
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.synced: dict[str, int] = {}  # committed tokens each drafter site holds
+        self.round_id = 0
+        self.round_open = False
+        self.round_k = 0
+        self.pending: set[str] = set()  # sites still drafting this round
+        self.ready_draft: Draft | None = None
+        self.finish_reason: str | None = None
+        self.finish_time = -1.0
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - self.generated
+
+    def deadline(self) -> float:
+        if self.phase == "prefill":
+            return self.arrival + self.ttft_slo
+        return self.first_token_time + self.tpot_slo * self.generated
+
+    def alpha_estimate(self, prior: float) -> float:
+        return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
+
+    def __repr__(self) -> str:
+        return f"RealRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
+
+
+class OnlineLatency:
+    """Least-squares fit ``t = a + b*new_tokens + c*context`` over recent forwards (no profile given)."""
+
+    def __init__(self, prior_s: float = 0.002) -> None:
+        self.obs: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=256)
+        self.seen = 0
+        self.coef = np.array([prior_s, 0.0, 0.0])
+
+    def observe(self, new: int, ctx: int, t: float) -> None:
+        self.obs.append((new, ctx, t))
+        self.seen += 1
+        if self.seen % 16 == 0 or self.seen < 8:  # refitting is cheap but not free
+            a = np.array([[1.0, n, c] for n, c, _ in self.obs])
+            y = np.array([t for _, _, t in self.obs])
+            coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+            self.coef = np.maximum(coef, 0.0) if len(self.obs) >= 3 else np.array([y.mean(), 0.0, 0.0])
+
+    def forward_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
+        return float(max(self.coef @ np.array([1.0, new_tokens, context_tokens]), 1e-5))
+
+
+class SiteProcesses:
+    """Drafter sites launched as local OS processes (each prints ``READY <port>`` when serving)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.addresses: dict[str, str] = {}
+
+    def launch(self, sites: dict[str, Any], timeout_s: float = 90.0) -> dict[str, str]:
+        """Start one process per ``{name: ModelRef}`` (in parallel); returns their addresses."""
+        for name, ref in sites.items():
+            cmd = [sys.executable, "-m", "runtime.real.site", "--name", name, "--model", ref.path,
+                   "--device", ref.device, "--dtype", ref.dtype, "--exit-with-parent"]
+            self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout_s
+        for name in sites:
+            proc = self.procs[name]
+            line: list[str] = []
+            reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+            reader.start()
+            reader.join(max(deadline - time.monotonic(), 0.1))
+            if not line or not line[0].startswith("READY "):
+                self.stop()
+                raise RuntimeError(f"drafter site {name} did not start (exit code {proc.poll()}); see its error above")
+            self.addresses[name] = f"127.0.0.1:{int(line[0].split()[1])}"
+        return dict(self.addresses)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+@dataclass
+class _LocalTask:
+    req: RealRequest
+    round_id: int
+    k: int
+
+
+class RealRuntime:
+    """Wall-clock runtime over real models and site processes (see the module docstring)."""
+
+    def __init__(self, deployment: Deployment, seed: int = 0, launch_sites: bool = True, ignore_eos: bool = False) -> None:
+        self.deployment = deployment
+        sc = self.scenario = deployment.scenario
+        self.limits = sc.spec.limits
+        self.seed = seed
+        self.target_name = sc.target.name
+        self.info = RuntimeInfo(
+            scenario=sc.name, target_site=sc.target.name,
+            sites=tuple(SiteInfo(s.name, s.role, s.index, s.drafter, s.rtt_ms / 1000.0, s.gpus) for s in sc.sites),
+            max_k=self.limits.max_k, max_batch_size=self.limits.max_batch_size,
+            max_batch_tokens=self.limits.max_batch_tokens, max_redundancy=self.limits.max_redundancy,
+            prior_alpha={n: _prior_alpha(d.acceptance) for n, d in sc.spec.drafters.items()},
+        )
+        self._allowed = {
+            s.name: frozenset(x.name for x in sc.sites if x.drafter is not None and (x.role != "edge" or x.name == s.name))
+            for s in sc.sites
+        }
+        ref = deployment.target
+        self.model, self.tokenizer = load_model(ref.path, ref.device, ref.dtype)
+        #: Tokens that end a request (the tokenizer's EOS and the generation config's, e.g. Llama-3's
+        #: <|eot_id|>); none with ignore_eos (fixed output lengths, for benchmarks).
+        self.stop_ids: frozenset[int] = frozenset() if ignore_eos else _stop_ids(self.model, self.tokenizer)
+        self.max_context = deployment.spec.max_context or int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.local_model = None
+        local_ref = deployment.drafter_for(sc.target.name)
+        if local_ref is not None:
+            self.local_model, dtok = load_model(local_ref.path, local_ref.device, local_ref.dtype)
+            check_pair(self.tokenizer, dtok, ref.path, local_ref.path)
+        self.processes = SiteProcesses()
+        self.clients: dict[str, SiteClient] = {}
+        self._launch_sites = launch_sites
+        self.target_lat: Any = (ProfileTable.from_csv(sc.target.profiles[sc.spec.target_model])
+                                if sc.spec.target_model in sc.target.profiles else OnlineLatency())
+        self._draft_step: dict[str, float] = {}
+
+        self.metrics = Metrics()
+        self._t0 = time.perf_counter()
+        self._events: queue.Queue = queue.Queue()
+        self._timers: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._seq = itertools.count()
+        self._rids = itertools.count()
+        self.requests: dict[int, RealRequest] = {}
+        self._admit_q: list[RealRequest] = []
+        self._plan_q: list[RealRequest] = []
+        self.ready: dict[int, RealRequest] = {}
+        self._local_q: list[_LocalTask] = []
+        self._feedback: list[BatchResult] = []
+        self._pending: DecisionPoint | None = None
+        self._hold_until = -1.0
+        self._busy = False
+        self.verify_time_ewma = 0.0
+        self.last_batch_size = 0
+        self._expected = 0  # scheduled arrivals not yet arrived
+        self.closed = False  # no new requests (shutdown, or a replayed workload is complete)
+        self._grace_deadline = math.inf
+        self._finished = False
+        self._remote_passes = 0.0
+        #: Per site, per remote draft: reply received minus launch minus the site's queueing and
+        #: draft compute (RPC, serialisation, thread hops, plus the emulated WAN delay when on).
+        self.transport_overhead_s: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=100_000))
+        self.started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "RealRuntime":
+        """Start (or connect to) the drafter sites and the transport; resets the clock."""
+        dep = self.deployment
+        sc = self.scenario
+        remote = [s for s in sc.sites if s.role != "target" and s.drafter is not None]
+        to_launch = {s.name: dep.drafter_for(s.name) for s in remote if dep.address(s.name) is None}
+        if to_launch and not self._launch_sites:
+            raise RuntimeError(f"sites {sorted(to_launch)} have no address in the deployment and launching is off")
+        launched = self.processes.launch(to_launch) if to_launch else {}
+        for s in remote:
+            addr = dep.address(s.name) or launched[s.name]
+            self.clients[s.name] = SiteClient(s, addr, sc.spec.network, dep.spec.emulate_wan,
+                                              dep.spec.draft_timeout_s, self.seed * 7919 + s.index)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.transport = Transport(self.clients, dep.spec.health_interval_s)
+        self.transport.start()
+        self._t0 = time.perf_counter()
+        self.started = True
+        return self
+
+    def close(self) -> None:
+        """Stop the transport and any site processes this runtime launched."""
+        if hasattr(self, "transport"):
+            self.transport.close()
+        self.processes.stop()
+
+    def __enter__(self) -> "RealRuntime":
+        return self.start() if not self.started else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------------ requests in
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def validate(self, prompt: Sequence[int], max_tokens: int) -> None:
+        """Raise ValueError with a user-facing message if the request cannot be served."""
+        if not prompt:
+            raise ValueError("prompt is empty")
+        vocab = self.model.config.vocab_size
+        if any(not (0 <= t < vocab) for t in prompt):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if len(prompt) + max_tokens + self.limits.max_k + 1 > self.max_context:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the context limit "
+                             f"of {self.max_context - self.limits.max_k - 1} tokens")
+
+    def submit(self, prompt: Sequence[int], max_tokens: int, temperature: float = 0.0, *,
+               origin: str | None = None, slo_class: str | None = None, listener: Listener | None = None,
+               at: float | None = None, seed: int | None = None) -> RealRequest:
+        """Queue a request (thread-safe); ``at`` schedules it at that runtime time (replays).
+
+        ``seed`` makes a sampled request reproducible (its target and drafter random streams)."""
+        if self.closed:
+            raise RuntimeError("the runtime is shutting down")
+        self.validate(prompt, max_tokens)
+        origin = origin or self.target_name
+        if origin not in self._allowed:
+            raise ValueError(f"unknown origin site {origin!r}")
+        classes = self.scenario.spec.workload.slo_classes
+        slo = next((c for c in classes if c.name == slo_class), None) if slo_class else classes[0]
+        if slo is None:
+            raise ValueError(f"unknown slo_class {slo_class!r}; valid: {[c.name for c in classes]}")
+        rid = next(self._rids)
+        req = RealRequest(rid, list(prompt), max_tokens, temperature, origin, slo, -1.0, listener,
+                          seed=self.seed * 1_000_003 + rid if seed is None else seed)
+        if at is None:
+            self._events.put((self._on_arrival, req))
+        else:
+            self._expected += 1
+            self._events.put((self._schedule, (at, self._on_scheduled_arrival, req)))
+        return req
+
+    def cancel(self, req: RealRequest) -> None:
+        """The client went away: stop working on ``req`` (thread-safe; it ends with an error)."""
+        self._events.put((self._on_cancel, req))
+
+    @property
+    def backlog(self) -> int:
+        """Requests in flight plus submissions the driver has not taken in yet (for admission)."""
+        return len(self.requests) + self._events.qsize()
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests; in-flight ones finish within ``grace_s`` or fail cleanly."""
+        self._events.put((self._on_shutdown, grace_s))
+
+    def end_of_workload(self) -> None:
+        """No more requests will be submitted: the run ends when the last one finishes."""
+        self._events.put((self._on_shutdown, math.inf))
+
+    # ------------------------------------------------------------------ SystemView
+    @property
+    def system(self) -> "RealRuntime":
+        return self
+
+    @property
+    def verify_queue(self) -> int:
+        return len(self.ready)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    @property
+    def verifier_busy(self) -> bool:
+        return self._busy
+
+    def site_state(self, name: str) -> SiteState:
+        if name == self.target_name:
+            return SiteState(name, 0.0, len(self._local_q), self._busy, 0.0)
+        c = self.clients.get(name)
+        if c is None:
+            s = self.scenario.site(name)
+            return SiteState(name, 0.0, 0, False, s.rtt_ms / 1000.0)
+        if not c.up:  # a down site looks fully loaded, busy and far away
+            return SiteState(name, 1.0, c.in_flight, True, 10.0)
+        return SiteState(name, c.load, c.in_flight, c.load > 0.9, c.rtt_s)
+
+    def site_up(self, name: str) -> bool:
+        return name == self.target_name or (name in self.clients and self.clients[name].up)
+
+    def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens)
+
+    def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
+        if k <= 0 or self.scenario.site(site).drafter is None:
+            return 0.0
+        return self._draft_step.get(site, 0.002) * k
+
+    # ------------------------------------------------------------------ Runtime protocol
+    def next_decision(self) -> DecisionPoint | None:
+        if self._pending is not None:
+            raise RuntimeError("apply() the decision for the previous point before asking for the next")
+        if not self.started:
+            self.start()
+        while True:
+            self._drain(block_s=0.0)
+            self._fire_timers()
+            if self.closed and self.requests and self.now >= self._grace_deadline:
+                for req in list(self.requests.values()):
+                    self.metrics.dropped += 1  # unfinished when the grace period ended (the sim's drain)
+                    self._finish_request(req, "error: server shut down before the request finished")
+                self._local_q.clear()
+            if self._admit_q or self._plan_q:
+                point = DecisionPoint("plan", self.now, self, admit=self._admit_q, plan=self._plan_q, feedback=self._feedback)
+                self._admit_q, self._plan_q, self._feedback = [], [], []
+                self._pending = point
+                return point
+            if self._local_q:
+                self._run_local_drafts()
+                continue
+            now = self.now
+            if self.ready and now >= self._hold_until:
+                point = DecisionPoint("batch", now, self, ready=list(self.ready.values()), feedback=self._feedback)
+                self._feedback = []
+                self._pending = point
+                return point
+            if self.closed and not self.requests and not self._expected and not self._admit_q:
+                self._finish()
+                return None
+            wake = min(self._timers[0][0], now + 0.25) if self._timers else now + 0.25
+            if self.ready:
+                wake = min(wake, self._hold_until)
+            if self.closed and self.requests:
+                wake = min(wake, self._grace_deadline)
+            self._drain(block_s=max(wake - now, 0.0))
+
+    def apply(self, decision: Decision) -> None:
+        point = self._pending
+        if point is None:
+            raise RuntimeError("apply() called without a pending decision point")
+        self._pending = None
+        if point.kind == "plan":
+            if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
+                raise InvalidDecision(
+                    f"decision answers {len(decision.admit)} admissions and {len(decision.plans)} plans; "
+                    f"the point asked {len(point.admit)} and {len(point.plan)}"
+                )
+            for req, ok in zip(point.admit, decision.admit):
+                if ok:
+                    self._make_ready(req, None, None)  # type: ignore[arg-type]
+                else:
+                    self.metrics.dropped += 1
+                    self._finish_request(req, "error: rejected by admission control")  # type: ignore[arg-type]
+            for req, plan in zip(point.plan, decision.plans):
+                self._start_round(req, plan)  # type: ignore[arg-type]
+        else:
+            self._verify(decision.batch)
+
+    def summary(self) -> dict[str, float | int]:
+        m = self.metrics
+        m.remote_draft_passes = round(self._remote_passes)
+        m.wan_bytes = sum(c.bytes_sent for c in self.clients.values())
+        if not self._finished:
+            m.window_s = max(self.now, 1e-9)
+            m.sim_time = self.now
+        return m.summary()
+
+    # ------------------------------------------------------------------ events and timers
+    def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
+        self._events.put((fn, arg))
+
+    def _drain(self, block_s: float) -> None:
+        try:
+            fn, arg = self._events.get(timeout=block_s) if block_s > 0 else self._events.get_nowait()
+        except queue.Empty:
+            return
+        fn(arg)
+        while True:
+            try:
+                fn, arg = self._events.get_nowait()
+            except queue.Empty:
+                return
+            fn(arg)
+
+    def _schedule(self, arg: tuple[float, Callable[[Any], None], Any]) -> None:
+        t, fn, x = arg
+        heapq.heappush(self._timers, (t, next(self._seq), fn, x))
+
+    def _fire_timers(self) -> None:
+        now = self.now
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn, arg = heapq.heappop(self._timers)
+            fn(arg)
+
+    def _on_shutdown(self, grace_s: float) -> None:
+        self.closed = True
+        self._grace_deadline = min(self._grace_deadline, self.now + grace_s)
+
+    def _on_cancel(self, req: RealRequest) -> None:
+        if req.rid in self.requests:
+            self.metrics.dropped += 1
+            req.listener = None  # nobody is listening any more
+            self._finish_request(req, "error: cancelled by the client")
+
+    def _on_scheduled_arrival(self, req: RealRequest) -> None:
+        self._expected -= 1
+        self._on_arrival(req)
+
+    def _on_arrival(self, req: RealRequest) -> None:
+        req.arrival = req.ready_since = self.now
+        self.metrics.arrived += 1
+        if len(self.requests) >= self.limits.max_inflight:
+            self.metrics.dropped += 1
+            self._finish_request(req, "error: overloaded (too many requests in flight)")
+            return
+        self.requests[req.rid] = req
+        self._admit_q.append(req)
+
+    # ------------------------------------------------------------------ speculation rounds
+    def _start_round(self, req: RealRequest, plan: RoundPlan) -> None:
+        k = plan.k
+        req.round_id += 1
+        req.pending.clear()
+        req.round_open = False
+        if k <= 0:
+            self._make_ready(req, None, None)
+            return
+        lim = self.limits
+        allowed = self._allowed[req.origin]
+        if k > lim.max_k:
+            raise InvalidDecision(f"request {req.rid}: k={k} exceeds limits.max_k={lim.max_k}")
+        if plan.site not in allowed:
+            raise InvalidDecision(f"request {req.rid}: site {plan.site!r} cannot draft for it; allowed: {sorted(allowed)}")
+        red = plan.redundancy
+        if len(red.backups) + 1 > lim.max_redundancy:
+            raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
+        for b in red.backups:
+            if b not in allowed or b == plan.site or red.backups.count(b) > 1:
+                raise InvalidDecision(f"request {req.rid}: backup site {b!r} must be distinct from {plan.site!r} and one of {sorted(allowed)}")
+        live = [s for s in (plan.site, *red.backups) if self.site_up(s)]
+        if not live:  # every named site is down: a plain decode step keeps the request moving
+            self._make_ready(req, None, None)
+            return
+        site, backups = live[0], tuple(live[1:])
+        req.round_open = True
+        req.round_k = k
+        req.drafter_site = site
+        self._launch(req, site, k)
+        if backups:
+            if red.hedge_after_s <= 0:
+                for b in backups:
+                    self._launch(req, b, k)
+            else:
+                self._schedule((self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k)))
+        if red.timeout_s is not None:
+            self._schedule((self.now + red.timeout_s, self._on_timeout, (req, req.round_id)))
+
+    def _launch(self, req: RealRequest, site: str, k: int) -> None:
+        req.pending.add(site)
+        if site == self.target_name:
+            self._local_q.append(_LocalTask(req, req.round_id, k))
+            return
+        client = self.clients[site]
+        start = min(req.synced.get(site, 0), len(req.context))
+        seed = (req.seed * 1009 + req.round_id) % (1 << 63)
+        rid, round_id = req.rid, req.round_id
+        coro = client.draft(rid, list(req.context), start, k, req.temperature, seed)
+        sent = time.perf_counter()
+
+        def done(res: DraftResult | None, err: BaseException | None) -> None:
+            if res is not None:  # transport time: the driver may still be busy verifying
+                self.transport_overhead_s[site].append(time.perf_counter() - sent - res.job_s - res.wait_s)
+            self._post(self._on_draft_reply, (req, round_id, site, k, res, err))
+
+        self.transport.submit(coro, done)
+
+    def _on_hedge(self, arg: tuple[RealRequest, int, tuple[str, ...], int]) -> None:
+        req, round_id, backups, k = arg
+        if req.round_id == round_id and req.round_open:
+            for b in backups:
+                if self.site_up(b) and b not in req.pending:
+                    self._launch(req, b, k)
+
+    def _on_timeout(self, arg: tuple[RealRequest, int]) -> None:
+        req, round_id = arg
+        if req.round_id == round_id and req.round_open and req.rid in self.requests:
+            req.round_open = False
+            self._make_ready(req, None, None)
+
+    def _on_draft_reply(self, arg: tuple[RealRequest, int, str, int, DraftResult | None, BaseException | None]) -> None:
+        req, round_id, site, k, res, err = arg
+        current = req.round_id == round_id and req.round_open and req.rid in self.requests
+        if current:
+            req.pending.discard(site)
+        if err is not None or res is None:
+            req.synced.pop(site, None)
+            if current and not req.pending:  # nobody left drafting this round: ask the controller again
+                req.round_open = False
+                self._plan_q.append(req)
+            return
+        m = self.metrics
+        m.draft_tokens += len(res.draft.tokens)
+        self._remote_passes += res.passes / max(res.job_size, 1)
+        if res.passes:
+            self._draft_step[site] = res.job_s / res.passes
+        req.synced[site] = res.known
+        if current and len(res.draft.tokens) == k:
+            req.round_open = False
+            self._make_ready(req, res.draft, site)
+            return
+        m.wasted_redundant += len(res.draft.tokens)  # lost the race, or arrived after the timeout
+        if current and not req.pending:  # a short (superseded) draft and nobody else drafting
+            req.round_open = False
+            self._plan_q.append(req)
+
+    def _run_local_drafts(self) -> None:
+        tasks = [t for t in self._local_q if t.req.round_id == t.round_id and t.req.round_open]
+        self._local_q = []
+        if not tasks:
+            return
+        tasks = tasks[: self.limits.max_batch_size]
+        jobs = [DraftJob(t.req.local_cache, t.req.context, t.k, t.req.temperature, t.req.generator) for t in tasks]
+        t0 = time.perf_counter()
+        self._busy = True
+        try:
+            drafts = draft_batch(self.local_model, jobs)
+        finally:
+            self._busy = False
+        dur = time.perf_counter() - t0
+        m = self.metrics
+        m.target_draft_passes += max(t.k for t in tasks)
+        m.target_draft_gpu_s += dur
+        self._draft_step[self.target_name] = dur / max(t.k for t in tasks)
+        for t, d in zip(tasks, drafts):
+            m.draft_tokens += len(d.tokens)
+            self._on_draft_reply((t.req, t.round_id, self.target_name, t.k,
+                                  DraftResult(d, len(t.req.context), dur, 0, len(tasks), 0, 0), None))
+
+    def _make_ready(self, req: RealRequest, draft: Draft | None, site: str | None) -> None:
+        req.ready_draft = draft
+        req.ready_k = len(draft.tokens) if draft is not None else 0
+        req.ready_site = site
+        req.ready_since = self.now
+        self.ready[req.rid] = req
+        self._hold_until = -1.0
+
+    # ------------------------------------------------------------------ verification
+    def _verify(self, rids: list[int]) -> None:
+        lim = self.limits
+        if not rids:  # the controller chose to wait
+            self._hold_until = self.now + lim.batch_wait_s
+            return
+        if len(rids) > lim.max_batch_size:
+            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
+        if len(set(rids)) != len(rids):
+            raise InvalidDecision(f"batch {rids} names a request twice")
+        missing = [r for r in rids if r not in self.ready]
+        if missing:
+            raise InvalidDecision(f"request(s) {missing} are not ready for verification (ready: {sorted(self.ready)[:10]})")
+        batch = [self.ready[r] for r in rids]
+        new = sum(batch_tokens(r) for r in batch)
+        if new > lim.max_batch_tokens and len(batch) > 1:
+            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
+        for r in rids:
+            del self.ready[r]
+        ctx = sum(r.context_tokens for r in batch if r.phase != "prefill")
+        jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator) for r in batch]
+        t0 = time.perf_counter()
+        self._busy = True
+        try:
+            verdicts = verify_batch(self.model, jobs)
+        finally:
+            self._busy = False
+        dur = time.perf_counter() - t0
+        if isinstance(self.target_lat, OnlineLatency):
+            self.target_lat.observe(new, ctx, dur)
+        self.verify_time_ewma = dur if self.verify_time_ewma == 0 else 0.8 * self.verify_time_ewma + 0.2 * dur
+        self.last_batch_size = len(batch)
+        m = self.metrics
+        m.target_verify_passes += 1
+        m.target_verify_gpu_s += dur
+        m.batch_sizes_sum += len(batch)
+        now = self.now
+        ks, accs, sites = [], [], []
+        for req, v in zip(batch, verdicts):
+            k = req.ready_k
+            ks.append(k)
+            sites.append(req.ready_site)
+            accs.append(v.accepted if k else 0)
+            self._commit(req, v.tokens, v.accepted, k, now)
+        self._feedback.append(BatchResult(now, dur, rids, ks, accs, new, ctx, sites))
+
+    def _commit(self, req: RealRequest, tokens: list[int], accepted: int, k: int, now: float) -> None:
+        m = self.metrics
+        toks = tokens[: req.tokens_left]
+        reason = "length" if len(toks) == req.tokens_left else None
+        for i, t in enumerate(toks):
+            if t in self.stop_ids:
+                toks = toks[: i + 1]
+                reason = "stop"
+                break
+        if req.phase == "prefill":
+            req.phase = "decode"
+            req.first_token_time = now
+        elif k > 0:
+            req.rounds += 1
+            req.drafted += k
+            req.accepted += accepted
+            if accepted < k:
+                req.rejected_rounds += 1
+            m.spec_rounds += 1
+            m.drafted_verified += k
+            m.accepted += accepted
+            m.wasted_rejected += k - accepted
+            m.committed_in_spec_rounds += len(toks)
+        req.last_k = k
+        req.last_accepted = accepted
+        req.context.extend(toks)
+        req.output.extend(toks)
+        req.generated += len(toks)
+        m.tokens_committed += len(toks)
+        req.ready_draft = None
+        if reason is not None:
+            self._finish_request(req, reason, toks)
+        else:
+            if req.listener is not None:
+                req.listener(toks, None)
+            self._plan_q.append(req)
+
+    def _finish_request(self, req: RealRequest, reason: str, last: list[int] | None = None) -> None:
+        req.finish_reason = reason
+        req.finish_time = self.now
+        req.round_open = False
+        self.requests.pop(req.rid, None)
+        self.ready.pop(req.rid, None)
+        for q in (self._plan_q, self._admit_q):  # a cancelled or failed request is decided no more
+            if req in q:
+                q.remove(req)
+        if not reason.startswith("error"):
+            self.metrics.records.append(RequestRecord(
+                req.arrival, req.first_token_time, req.finish_time, req.generated, req.ttft_slo, req.tpot_slo,
+                req.slo_class))
+        for site in req.synced:
+            if site in self.clients:
+                self.transport.call(self.clients[site].release([req.rid]))
+        if req.listener is not None:
+            req.listener(last or [], reason)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self.summary()
+        self._finished = True
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return frozenset(i for i in ids if i is not None)
+
+
+def _prior_alpha(acc: Any) -> float:
+    return acc.table[0] if hasattr(acc, "table") else acc.alpha_mean

@@ -1,0 +1,203 @@
+"""A drafter site: a gRPC (asyncio) server hosting a draft model for the target site.
+
+Why gRPC: typed, versioned messages (``site.proto``), HTTP/2 connection reuse with ~0.2 ms
+loopback round trips, deadlines and status codes for failover, and a health RPC, all from a
+well-kept library that also runs across real hosts.
+
+The site keeps, per request, the committed context it has seen and its own KV cache, rolled
+back to the accepted prefix on the next round. Concurrent Draft calls are batched: while one
+batched draft job runs (in a worker thread, so the event loop keeps answering), new calls
+queue up and ride in the next job together.
+
+    python -m runtime.real.site --name near --model DIR/draft --port 50061
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import grpc
+import torch
+
+from runtime.real import site_pb2 as pb
+from runtime.real import site_pb2_grpc as pb_grpc
+from runtime.real.engine import DRAFT_TOP_M, DraftJob, SeqCache, draft_batch
+
+#: The GIL hand-over interval in site and target processes (CPython's default is 5 ms): an RPC
+#: reply waiting on a thread that holds the GIL must not wait a whole default interval.
+SWITCH_INTERVAL_S = 0.0002
+
+
+@dataclass
+class _SeqState:
+    context: list[int] = field(default_factory=list)
+    cache: SeqCache = field(default_factory=SeqCache)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+class DrafterService(pb_grpc.DrafterSiteServicer):
+    """Drafts for the target site; one batched job at a time on this site's device."""
+
+    def __init__(self, name: str, model: Any, max_batch: int = 64, max_seqs: int = 4096) -> None:
+        self.name = name
+        self.model = model
+        self.max_batch = max_batch
+        self.max_seqs = max_seqs  # least recently used contexts beyond this are evicted (resynced on demand)
+        self.seqs: dict[int, _SeqState] = {}
+        self.queue: list[tuple[int, DraftJob, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._busy_since: float | None = None
+        self._busy_log: list[tuple[float, float]] = []  # (end, duration) of recent jobs
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def Draft(self, request: pb.DraftRequest, context: grpc.aio.ServicerContext) -> pb.DraftReply:
+        st = self.seqs.pop(request.rid, None)
+        if st is None:
+            st = _SeqState()
+            while len(self.seqs) >= self.max_seqs:
+                self.seqs.pop(next(iter(self.seqs)))
+        self.seqs[request.rid] = st  # most recently used last
+        if request.start > len(st.context):
+            return pb.DraftReply(need_sync=True, known=len(st.context))
+        st.context[request.start:] = list(request.tokens)
+        if request.k == 0 or not st.context:
+            return pb.DraftReply(known=len(st.context))
+        st.generator.manual_seed(request.seed)
+        job = DraftJob(st.cache, list(st.context), request.k, request.temperature, st.generator)
+        for stale in [e for e in self.queue if e[0] == request.rid]:  # a lost race's leftover
+            self.queue.remove(stale)
+            stale[2].set_result(None)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        queued = time.perf_counter()
+        self.queue.append((request.rid, job, fut))
+        self._wake.set()
+        done = await fut
+        if done is None:
+            return pb.DraftReply(known=len(st.context))
+        draft, job_s, passes, size, started = done
+        reply = pb.DraftReply(tokens=draft.tokens, known=len(st.context), job_s=job_s, passes=passes, job_size=size,
+                              wait_s=max(started - queued, 0.0))
+        if draft.probs is not None:
+            reply.top_m = draft.probs.shape[1]
+            reply.prob_ids.extend(draft.probs_ids.flatten().tolist())
+            reply.probs.extend(draft.probs.flatten().tolist())
+        return reply
+
+    async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        for rid in request.rids:
+            self.seqs.pop(rid, None)
+        return pb.Empty()
+
+    async def Health(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.HealthReply:
+        now = time.perf_counter()
+        busy = sum(min(d, max(0.0, 1.0 - (now - end))) for end, d in self._busy_log if now - end < 1.0)
+        if self._busy_since is not None:
+            busy += min(now - self._busy_since, 1.0)
+        return pb.HealthReply(site=self.name, model=str(self.model.config._name_or_path), sequences=len(self.seqs),
+                              queue=len(self.queue), busy=min(busy, 1.0))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.queue:
+                batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
+                jobs = [j for _, j, _ in batch]
+                t0 = self._busy_since = time.perf_counter()
+                try:
+                    # off the loop, so health checks are answered and new RPCs queue for the next job
+                    drafts, dur = await loop.run_in_executor(None, _timed_draft, self.model, jobs)
+                except Exception as e:  # a bad job must not kill the site: fail its callers
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                finally:
+                    self._busy_since = None
+                self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
+                passes = max(j.k for j in jobs)
+                for (_, _, fut), d in zip(batch, drafts):
+                    if not fut.done():
+                        fut.set_result((d, dur, passes, len(batch), t0))
+
+
+def _timed_draft(model: Any, jobs: list[DraftJob]) -> tuple[list[Any], float]:
+    """Draft in the worker thread; the time is pure compute (no thread hops), reported as job_s."""
+    t0 = time.perf_counter()
+    drafts = draft_batch(model, jobs, DRAFT_TOP_M)
+    return drafts, time.perf_counter() - t0
+
+
+async def serve_site(name: str, model: Any, host: str = "127.0.0.1", port: int = 0,
+                     ready: Any = None, exit_with_parent: bool = False) -> None:
+    """Run a drafter site until cancelled; prints ``READY <port>`` once listening.
+
+    ``exit_with_parent``: stop when the launching process dies (no orphaned local sites).
+    """
+    server = grpc.aio.server()
+    service = DrafterService(name, model)
+    pb_grpc.add_DrafterSiteServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"site {name}: cannot listen on {host}:{port}")
+    await server.start()
+    service.start()
+    print(f"READY {bound}", flush=True)
+    if ready is not None:
+        ready(bound)
+    if exit_with_parent:
+        asyncio.get_running_loop().create_task(_watch_parent(server, os.getppid()))
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(grace=0.5)
+
+
+async def _watch_parent(server: grpc.aio.Server, parent: int) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    await server.stop(grace=0.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from runtime.cli import OneLineParser
+    from runtime.models import ModelError, load_model
+
+    p = OneLineParser(prog="python -m runtime.real.site", description="run one drafter site (gRPC server)")
+    p.add_argument("--name", required=True, help="site name (as in the scenario)")
+    p.add_argument("--model", required=True, help="draft model checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for other hosts)")
+    p.add_argument("--port", type=int, default=0, help="port (0: any free port; printed as READY <port>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--exit-with-parent", action="store_true", help="stop when the launching process exits")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    try:
+        model, _ = load_model(args.model, args.device, args.dtype)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve_site(args.name, model, args.host, args.port, exit_with_parent=args.exit_with_parent))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""The target site's side of site-to-site messaging: gRPC clients, WAN emulation, health checks.
+
+Kernel netem is not available (and would need root), so each link's delay is emulated in the
+transport: before a message leaves and after a reply lands, the caller sleeps the one-way delay
+the scenario's link draws (RTT/2 + jitter + spikes + bytes/bandwidth, the simulator's own
+:class:`runtime.network.Link`). ``emulate_wan=False`` turns it off for real WAN deployments.
+
+All clients live on one asyncio loop in a background thread; the runtime's driver thread hands
+coroutines to it with :meth:`Transport.submit` and gets results back as callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Coroutine
+
+import grpc
+import torch
+
+from runtime.network import Link
+from runtime.real import site_pb2 as pb
+from runtime.real import site_pb2_grpc as pb_grpc
+from runtime.real.engine import Draft
+from runtime.scenario import NetworkSpec, Site
+
+
+class SiteDown(RuntimeError):
+    """A drafter site did not answer in time (dead, stalled or unreachable)."""
+
+
+@dataclass
+class DraftResult:
+    draft: Draft
+    known: int  # committed tokens the site now holds for the request
+    job_s: float
+    passes: int
+    job_size: int
+    bytes_up: int
+    bytes_down: int
+    wait_s: float = 0.0  # queued at the site behind other draft jobs
+
+
+class SiteClient:
+    """One drafter site as seen from the target: a channel, an emulated link, a health flag."""
+
+    def __init__(self, site: Site, address: str, net: NetworkSpec, emulate: bool, timeout_s: float, seed: int) -> None:
+        self.name = site.name
+        self.address = address
+        self.net = net
+        self.timeout_s = timeout_s
+        self.link = Link(site, net, random.Random(seed)) if emulate else None
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: pb_grpc.DrafterSiteStub | None = None
+        self.up = True
+        self.rtt_s = site.rtt_ms / 1000.0  # EWMA of measured round trips (emulated + real)
+        self.load = 0.0  # the site's reported busy fraction
+        self.in_flight = 0
+        self.bytes_sent = 0
+
+    def connect(self) -> None:
+        self.channel = grpc.aio.insecure_channel(self.address)
+        self.stub = pb_grpc.DrafterSiteStub(self.channel)
+
+    async def _hop(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+        if self.link is not None:
+            await asyncio.sleep(self.link.send(nbytes))
+
+    async def draft(self, rid: int, context: list[int], start: int, k: int, temperature: float, seed: int) -> DraftResult:
+        """Ask for ``k`` drafts, shipping ``context[start:]``; resyncs once if the site lost state."""
+        assert self.stub is not None
+        self.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            for attempt in range(2):
+                req = pb.DraftRequest(rid=rid, start=start, tokens=context[start:], k=k, temperature=temperature, seed=seed)
+                up = self.net.header_bytes + (len(context) - start) * self.net.bytes_per_token
+                await self._hop(up)
+                try:
+                    reply = await self.stub.Draft(req, timeout=self.timeout_s)
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
+                    self.up = False
+                    raise SiteDown(f"site {self.name} ({self.address}): {_rpc_reason(e)}") from None
+                per_tok = self.net.bytes_per_token + (8 if reply.top_m else 0) * max(reply.top_m, 1)
+                down = self.net.header_bytes + len(reply.tokens) * per_tok
+                await self._hop(down)
+                if not reply.need_sync:
+                    break
+                start = 0  # the site restarted or evicted this request: send the whole context
+            else:
+                raise SiteDown(f"site {self.name} keeps asking for a context sync")
+            self.rtt_s += 0.2 * (time.perf_counter() - t0 - reply.job_s - self.rtt_s)
+            d = Draft(list(reply.tokens))
+            if reply.top_m:
+                m = reply.top_m
+                d.probs_ids = torch.tensor(list(reply.prob_ids), dtype=torch.long).view(-1, m)
+                d.probs = torch.tensor(list(reply.probs), dtype=torch.float32).view(-1, m)
+            return DraftResult(d, reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
+        finally:
+            self.in_flight -= 1
+
+    async def release(self, rids: list[int]) -> None:
+        if self.stub is None or not self.up:
+            return
+        try:
+            await self.stub.Release(pb.ReleaseRequest(rids=rids), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError:
+            pass  # the site is gone; its state went with it
+
+    async def health(self) -> bool:
+        assert self.stub is not None
+        try:
+            h = await self.stub.Health(pb.Empty(), timeout=min(self.timeout_s, 1.0))
+        except grpc.aio.AioRpcError:
+            self.up = False
+            return False
+        self.up = True
+        self.load = h.busy
+        return True
+
+
+def _rpc_reason(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name.lower()} ({e.details()})"
+    return "timed out"
+
+
+class Transport:
+    """The asyncio loop (in a daemon thread) that owns every site client."""
+
+    def __init__(self, clients: dict[str, SiteClient], health_interval_s: float = 0.5) -> None:
+        self.clients = clients
+        self.health_interval_s = health_interval_s
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="specctl-transport", daemon=True)
+        self._health_task: Any = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+
+        async def setup() -> None:
+            for c in self.clients.values():
+                c.connect()
+            self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+        self.call(setup()).result()
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def submit(self, coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None]) -> None:
+        """Run ``coro`` on the loop; ``done(result, error)`` is called there when it finishes."""
+        fut = self.call(coro)
+        fut.add_done_callback(lambda f: done(None, f.exception()) if f.exception() else done(f.result(), None))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(c.health() for c in self.clients.values()), return_exceptions=True)
+            await asyncio.sleep(self.health_interval_s)
+
+    async def check_all(self) -> dict[str, bool]:
+        res = await asyncio.gather(*(c.health() for c in self.clients.values()))
+        return dict(zip(self.clients, res))
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            if self._health_task is not None:
+                self._health_task.cancel()
+            for c in self.clients.values():
+                if c.channel is not None:
+                    await c.channel.close()
+
+        if self._thread.is_alive():
+            try:
+                self.call(shutdown()).result(timeout=5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)

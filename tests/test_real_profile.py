@@ -1,0 +1,61 @@
+"""Sim-to-real: the profiler's CSVs drive the simulator's latency model; workload replay helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from controllers import make_controller
+from runtime.latency import ProfileTable
+from runtime.profile import profile, verify_seqs
+from runtime.real.deploy import load_deployment
+from runtime.real.replay import calibrated_scenario, mean_tpot, replay
+from runtime.real.runtime import RealRuntime
+from runtime.sim import Simulator
+from tests.real_fixtures import tiny_dir  # noqa: F401
+from tests.test_real_runtime import _target_only
+
+
+def test_grid_points_fit_the_model_positions():
+    assert verify_seqs(256, 0, 1024) == 1
+    assert verify_seqs(4, 4096, 1024) is None  # would need 8 sequences of context but only 4 tokens
+    seqs = verify_seqs(64, 4096, 1024)
+    assert seqs is not None and 4096 / seqs <= 512 and 64 / seqs >= 1
+
+
+@pytest.fixture(scope="module")
+def profiles(tiny_dir, tmp_path_factory):
+    dep = load_deployment(models_dir=tiny_dir)
+    return profile(dep, tmp_path_factory.mktemp("prof"), repeats=1, max_context=256, max_new=32, quiet=True)
+
+
+def test_profile_writes_tables_the_simulator_reads(profiles):
+    assert set(profiles) == {"tiny-target", "tiny-draft"}
+    target = ProfileTable.from_csv(profiles["tiny-target"])
+    draft = ProfileTable.from_csv(profiles["tiny-draft"])
+    assert target.contexts == [0, 64, 256]
+    assert 0 < draft.forward_time(1, 1, 64) < 1.0 and 0 < target.forward_time(4, 20, 256) < 1.0
+    assert target.forward_time(1, 32, 0) > 0
+
+
+@pytest.mark.slow
+def test_same_workload_through_real_runtime_and_calibrated_simulator(profiles, tiny_dir, tmp_path):
+    dep = load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir)
+    rt = RealRuntime(dep, ignore_eos=True)
+    with rt:
+        reqs = replay(rt, make_controller("static:k=3"), duration=2.0, seed=1)
+    real = rt.summary()
+    assert real["requests_completed"] == len(reqs) > 0
+    assert all(len(r.output) == r.max_tokens for r in reqs)  # EOS ignored: lengths as drawn
+    sim = Simulator(calibrated_scenario(rt.scenario, profiles, real["acceptance_rate"]), 1, 2.0)
+    s = sim.run(make_controller("static:k=3"))
+    assert s["requests_completed"] == real["requests_completed"]
+    assert sum(r.output_tokens for r in sim.metrics.records) == sum(len(r.output) for r in reqs)
+    assert mean_tpot(sim.metrics.records) > 0 and mean_tpot(rt.metrics.records) > 0
+
+
+def test_profile_cli_reports_bad_flags_in_one_line():
+    p = subprocess.run([sys.executable, "-m", "runtime", "profile", "--repeats", "0"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip() == "error: --repeats must be >= 1"

@@ -1,0 +1,225 @@
+"""The real runtime: drafter sites as processes over gRPC, any controller in the slot, failover."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from controllers import make_controller
+from runtime.contract import Controller, Redundancy, drive
+from runtime.models import tiny_prompts
+from runtime.real.deploy import load_deployment
+from runtime.real.runtime import RealRuntime, SiteProcesses
+from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401
+
+N_TOKENS = 24
+
+
+class RemoteFirst(Controller):
+    """Drafts at ``site`` with optional backups (a test controller exercising redundancy)."""
+
+    name = "remote-first"
+
+    def __init__(self, site: str = "near", backups: tuple[str, ...] = (), hedge_after_s: float = 0.0,
+                 timeout_s: float | None = None, k: int = 4) -> None:
+        super().__init__()
+        self.site, self.backups, self.hedge, self.timeout, self.k = site, backups, hedge_after_s, timeout_s, k
+
+    def drafter_site(self, req, sys):
+        return self.site
+
+    def draft_length(self, req, sys, site):
+        return min(self.k, max(req.tokens_left - 1, 0))
+
+    def redundancy(self, req, sys, site, k):
+        return Redundancy(self.backups, self.hedge, self.timeout)
+
+
+@pytest.fixture(scope="module")
+def site_addresses(tiny_dir):
+    """The tiny-local scenario's two drafter sites, started once as OS processes."""
+    procs = SiteProcesses()
+    dep = load_deployment(models_dir=tiny_dir)
+    try:
+        yield procs.launch({n: dep.drafter_for(n) for n in ("near", "far")})
+    finally:
+        procs.stop()
+
+
+@pytest.fixture(scope="module")
+def references(tiny_models):
+    target, _, tok = tiny_models
+    prompts = [tok(p)["input_ids"] for p in tiny_prompts()[:6]]
+    return prompts, [greedy_reference(target, p, N_TOKENS, tok.eos_token_id) for p in prompts]
+
+
+def run(rt: RealRuntime, controller: Controller, prompts: list[list[int]], temperature: float = 0.0) -> list:
+    with rt:
+        reqs = [rt.submit(p, N_TOKENS, temperature, at=0.02 * i) for i, p in enumerate(prompts)]
+        rt.end_of_workload()
+        drive(rt, controller)
+    return reqs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["no-spec", "static:k=4", "centralized", "sled", "wanspec", "wisp", "remote"])
+def test_greedy_output_identical_to_target_alone_for_every_controller(spec, site_addresses, tiny_dir, references):
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    controller = RemoteFirst("near", backups=("far",)) if spec == "remote" else make_controller(spec)
+    rt = RealRuntime(dep)
+    reqs = run(rt, controller, prompts)
+    assert [r.output for r in reqs] == refs
+    s = rt.summary()
+    assert s["requests_completed"] == len(prompts) and s["requests_dropped"] == 0
+    if spec == "remote":  # both sites raced every round: the loser's tokens are waste
+        assert s["remote_draft_forward_passes"] > 0 and s["wasted_redundant_tokens"] > 0
+        assert s["target_draft_forward_passes"] == 0 and s["wan_bytes"] > 0
+    if spec == "no-spec":
+        assert s["draft_tokens"] == 0
+
+
+@pytest.mark.slow
+def test_sampling_through_remote_sites_completes(site_addresses, tiny_dir, references):
+    prompts, _ = references
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    reqs = run(rt, RemoteFirst("far"), prompts, temperature=0.8)
+    assert all(r.finish_reason in ("length", "stop") for r in reqs)
+    assert 0 < rt.summary()["acceptance_rate"] < 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["kill", "stall"])
+def test_drafter_site_dies_mid_stream_and_requests_continue(failure, tiny_dir, references):
+    """A drafter process is SIGKILLed (or SIGSTOPped) while its requests stream: none is lost or duplicated."""
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1)
+    rt = RealRuntime(dep)
+    streamed: dict[int, list[int]] = {}
+    finished: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def listener_for(i: int):
+        def listen(tokens: list[int], reason: str | None) -> None:
+            with lock:
+                streamed.setdefault(i, []).extend(tokens)
+                if reason is not None:
+                    finished[i] = reason
+        return listen
+
+    # the far site is the backup: after the primary dies, rounds fail over (kill) or time out (stall)
+    controller = RemoteFirst("near", backups=("far",), hedge_after_s=0.05, timeout_s=1.0, k=3)
+    with rt:
+        victim = rt.processes.procs["near"]
+        reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
+        rt.end_of_workload()
+
+        def strike() -> None:
+            while sum(len(v) for v in streamed.values()) < 10:
+                time.sleep(0.005)
+            os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
+
+        t = threading.Thread(target=strike, daemon=True)
+        t.start()
+        try:
+            drive(rt, controller)
+        finally:
+            if failure == "stall":
+                os.kill(victim.pid, signal.SIGCONT)
+        t.join(1)
+        assert not rt.clients["near"].up
+    assert [r.output for r in reqs] == refs
+    assert [streamed[i] for i in range(len(prompts))] == refs, "streamed tokens must be neither lost nor duplicated"
+    assert set(finished.values()) <= {"length", "stop"}
+    assert rt.summary()["requests_completed"] == len(prompts)
+
+
+def test_bad_decisions_are_refused_with_the_rule(tiny_dir, tmp_path):
+    from runtime.contract import InvalidDecision
+
+    dep = load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir)
+    rt = RealRuntime(dep)
+    with rt:
+        rt.submit([2, 5, 6], 20)
+        rt.end_of_workload()
+        with pytest.raises(InvalidDecision, match="max_k"):
+            drive(rt, RemoteFirst("dc", k=99))
+
+
+def _target_only(tmp_path, max_inflight: int = 64):
+    import yaml
+
+    from runtime.real.deploy import REAL_SCENARIO_DIR
+
+    raw = yaml.safe_load((REAL_SCENARIO_DIR / "tiny-local.yaml").read_text())
+    raw["sites"] = raw["sites"][:1]
+    raw["limits"]["max_inflight"] = max_inflight
+    path = tmp_path / "target-only.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shutdown_fails_what_cannot_finish_within_the_grace_period(tiny_dir, tmp_path):
+    dep = load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir)
+    rt = RealRuntime(dep, ignore_eos=True)
+    reasons: list[str] = []
+    with rt:
+        short = rt.submit([2, 5, 6], 3)
+        long = rt.submit([2, 5, 6], 900, listener=lambda toks, reason: reasons.append(reason) if reason else None)
+        driver = threading.Thread(target=drive, args=(rt, make_controller("no-spec")))
+        driver.start()
+        while len(long.output) < 5:
+            time.sleep(0.005)
+        rt.shutdown(grace_s=0.05)
+        driver.join(30)
+        assert not driver.is_alive()
+        with pytest.raises(RuntimeError, match="shutting down"):
+            rt.submit([2, 5, 6], 3)
+    assert short.finish_reason == "length" and len(short.output) == 3
+    assert reasons == ["error: server shut down before the request finished"] and len(long.output) < 900
+
+
+def test_a_site_started_on_its_own_serves_a_runtime_that_names_its_address(tiny_dir, references, tmp_path):
+    """What two hosts do: `python -m runtime.serve --site near` here, the target elsewhere."""
+    import subprocess
+    import sys
+
+    prompts, refs = references
+    cmd = [sys.executable, "-m", "runtime.serve", "--scenario", "tiny-local", "--models", str(tiny_dir), "--site", "near",
+           "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY "), line
+        deploy = tmp_path / "deploy.yaml"
+        deploy.write_text(f"scenario: tiny-local\nsites:\n  near: {{address: 127.0.0.1:{line.split()[1]}}}\n"
+                          f"emulate_wan: false\n")
+        dep = load_deployment(deploy, models_dir=tiny_dir)
+        dep = dep.with_addresses({"far": "127.0.0.1:1"})  # far is never used below: no process needed
+        rt = RealRuntime(dep, launch_sites=False)
+        reqs = run(rt, RemoteFirst("near"), prompts[:3])
+        assert [r.output for r in reqs] == refs[:3]
+        assert rt.summary()["remote_draft_forward_passes"] > 0 and rt.clients["near"].up
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--site", "dc"], "hosts no drafter of its own"),
+    (["--site", "mars"], "site 'mars' is not in scenario"),
+    (["--scenario", "nowhere"], "unknown scenario 'nowhere'"),
+])
+def test_serve_refuses_bad_deployments_in_one_line(args, needle, tiny_dir):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "runtime.serve", "--models", str(tiny_dir), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
