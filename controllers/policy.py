@@ -1,0 +1,247 @@
+"""Deploy a trained policy into the controller slot, without pickle.
+
+A policy directory holds ``policy.json`` (the codec, the heuristic base, the env it was trained
+on and the network layout), ``codec.json`` (the codec alone, for humans and tools) and
+``policy.safetensors`` (the actor's weights). :class:`PolicyController` loads it from a local
+path, ``runs:/<run_id>/<artifact_path>`` or ``models:/<name>@<alias>`` (MLflow), checks the
+codec against the runtime's scenario when bound, and answers through the same
+:class:`~policy_env.control.ActionController` decode path the env trained it with::
+
+    python -m runtime simulate --controller policy:models:/specctl-policy@champion
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from policy_env.codec import block_period
+from runtime.contract import BatchResult, Controller, DecisionPoint, Redundancy, RequestView, RuntimeInfo, SystemView
+
+POLICY_FORMAT = "specctl-policy"
+POLICY_FORMAT_VERSION = 1
+
+
+class PolicyLoadError(ValueError):
+    """A policy reference or directory is unusable; the message says what to do."""
+
+
+class PolicyNet:
+    """The actor's deterministic forward pass in numpy: MLP -> logits -> (masked) argmax per dim.
+
+    Mirrors stable-baselines3's ``ActorCriticPolicy`` with a flatten extractor: the policy
+    branch of the MLP extractor, then the action net; MaskablePPO's deterministic action is the
+    argmax of the logits with invalid choices masked out.
+    """
+
+    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], activation: str, dims: Sequence[int], masked: bool) -> None:
+        if activation not in _ACTIVATIONS:
+            raise PolicyLoadError(f"unsupported activation {activation!r}; supported: {sorted(_ACTIVATIONS)}")
+        self.layers = [(np.ascontiguousarray(w.T, dtype=np.float32), b.astype(np.float32)) for w, b in layers]
+        self.act = _ACTIVATIONS[activation]
+        self.dims = np.asarray(dims, dtype=np.int64)
+        self.masked = masked
+        # the codec tiles one per-slot block of dimensions: argmax over a (slots, block) view
+        self._period = block_period(self.dims)
+        self._width = int(self.dims[: self._period].sum())
+        self._cuts = np.concatenate([[0], np.cumsum(self.dims[: self._period])]).tolist()
+
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        h = obs.astype(np.float32, copy=False)
+        last = len(self.layers) - 1
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < last:
+                h = self.act(h)
+        return h
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Deterministic actions for one observation (1-D) or a batch of them (2-D)."""
+        logits = self.logits(obs)
+        if self.masked and mask is not None:
+            logits = np.where(mask, logits, -np.inf)
+        block = logits.reshape(-1, self._width)
+        cuts = self._cuts
+        out = np.empty((block.shape[0], self._period), dtype=np.int64)
+        for d in range(self._period):
+            out[:, d] = block[:, cuts[d] : cuts[d + 1]].argmax(1)
+        return out.reshape(logits.shape[:-1] + (-1,))
+
+
+_ACTIVATIONS = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "identity": lambda x: x,
+}
+
+
+# ------------------------------------------------------------------------------ export / load
+def export_policy(model: Any, codec: Any, directory: str | Path, meta: dict[str, Any]) -> Path:
+    """Write an SB3 actor-critic ``model``'s actor as plain weights + JSON (no pickle) to ``directory``.
+
+    ``meta`` carries what serving needs besides the codec: ``base`` (the heuristic spec),
+    ``env_id``, ``env_kwargs``, ``algo``.
+    """
+    import torch
+    from safetensors.numpy import save_file
+
+    policy = model.policy
+    if not hasattr(policy, "mlp_extractor") or not hasattr(policy, "action_net"):
+        raise PolicyLoadError(f"cannot export {type(policy).__name__}: only actor-critic MLP policies (ppo, a2c, maskable_ppo) are supported")
+    tensors: dict[str, np.ndarray] = {}
+    activation = "identity"
+    n = 0
+    for module in policy.mlp_extractor.policy_net:
+        if isinstance(module, torch.nn.Linear):
+            tensors[f"layer{n}.weight"] = module.weight.detach().cpu().numpy()
+            tensors[f"layer{n}.bias"] = module.bias.detach().cpu().numpy()
+            n += 1
+        else:
+            activation = type(module).__name__.lower()
+    tensors[f"layer{n}.weight"] = policy.action_net.weight.detach().cpu().numpy()
+    tensors[f"layer{n}.bias"] = policy.action_net.bias.detach().cpu().numpy()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "policy.safetensors"))
+    spec = {
+        "format": POLICY_FORMAT,
+        "format_version": POLICY_FORMAT_VERSION,
+        "codec": codec.to_dict(),
+        "net": {
+            "layers": n + 1,
+            "activation": activation,
+            "action_dims": [int(x) for x in model.action_space.nvec],
+            "masked": type(model).__name__ == "MaskablePPO",
+            "obs_size": int(model.observation_space.shape[0]),
+        },
+        **meta,
+    }
+    (out / "policy.json").write_text(json.dumps(spec, indent=2))
+    (out / "codec.json").write_text(json.dumps(codec.to_dict(), indent=2))
+    return out
+
+
+def resolve_ref(ref: str) -> Path:
+    """A local directory holding ``policy.json`` for a path, ``runs:/...`` or ``models:/...`` ref."""
+    if ref.startswith(("runs:/", "models:/")):
+        import mlflow
+
+        from training.mlflow_sb3 import default_tracking_uri
+
+        mlflow.set_tracking_uri(default_tracking_uri())
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+        except Exception as e:  # MLflow raises many types for a bad ref
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PolicyLoadError(
+                f"cannot fetch policy {ref!r} from MLflow at {mlflow.get_tracking_uri()}: {first} "
+                f"(check the run id / model name and alias, or set MLFLOW_TRACKING_URI)"
+            ) from None
+    else:
+        local = Path(ref).expanduser()
+        if not local.exists():
+            raise PolicyLoadError(f"policy {ref!r} does not exist: pass a policy directory, runs:/<run_id>/policy or models:/<name>@<alias>")
+    for candidate in (local, local / "policy", local / "artifacts" / "policy", local.parent if local.is_file() else local):
+        if (candidate / "policy.json").is_file():
+            return candidate
+    found = sorted(local.rglob("policy.json")) if local.is_dir() else []
+    if len(found) == 1:
+        return found[0].parent
+    raise PolicyLoadError(f"{ref!r} holds no policy.json: point at a directory written by training/train.py (e.g. <run>/policy)")
+
+
+def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet]:
+    """Read ``policy.json`` + ``policy.safetensors`` (validated) from ``directory``."""
+    from safetensors.numpy import load_file
+
+    try:
+        spec = json.loads((directory / "policy.json").read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyLoadError(f"{directory / 'policy.json'} is not valid JSON ({e}); re-export the policy") from None
+    if spec.get("format") != POLICY_FORMAT or spec.get("format_version") != POLICY_FORMAT_VERSION:
+        raise PolicyLoadError(
+            f"{directory / 'policy.json'}: format {spec.get('format')!r} v{spec.get('format_version')} is not "
+            f"{POLICY_FORMAT!r} v{POLICY_FORMAT_VERSION}; re-export it with this specctl's training/train.py"
+        )
+    weights_file = directory / "policy.safetensors"
+    if not weights_file.is_file():
+        raise PolicyLoadError(f"{weights_file} is missing; the policy directory is incomplete")
+    tensors = load_file(str(weights_file))
+    net = spec["net"]
+    try:
+        layers = [(tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"]) for i in range(net["layers"])]
+    except KeyError as e:
+        raise PolicyLoadError(f"{weights_file} lacks tensor {e}; re-export the policy") from None
+    if layers[0][0].shape[1] != net["obs_size"] or layers[-1][0].shape[0] != sum(net["action_dims"]):
+        raise PolicyLoadError(f"{weights_file}: weight shapes do not match policy.json (obs {net['obs_size']}, actions {sum(net['action_dims'])})")
+    return spec, PolicyNet(layers, net["activation"], net["action_dims"], net["masked"])
+
+
+class PolicyController(Controller):
+    """A trained policy in the controller slot, composed with the heuristic it was trained with.
+
+    ``policy:<ref>`` in ``--controller`` builds one through :meth:`load`. The codec is checked
+    against the runtime's scenario in :meth:`bind`; a mismatch raises
+    :class:`policy_env.codec.CodecMismatch` naming every difference.
+    """
+
+    name = "policy"
+
+    def __init__(self, spec: dict[str, Any], net: PolicyNet, source: str = "") -> None:
+        super().__init__()
+        from controllers import make_controller
+        from policy_env.codec import Codec
+        from policy_env.control import build_controller
+
+        self.spec = spec
+        self.net = net
+        self.source = source
+        self.codec = Codec.from_dict(spec["codec"])
+        if int(np.sum(self.codec.action_space().nvec)) != int(sum(net.dims)) or self.codec.obs_size != spec["net"]["obs_size"]:
+            raise PolicyLoadError(f"policy {source!r}: network shape does not match its codec; re-export the policy")
+        self.heuristic = make_controller(spec["base"])
+        self.inner, self.part = build_controller(self.codec, self.heuristic, act=net)
+        self.owns = frozenset(self.codec.owns)
+        self.name = f"policy({spec.get('base', '?')})"
+
+    @classmethod
+    def load(cls, ref: str) -> "PolicyController":
+        """From a policy directory, ``runs:/<run_id>/<path>`` or ``models:/<name>@<alias>``."""
+        if not ref:
+            raise PolicyLoadError("policy: needs a reference: policy:<dir>, policy:runs:/<run_id>/policy or policy:models:/<name>@<alias>")
+        directory = resolve_ref(ref)
+        spec, net = load_policy_dir(directory)
+        return cls(spec, net, source=ref)
+
+    def bind(self, info: RuntimeInfo) -> None:
+        self.codec.check(info)
+        super().bind(info)
+        self.inner.bind(info)
+
+    # every call goes through the composite: the agent's part for owned decisions, the heuristic else
+    def decide(self, point: DecisionPoint):  # type: ignore[override]
+        return self.inner.decide(point)
+
+    def prepare(self, point: DecisionPoint) -> None:
+        self.inner.prepare(point)
+
+    def on_batch_done(self, result: BatchResult) -> None:
+        self.inner.on_batch_done(result)
+
+    def admit(self, req: RequestView, sys: SystemView) -> bool:
+        return self.inner.admit(req, sys)
+
+    def drafter_site(self, req: RequestView, sys: SystemView) -> str:
+        return self.inner.drafter_site(req, sys)
+
+    def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
+        return self.inner.draft_length(req, sys, site)
+
+    def redundancy(self, req: RequestView, sys: SystemView, site: str, k: int) -> Redundancy:
+        return self.inner.redundancy(req, sys, site, k)
+
+    def select_batch(self, ready: Sequence[RequestView], sys: SystemView) -> list[int]:
+        return self.inner.select_batch(ready, sys)
