@@ -298,7 +298,7 @@ def shipped_scenarios() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
-def _format_validation(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-after", "tagged-union")))
     msg = err["msg"].removeprefix("Value error, ")
@@ -344,7 +344,7 @@ def build_scenario(raw: dict[str, Any], source: str = "<dict>") -> Scenario:
     try:
         spec = ScenarioSpec.model_validate(raw)
     except ValidationError as e:
-        raise ScenarioError(f"scenario {source}: {_format_validation(e)}") from None
+        raise ScenarioError(f"scenario {source}: {format_validation_error(e)}") from None
     try:
         return _resolve(spec, source)
     except ScenarioError as e:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.scenario import Scenario, ScenarioError, _format_validation, load_scenario
+from runtime.scenario import Scenario, ScenarioError, format_validation_error, load_scenario, shipped_scenarios
 
 REAL_SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -107,7 +107,13 @@ class Deployment:
 def _scenario_path(name: str) -> str:
     """Scenario names also resolve in ``runtime/real/scenarios`` (deployable tiny scenarios)."""
     local = REAL_SCENARIO_DIR / f"{name}.yaml"
-    return str(local) if not Path(name).suffix and local.is_file() else name
+    if Path(name).suffix or Path(name).exists() or local.is_file():
+        return str(local) if local.is_file() and not Path(name).suffix else name
+    deployable = sorted(p.stem for p in REAL_SCENARIO_DIR.glob("*.yaml"))
+    raise ScenarioError(
+        f"unknown scenario {name!r}: deployable scenarios are {deployable}, shipped simulator scenarios are "
+        f"{shipped_scenarios()}, or pass a YAML path"
+    )
 
 
 def load_deployment(path: str | Path | None = None, scenario: str | None = None,
@@ -130,5 +136,5 @@ def load_deployment(path: str | Path | None = None, scenario: str | None = None,
     try:
         spec = DeploymentSpec.model_validate(raw)
     except ValidationError as e:
-        raise ScenarioError(f"deployment {path or '<defaults>'}: {_format_validation(e)}") from None
+        raise ScenarioError(f"deployment {path or '<defaults>'}: {format_validation_error(e)}") from None
     return Deployment(spec, models_dir)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
-
-from policy_env.env import TRAIN_SEED_MAX, SpecControlEnv
+from policy_env.env import SpecControlEnv
 from runtime.real.deploy import Deployment, load_deployment
 from runtime.real.replay import submit_workload, with_rate
 from runtime.real.runtime import RealRuntime, SiteProcesses
+from runtime.scenario import Scenario
 
 
 class RealSpecControlEnv(SpecControlEnv):
@@ -31,7 +29,7 @@ class RealSpecControlEnv(SpecControlEnv):
         dep = deployment or load_deployment()
         if rate is not None:
             dep.scenario = with_rate(dep.scenario, rate)
-        super().__init__(scenario=dep.scenario, rate=None, duration=duration, **kwargs)
+        super().__init__(scenario=dep.scenario, rate=None, duration=duration, make_runtime=self._start_episode, **kwargs)
         self.texts = texts
         self.processes = SiteProcesses()
         remote = [s.name for s in dep.scenario.sites if s.role != "target" and s.drafter and dep.address(s.name) is None]
@@ -40,24 +38,14 @@ class RealSpecControlEnv(SpecControlEnv):
         self.deployment = dep
         self.sim: RealRuntime | None = None  # type: ignore[assignment]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        gym.Env.reset(self, seed=seed)
-        self.sim_seed = int(self.np_random.integers(0, TRAIN_SEED_MAX))
-        if options and "sim_seed" in options:
-            self.sim_seed = int(options["sim_seed"])
+    def _start_episode(self, scenario: Scenario, seed: int, duration: float, rate: float | None) -> RealRuntime:
+        """The env's ``make_runtime`` hook: a fresh real runtime replaying this episode's arrivals."""
         if self.sim is not None:
             self.sim.close()
-        rt = self.sim = RealRuntime(self.deployment, seed=self.sim_seed, launch_sites=False)
+        rt = RealRuntime(self.deployment, seed=seed, launch_sites=False)
         rt.start()
-        submit_workload(rt, self.duration, self.sim_seed, self.texts)
-        self.controller.bind(rt.info)
-        self._steps = 0
-        self._seen = (0, 0, 0, 0)
-        self._records = 0
-        self._expert_point = None
-        if self._advance():
-            self._obs[:] = 0.0
-        return self._obs.copy(), self._info()
+        submit_workload(rt, duration, seed, self.texts)
+        return rt
 
     def close(self) -> None:
         if self.sim is not None:
