@@ -12,6 +12,11 @@ from typing import Any, Callable
 from runtime.contract import Controller
 
 from controllers.basic import NoSpec, Static
+from controllers.centralized import Centralized
+from controllers.oracle import Oracle
+from controllers.sled import Sled
+from controllers.wanspec import WanSpec
+from controllers.wisp import Wisp
 
 
 class ControllerError(ValueError):
@@ -22,6 +27,11 @@ class ControllerError(ValueError):
 REGISTRY: dict[str, Callable[..., Controller]] = {
     "no-spec": NoSpec,
     "static": Static,
+    "centralized": Centralized,
+    "sled": Sled,
+    "wanspec": WanSpec,
+    "wisp": Wisp,
+    "oracle": Oracle,
 }
 
 
