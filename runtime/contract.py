@@ -222,7 +222,9 @@ class Decision:
 
     admit: list[bool] = field(default_factory=list)
     plans: list[RoundPlan] = field(default_factory=list)
-    batch: list[int] = field(default_factory=list)  # rids to verify now; [] = wait
+    #: rids to verify now; [] = wait for more drafts (re-asked after ``limits.batch_wait_s`` or
+    #: at the next arrival; when nothing else is in flight the runtime verifies FCFS instead).
+    batch: list[int] = field(default_factory=list)
 
 
 class Controller:

@@ -33,6 +33,7 @@ from runtime.contract import (
     SiteState,
     batch_tokens,
     drive,
+    fcfs_batch,
 )
 from runtime.latency import LatencyModel, ModelSpec, ProfileTable, Roofline
 from runtime.load import LoadProcess
@@ -555,6 +556,9 @@ class Simulator:
 
     # ---- verification
     def _start_verify(self, rids: list[int]) -> None:
+        if not rids and not self._heap:
+            # waiting cannot help when nothing else is in flight: verify first come, first served
+            rids = fcfs_batch(list(self.ready.values()), self.info)
         if not rids:  # the controller chose to wait
             self._hold_until = self.now + self.limits.batch_wait_s
             self._push(self._hold_until, _noop, None)

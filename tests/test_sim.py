@@ -200,3 +200,12 @@ def test_slo_attainment_and_goodput_are_consistent():
     assert out["goodput_rps"] == pytest.approx(out["slo_attainment"] * out["requests_arrived"] / 20.0)
     assert out["goodput_tps"] <= out["throughput_tps"] + 1e-9
     assert not any(isinstance(v, float) and math.isnan(v) for v in out.values())
+
+
+def test_a_controller_that_always_waits_cannot_livelock_the_run():
+    class Never(Controller):
+        def select_batch(self, ready, sys):
+            return []
+
+    out = simulate(scenario(), Never(), seed=0, duration=3.0)
+    assert out["requests_completed"] == out["requests_arrived"] > 0

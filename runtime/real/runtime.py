@@ -46,6 +46,7 @@ from runtime.contract import (
     SiteInfo,
     SiteState,
     batch_tokens,
+    fcfs_batch,
 )
 from runtime.latency import ProfileTable
 from runtime.metrics import Metrics, RequestRecord
@@ -641,6 +642,9 @@ class RealRuntime:
     # ------------------------------------------------------------------ verification
     def _verify(self, rids: list[int]) -> None:
         lim = self.limits
+        if not rids and len(self.ready) >= len(self.requests) and not self._local_q:
+            # every request is waiting for verification, so no draft can arrive: waiting cannot help
+            rids = fcfs_batch(list(self.ready.values()), self.info)
         if not rids:  # the controller chose to wait
             self._hold_until = self.now + lim.batch_wait_s
             return
