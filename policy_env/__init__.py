@@ -9,7 +9,7 @@ Importing this package registers the environments::
 
 | id | the agent decides | the heuristic ``base`` decides |
 |---|---|---|
-| ``specctl/SpecControl-v0`` | draft length, drafter site, redundancy, verification batch | admission |
+| ``specctl/SpecControl-v0`` | admission, draft length, drafter site, redundancy, verification batch | (nothing) |
 | ``specctl/SpecPlan-v0`` | draft length, drafter site, redundancy | verification batch, admission |
 | ``specctl/DraftLength-v0`` | draft length | site, redundancy, batch, admission |
 | ``specctl/Batching-v0`` | verification batch | k, site, redundancy, admission |
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from policy_env.codec import AGENT_DECISIONS, CODEC_VERSION, Codec, CodecMismatch
+from policy_env.codec import AGENT_DECISIONS, CODEC_VERSION, SPEC_DECISIONS, Codec, CodecMismatch
 from policy_env.control import ActionController, build_controller
 from policy_env.env import DEFAULT_REWARD, TRAIN_SEED_MAX, SpecControlEnv
 
@@ -36,6 +36,6 @@ for _id, _owns in ENV_IDS.items():
         gym.register(id=_id, entry_point="policy_env.env:SpecControlEnv", kwargs={"owns": _owns}, disable_env_checker=True)
 
 __all__ = [
-    "AGENT_DECISIONS", "CODEC_VERSION", "Codec", "CodecMismatch", "ActionController", "build_controller",
+    "AGENT_DECISIONS", "SPEC_DECISIONS", "CODEC_VERSION", "Codec", "CodecMismatch", "ActionController", "build_controller",
     "DEFAULT_REWARD", "TRAIN_SEED_MAX", "SpecControlEnv", "ENV_IDS",
 ]

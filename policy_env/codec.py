@@ -7,9 +7,16 @@ both call exactly these methods, and the codec's JSON spec is saved with every c
 training and serving cannot drift apart. :meth:`Codec.check` compares a saved codec with a
 runtime's scenario and names every difference.
 
-Slots: the requests a point lists (``point.plan`` or ``point.ready``) sorted by deadline (most
-urgent first); a plan point with more than ``n_slots`` requests is presented in chunks of
-``n_slots`` (one agent step each), a batch point shows its ``n_slots`` most urgent requests.
+Slots: the requests a point lists, most urgent first. A plan point presents its arrivals awaiting
+admission (``point.admit``, in arrival order, when the agent owns admission) and then the requests
+starting a round (``point.plan``, by deadline, when it owns a plan decision); one with more than
+``n_slots`` requests is presented in chunks of ``n_slots`` (one agent step each). A batch point
+shows its ``n_slots`` most urgent ready requests. The last per-slot action dimension is the
+*accept* bit: include-in-batch at batch points, admit (1) or turn away (0) for arrivals at plan
+points.
+
+Version history: 1 (four decisions, admission with the heuristic); 2 (admission bit, the
+``admitting`` slot feature and the ``arrivals`` global feature).
 """
 
 from __future__ import annotations
@@ -24,20 +31,23 @@ from gymnasium import spaces
 
 from runtime.contract import DecisionPoint, Redundancy, RequestView, RuntimeInfo, NO_REDUNDANCY
 
-CODEC_VERSION = 1
-#: Decisions an agent may own (admission always stays with the heuristic).
-AGENT_DECISIONS = ("draft_length", "drafter_site", "redundancy", "batch")
+CODEC_VERSION = 2
+#: Decisions an agent may own (all five of the controller slot).
+AGENT_DECISIONS = ("admission", "draft_length", "drafter_site", "redundancy", "batch")
+#: The speculation decisions: what :meth:`Codec.for_runtime` owns unless told (admission is opt-in).
+SPEC_DECISIONS = ("draft_length", "drafter_site", "redundancy", "batch")
 PLAN_DECISIONS = frozenset({"draft_length", "drafter_site", "redundancy"})
 
-#: Per-slot features, in order (documented in the env's docstring).
+#: Per-slot features, in order (documented in the env's docstring); ``admitting`` only when the
+#: codec owns admission (a codec that does not keeps the version-1 layout).
 SLOT_FEATURES = (
     "present", "slack", "tokens_left", "context", "alpha", "last_k", "last_accepted",
-    "prefill", "ready_k", "ready_wait", "tpot_slo", "at_target",
+    "prefill", "ready_k", "ready_wait", "tpot_slo", "at_target", "admitting",
 )
-#: Global features before the per-site block.
+#: Global features before the per-site block (``arrivals`` only when the codec owns admission).
 GLOBAL_FEATURES = (
     "is_plan", "point_size", "chunks_left", "verify_queue", "in_flight", "verifier_busy",
-    "verify_time", "last_batch_size", "target_load",
+    "verify_time", "last_batch_size", "target_load", "arrivals",
 )
 #: Per drafter-site option (non-edge): load, queue, rtt, busy.
 SITE_FEATURES = ("load", "queue", "rtt", "busy")
@@ -72,7 +82,7 @@ class Codec:
 
     # ---------------------------------------------------------------- construction / (de)serialise
     @classmethod
-    def for_runtime(cls, info: RuntimeInfo, owns: Sequence[str] = AGENT_DECISIONS, n_slots: int = 16) -> "Codec":
+    def for_runtime(cls, info: RuntimeInfo, owns: Sequence[str] = SPEC_DECISIONS, n_slots: int = 16) -> "Codec":
         bad = [d for d in owns if d not in AGENT_DECISIONS]
         if bad or not owns:
             raise ValueError(f"owns must be a non-empty subset of {list(AGENT_DECISIONS)}, got {list(owns)}")
@@ -133,14 +143,27 @@ class Codec:
         return "batch" in self.owns
 
     @property
+    def admission_owned(self) -> bool:
+        return "admission" in self.owns
+
+    @property
     def dims(self) -> tuple[int, int, int, int]:
-        """Choices per slot: k, site option, redundancy (0 none, 1 hedged backup), include bit."""
+        """Choices per slot: k, site option, redundancy (0 none, 1 hedged backup), accept bit
+        (include in the batch at batch points; admit an arrival at plan points)."""
         return (self.max_k + 1, len(self.site_options), 2, 2)
 
     @property
     def obs_size(self) -> int:
         n_sites = sum(1 for s in self.site_options if s != EDGE)
-        return len(GLOBAL_FEATURES) + len(SITE_FEATURES) * n_sites + len(SLOT_FEATURES) * self.n_slots
+        return len(self.global_features) + len(SITE_FEATURES) * n_sites + len(self.slot_features) * self.n_slots
+
+    @property
+    def global_features(self) -> tuple[str, ...]:
+        return GLOBAL_FEATURES if self.admission_owned else GLOBAL_FEATURES[:-1]
+
+    @property
+    def slot_features(self) -> tuple[str, ...]:
+        return SLOT_FEATURES if self.admission_owned else SLOT_FEATURES[:-1]
 
     def observation_space(self) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, shape=(self.obs_size,), dtype=np.float32)
@@ -152,19 +175,29 @@ class Codec:
     def wants(self, point: DecisionPoint) -> bool:
         """Does the agent decide anything at this point?"""
         if point.kind == "plan":
-            return self.plan_owned and bool(point.plan)
+            return (self.plan_owned and bool(point.plan)) or (self.admission_owned and bool(point.admit))
         return self.batch_owned and bool(point.ready)
 
     def slots(self, point: DecisionPoint) -> list[RequestView]:
-        """The point's requests most urgent first: all of a plan point's (answered in chunks of
-        ``n_slots``), the ``n_slots`` most urgent of a batch point's."""
+        """The point's requests most urgent first: at a plan point its arrivals (if the agent owns
+        admission; arrival order) then its round starts (if it owns a plan decision; by deadline),
+        answered in chunks of ``n_slots``; the ``n_slots`` most urgent of a batch point's."""
         if point.kind == "plan":
-            return sorted(point.plan, key=_deadline)
+            out = list(point.admit) if self.admission_owned else []
+            if self.plan_owned:
+                out += sorted(point.plan, key=_deadline)
+            return out
         return heapq.nsmallest(self.n_slots, point.ready, key=_deadline)
 
+    def admitting(self, point: DecisionPoint) -> int:
+        """How many of :meth:`slots` (the first ones) are arrivals awaiting admission."""
+        return len(point.admit) if point.kind == "plan" and self.admission_owned else 0
+
     # ---------------------------------------------------------------- observation
-    def encode(self, point: DecisionPoint, chunk: Sequence[RequestView], chunks_left: int, out: np.ndarray) -> np.ndarray:
-        """Write the observation for ``chunk`` of ``point`` into ``out`` (preallocated, float32)."""
+    def encode(self, point: DecisionPoint, chunk: Sequence[RequestView], chunks_left: int, out: np.ndarray, n_admit: int = 0) -> np.ndarray:
+        """Write the observation for ``chunk`` of ``point`` into ``out`` (preallocated, float32).
+
+        The first ``n_admit`` requests of ``chunk`` are arrivals awaiting admission."""
         out[:] = 0.0
         sys = point.system
         now = point.time
@@ -177,7 +210,10 @@ class Codec:
         out[5] = 1.0 if sys.verifier_busy else 0.0
         out[6] = min(sys.verify_time_ewma / 0.1, 1.0)
         out[7] = min(sys.last_batch_size / 64.0, 1.0)
-        i = len(GLOBAL_FEATURES)
+        admission = self.admission_owned
+        if admission:
+            out[9] = min(len(point.admit) / 8.0, 1.0) if point.kind == "plan" else 0.0
+        i = len(self.global_features)
         for name in self.site_options:
             if name == EDGE:
                 continue
@@ -207,8 +243,9 @@ class Codec:
                     (now - r.ready_since) / r.tpot_slo if batch else 0.0,
                     r.tpot_slo,
                     r.drafter_site is None or r.drafter_site == target,
-                )
-                for r in chunk
+                    j < n_admit,
+                )[: 13 if admission else 12]
+                for j, r in enumerate(chunk)
             ]
             block = np.array(rows, dtype=np.float32)
             block *= self._scale
@@ -218,16 +255,17 @@ class Codec:
 
     @property
     def _scale(self) -> np.ndarray:
-        """Per-slot feature scales (SLOT_FEATURES order); values are clipped to [-1, 1] after."""
+        """Per-slot feature scales (:attr:`slot_features` order); values are clipped to [-1, 1] after."""
         k = 1.0 / self.max_k
-        return np.array([1, 1 / 32, 1 / 512, 1 / 4096, 1, k, k, 1, k, 1, 1 / 0.2, 1], dtype=np.float32)
+        return np.array([1, 1 / 32, 1 / 512, 1 / 4096, 1, k, k, 1, k, 1, 1 / 0.2, 1, 1][: len(self.slot_features)], dtype=np.float32)
 
     # ---------------------------------------------------------------- masks
-    def action_masks(self, point: DecisionPoint, chunk: Sequence[RequestView], info: RuntimeInfo) -> np.ndarray:
-        """Flat boolean mask (MaskablePPO layout): per slot, k | site | redundancy | include.
+    def action_masks(self, point: DecisionPoint, chunk: Sequence[RequestView], info: RuntimeInfo, n_admit: int = 0) -> np.ndarray:
+        """Flat boolean mask (MaskablePPO layout): per slot, k | site | redundancy | accept.
 
         Every dimension of an empty slot, and every dimension the agent does not own at this
-        point, allows option 0 only.
+        point, allows option 0 only. The first ``n_admit`` slots of a plan point's chunk are
+        arrivals: only their accept (admit) bit is free.
         """
         nk, ns, _, _ = self.dims
         tables = self._tables(info)
@@ -237,15 +275,19 @@ class Codec:
             return mask.reshape(-1)
         owns = self.owns
         if point.kind == "plan":
-            if "draft_length" in owns:
-                kmax = [max(0, min(self.max_k, r.max_tokens - r.generated - 1)) for r in chunk]
-                mask[:n, :nk] = tables["k"][kmax]
-            if "drafter_site" in owns or "redundancy" in owns:
-                origin = [tables["origin"][r.origin] for r in chunk]
+            if n_admit:
+                mask[:n_admit, nk + ns + 3] = True  # admit (1) or turn away (0)
+            plans = chunk[n_admit:]
+            m = mask[n_admit:n]  # a view: the slots of requests starting a round
+            if plans and "draft_length" in owns:
+                kmax = [max(0, min(self.max_k, r.max_tokens - r.generated - 1)) for r in plans]
+                m[:, :nk] = tables["k"][kmax]
+            if plans and ("drafter_site" in owns or "redundancy" in owns):
+                origin = [tables["origin"][r.origin] for r in plans]
                 if "drafter_site" in owns:
-                    mask[:n, nk : nk + ns] = tables["site"][origin]
+                    m[:, nk : nk + ns] = tables["site"][origin]
                 if "redundancy" in owns:
-                    mask[:n, nk + ns + 1] = tables["hedge"][origin]
+                    m[:, nk + ns + 1] = tables["hedge"][origin]
         elif "batch" in owns:
             mask[:n, nk + ns + 3] = True
         return mask.reshape(-1)
@@ -288,13 +330,19 @@ class Codec:
         return tables
 
     # ---------------------------------------------------------------- decoding
-    def decode_plans(self, action: np.ndarray, chunk: Sequence[RequestView], info: RuntimeInfo) -> list[tuple[int, str | None, Redundancy | None]]:
+    def decode_admit(self, action: np.ndarray, arrivals: Sequence[RequestView]) -> list[bool]:
+        """Admit (accept bit 1) or turn away (0) each arrival in the first ``len(arrivals)`` slots."""
+        accept = np.asarray(action).reshape(self.n_slots, 4)[: len(arrivals), 3].tolist()
+        return [a == 1 for a in accept]
+
+    def decode_plans(self, action: np.ndarray, chunk: Sequence[RequestView], info: RuntimeInfo, skip: int = 0) -> list[tuple[int, str | None, Redundancy | None]]:
         """Per slot (k, site, redundancy); ``None`` (k: -1) where the agent does not own the decision.
 
-        Invalid choices (an unmasked policy) are repaired: k is clipped to what the request can
-        use, a site that cannot draft for it is replaced by the heuristic's answer.
+        ``chunk`` fills the slots from ``skip`` on (the slots before it hold arrivals). Invalid
+        choices (an unmasked policy) are repaired: k is clipped to what the request can use, a
+        site that cannot draft for it is replaced by the heuristic's answer.
         """
-        rows = np.asarray(action).reshape(self.n_slots, 4).tolist()
+        rows = np.asarray(action).reshape(self.n_slots, 4)[skip:].tolist()
         tables = self._tables(info)
         allowed_by = tables["allowed"]
         own_k = "draft_length" in self.owns

@@ -48,7 +48,9 @@ class ActionController(Controller):
         self.act = act
         self.owns = frozenset(codec.owns)
         self.plans: dict[int, tuple[int, str | None, Redundancy | None]] = {}
+        self.admits: dict[int, bool] = {}
         self.batch: list[int] | None = None
+        self.n_admit = 0  # the point's first slots that are arrivals awaiting admission
         self.point: DecisionPoint | None = None
         self.slots: list[RequestView] = []
         self.pos = 0
@@ -59,21 +61,28 @@ class ActionController(Controller):
         """Start deciding ``point``: its requests become slots, most urgent first."""
         self.point = point
         self.slots = self.codec.slots(point)
+        self.n_admit = self.codec.admitting(point)
         self.pos = 0
         self.plans.clear()
+        self.admits.clear()
         self.batch = None
 
     @property
     def chunk(self) -> list[RequestView]:
         return self.slots[self.pos : self.pos + self.codec.n_slots]
 
+    @property
+    def chunk_admit(self) -> int:
+        """How many of the current chunk's (first) slots are arrivals awaiting admission."""
+        return max(0, min(self.n_admit - self.pos, self.codec.n_slots))
+
     def observe(self, out: np.ndarray) -> np.ndarray:
         n = self.codec.n_slots
         chunks_left = max(0, (len(self.slots) - self.pos - 1) // n)
-        return self.codec.encode(self.point, self.chunk, chunks_left, out)  # type: ignore[arg-type]
+        return self.codec.encode(self.point, self.chunk, chunks_left, out, self.chunk_admit)  # type: ignore[arg-type]
 
     def masks(self) -> np.ndarray:
-        return self.codec.action_masks(self.point, self.chunk, self.info)  # type: ignore[arg-type]
+        return self.codec.action_masks(self.point, self.chunk, self.info, self.chunk_admit)  # type: ignore[arg-type]
 
     def take(self, action: np.ndarray) -> bool:
         """Record the answer for the current chunk; ``True`` once the whole point is decided."""
@@ -81,8 +90,14 @@ class ActionController(Controller):
         assert point is not None, "begin(point) first"
         chunk = self.chunk
         if point.kind == "plan":
-            for req, choice in zip(chunk, codec.decode_plans(action, chunk, self.info)):  # type: ignore[arg-type]
-                self.plans[req.rid] = choice
+            na = self.chunk_admit
+            if na:
+                for req, ok in zip(chunk[:na], codec.decode_admit(action, chunk[:na])):
+                    self.admits[req.rid] = ok
+            plans = chunk[na:]
+            if plans:
+                for req, choice in zip(plans, codec.decode_plans(action, plans, self.info, skip=na)):  # type: ignore[arg-type]
+                    self.plans[req.rid] = choice
             self.pos += codec.n_slots
             return self.pos >= len(self.slots)
         shown = {r.rid for r in chunk}
@@ -96,6 +111,7 @@ class ActionController(Controller):
         if self.act is None:
             return
         self.plans.clear()
+        self.admits.clear()
         self.batch = None
         if not self.codec.wants(point):
             return
@@ -116,6 +132,10 @@ class ActionController(Controller):
         self.pos = 0
         for c in range(chunks):
             self.take(actions[c])
+
+    def admit(self, req: RequestView, sys: SystemView) -> bool:
+        ok = self.admits.get(req.rid)
+        return self.fallback.admit(req, sys) if ok is None else ok
 
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
         choice = self.plans.get(req.rid)

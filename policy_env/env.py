@@ -17,6 +17,7 @@ from runtime.sim import Simulator
 
 from policy_env.codec import AGENT_DECISIONS, Codec
 from policy_env.control import build_controller
+from policy_env.teachers import make_teacher
 
 #: Reward terms and their default weights (see the class docstring).
 DEFAULT_REWARD: dict[str, float] = {
@@ -25,6 +26,7 @@ DEFAULT_REWARD: dict[str, float] = {
     "on_pace_tokens": 0.01,
     "tokens": 0.0,
     "late_request": 0.0,
+    "dropped_request": 0.0,
     "target_draft_pass": 0.0005,
     "wasted_token": 0.0005,
 }
@@ -33,26 +35,30 @@ TRAIN_SEED_MAX = 1_000_000_000
 
 
 class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Control speculative decoding across sites: draft length, drafter site, redundancy, batches.
+    """Control speculative decoding across sites: admission, draft length, drafter site, redundancy, batches.
 
     ## Description
     A discrete-event simulation of one scenario (sites, links, models, workload) runs until a
-    decision point the agent owns: a *plan* point (requests starting a speculation round need
-    ``k``, a drafter site and a redundancy rule) or a *batch* point (the idle verifier needs the
+    decision point the agent owns: a *plan* point (arrivals need admitting or turning away;
+    requests starting a speculation round need ``k``, a drafter site and a redundancy rule) or a
+    *batch* point (the idle verifier needs the
     set of ready requests to verify together). The agent answers up to ``n_slots`` requests per
-    step, most urgent (earliest deadline) first; a plan point with more requests takes several
+    step: at a plan point its arrivals first (arrival order), then its round starts by earliest
+    deadline; at a batch point the most urgent ready requests. A plan point with more requests takes several
     steps (chunks) before the simulation moves on, a batch point shows its ``n_slots`` most
     urgent requests and verifies the others first-come-first-served after them. Decisions the
     agent does not own are answered by the heuristic ``base`` controller.
 
     ## Observation space
-    ``Box(-1, 1, (G + 4*S + 12*n_slots,), float32)``, all features scaled to [-1, 1]:
+    ``Box(-1, 1, (G + 4*S + 13*n_slots,), float32)``, all features scaled to [-1, 1] (an env that
+    does not own admission keeps codec version 1's layout: G=9 and 12 per slot, without the
+    admission features):
 
     | part | features |
     |---|---|
-    | global (G=9) | point kind (+1 plan, -1 batch), requests at the point /64, chunks left /4, verify queue /64, in-flight /256, verifier busy, verify-time EWMA /100 ms, last batch size /64, target background load |
+    | global (G=10) | point kind (+1 plan, -1 batch), requests at the point /64, chunks left /4, verify queue /64, in-flight (admitted or awaiting admission, unfinished) /256, verifier busy, verify-time EWMA /100 ms, last batch size /64, target background load, arrivals awaiting admission /8 |
     | per drafter site (S, not edges) | background load, draft queue /32, measured RTT /100 ms, busy |
-    | per slot | present, SLO slack (deadline - now in TPOT units /32, clipped), tokens left /512, context /4096, acceptance estimate, last k /max_k, last accepted /max_k, in prefill, drafted tokens waiting /max_k, time waiting to verify (TPOT units), TPOT SLO /200 ms, drafter is the target site |
+    | per slot | present, SLO slack (deadline - now in TPOT units /32, clipped), tokens left /512, context /4096, acceptance estimate, last k /max_k, last accepted /max_k, in prefill, drafted tokens waiting /max_k, time waiting to verify (TPOT units), TPOT SLO /200 ms, drafter is the target site, awaiting admission (the slot's accept bit admits it) |
 
     Empty slots are all zeros (``present = 0``).
 
@@ -60,8 +66,9 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     ``MultiDiscrete([max_k+1, n_site_options, 2, 2] * n_slots)``: per slot the draft length ``k``
     (0 = plain decode), the drafter site option (the target, each remote site, ``edge`` = the
     request's own device), redundancy (0 none, 1 one hedged backup: the target when drafting
-    remotely, else the nearest other site, launched when the primary is late) and the
-    include-in-batch bit. Dimensions the agent does not own, empty slots, ``k`` beyond what a
+    remotely, else the nearest other site, launched when the primary is late) and the accept
+    bit: include in this verification batch at batch points; at plan points, for an arrival
+    awaiting admission, admit it (1) or turn it away (0; it counts as dropped). Dimensions the agent does not own, empty slots, ``k`` beyond what a
     request can use, sites that cannot draft for it, and plan dimensions at batch points (and
     vice versa) are masked: :meth:`action_masks` gives the flat mask MaskablePPO expects.
     Unmasked invalid choices are repaired (k clipped, site replaced by the heuristic's).
@@ -75,7 +82,8 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     | ``slo_tokens`` | 0.0 | 100 output tokens of such requests |
     | ``on_pace_tokens`` | 0.01 | output token committed to a request still within its SLO after the commit (TTFT met, next-token deadline not passed): the dense, immediate form of goodput |
     | ``tokens`` | 0.0 | output token committed, on pace or not (throughput) |
-    | ``late_request`` | 0.0 | request completed late or dropped (subtracted) |
+    | ``late_request`` | 0.0 | request completed late (subtracted) |
+    | ``dropped_request`` | 0.0 | request dropped: turned away at admission, over ``max_inflight``, or unfinished when the drain ended (subtracted; 0 by default: a request turned away costs only the reward it would have earned) |
     | ``target_draft_pass`` | 0.0005 | draft forward pass on the target site's GPU (subtracted) |
     | ``wasted_token`` | 0.0005 | wasted draft token: rejected, or a losing redundant draft (subtracted) |
 
@@ -89,7 +97,7 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Arguments
     ``gymnasium.make("specctl/SpecControl-v0", scenario="wan-4region", rate=None, duration=60.0,
-    n_slots=16, base="static", owns=(...), reward=None, max_steps=None)``: ``scenario`` is a
+    n_slots=16, base="static", owns=(...), reward=None, max_steps=None, admission_teacher=None)``: ``scenario`` is a
     shipped name, a YAML path or a :class:`runtime.scenario.Scenario`; ``rate`` overrides the
     arrival rate; ``base`` is the heuristic controller spec (``controllers.make_controller``);
     ``owns`` the decisions the agent makes (a subset of ``policy_env.codec.AGENT_DECISIONS``).
@@ -99,7 +107,10 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     ``next_decision()`` blocks in wall-clock time.
 
     ## Version history
-    * v0: initial version (codec version 1).
+    * v0: initial version (codec version 1); codec version 2 adds admission (the accept bit at
+      plan points, the ``arrivals`` and ``awaiting admission`` features). ``admission_teacher``
+      (a controller spec, or ``inflight-cap:max_inflight=N`` from :mod:`policy_env.teachers`)
+      labels arrivals in :meth:`expert_action` instead of ``base``: cloning data only.
     """
 
     metadata = {"render_modes": []}
@@ -114,6 +125,7 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
         owns: Sequence[str] = AGENT_DECISIONS,
         reward: dict[str, float] | None = None,
         max_steps: int | None = None,
+        admission_teacher: str | None = None,
         make_runtime: Callable[[Scenario, int, float, float | None], Any] | None = None,
     ) -> None:
         from controllers import make_controller
@@ -130,6 +142,8 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
         self.base_spec = base
         self.weights = {**DEFAULT_REWARD, **(reward or {})}
         self.heuristic: Controller = make_controller(base)
+        self.admission_teacher_spec = admission_teacher
+        self.teacher: Controller | None = make_teacher(admission_teacher) if admission_teacher else None
         self.make_runtime = make_runtime or _simulator
         probe = Simulator(self.scenario, 0, duration, rate=rate)
         self.codec = Codec.for_runtime(probe.info, owns, n_slots)
@@ -155,6 +169,8 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
             self.sim_seed = int(options["sim_seed"])
         self.sim = self.make_runtime(self.scenario, self.sim_seed, self.duration, self.rate)
         self.controller.bind(self.sim.info)
+        if self.teacher is not None:
+            self.teacher.bind(self.sim.info)
         self._steps = 0
         self._seen = (0, 0, 0, 0)
         self._records = 0
@@ -203,7 +219,11 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
                 h.prepare(point)
                 self._expert_point = point
             opts = self.codec.site_options
+            na = part.chunk_admit
             for j, req in enumerate(chunk):
+                if j < na:  # an arrival: admit or turn away
+                    action[4 * j + 3] = 1 if (self.teacher or h).admit(req, sys) else 0
+                    continue
                 site = h.drafter_site(req, sys)
                 k = h.draft_length(req, sys, site)
                 red = h.redundancy(req, sys, site, k) if k > 0 else None
@@ -263,7 +283,8 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
             + w["slo_tokens"] * met_tokens / 100.0
             + w["on_pace_tokens"] * on_pace
             + w["tokens"] * (now[0] - prev[0])
-            - w["late_request"] * (late + now[3] - prev[3])
+            - w["late_request"] * late
+            - w["dropped_request"] * (now[3] - prev[3])
             - w["target_draft_pass"] * (now[1] - prev[1])
             - w["wasted_token"] * (now[2] - prev[2])
         )

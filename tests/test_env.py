@@ -65,6 +65,7 @@ def test_observations_stay_in_space_and_masks_forbid_invalid_choices() -> None:
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     kinds = set()
+    admits = 0
     for _ in range(400):
         part = env.part
         mask = env.action_masks().reshape(codec.n_slots, width)
@@ -76,7 +77,10 @@ def test_observations_stay_in_space_and_masks_forbid_invalid_choices() -> None:
                 assert row.sum() == 4
                 continue
             req = chunk[j]
-            if point.kind == "plan":
+            if point.kind == "plan" and j < part.chunk_admit:  # an arrival: only the admit bit is free
+                assert req in point.admit and row.sum() == 5 and row[nk + ns + 3]
+                admits += 1
+            elif point.kind == "plan":
                 assert row[:nk].sum() == 1 + max(0, min(codec.max_k, req.tokens_left - 1))
                 allowed = env.sim.info.allowed_sites(req)
                 assert all((opt in allowed) == row[nk + s] for s, opt in enumerate(codec.site_options))
@@ -87,7 +91,7 @@ def test_observations_stay_in_space_and_masks_forbid_invalid_choices() -> None:
         assert env.observation_space.contains(obs)
         if term or trunc:
             env.reset()
-    assert kinds == {"plan", "batch"}
+    assert kinds == {"plan", "batch"} and admits > 0
 
 
 def test_unmasked_invalid_actions_are_repaired_not_fatal() -> None:
@@ -167,6 +171,52 @@ def test_bad_env_arguments_raise_one_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown reward term"):
         gym.make("specctl/SpecControl-v0", reward={"goodput": 1.0})
     with pytest.raises(ValueError, match="owns must be"):
-        gym.make("specctl/SpecControl-v0", owns=("admission",))
+        gym.make("specctl/SpecControl-v0", owns=("scheduling",))
     with pytest.raises(ValueError, match="unknown scenario"):
         gym.make("specctl/SpecControl-v0", scenario="nowhere")
+
+
+def test_admission_bit_turns_arrivals_away_and_the_teacher_labels_them() -> None:
+    """Codec v2: arrivals fill the first slots of a plan point; accept bit 0 drops the request."""
+    env = gym.make("specctl/SpecControl-v0", **SHORT).unwrapped
+    assert "admission" in env.codec.owns and env.codec.version == 2
+    env.reset(seed=2)
+    nk, ns, _, _ = env.codec.dims
+    width = nk + ns + 4
+    dropped = 0
+    while True:
+        part = env.part
+        action = env.expert_action()
+        n_admit = part.chunk_admit if part.point.kind == "plan" else 0
+        if n_admit:
+            obs = env._obs.reshape(-1)
+            assert obs[9] > 0  # the "arrivals" global feature
+            rows = action.reshape(env.codec.n_slots, 4)
+            assert rows[:n_admit, 3].all()  # the base heuristic (static) admits everyone
+            rows[:n_admit, 3] = 0  # turn them all away
+            dropped += n_admit
+        before = env.sim.metrics.dropped
+        _, _, term, trunc, _ = env.step(action)
+        if n_admit and part.pos >= len(part.slots):
+            assert env.sim.metrics.dropped >= before + n_admit
+        if term or trunc:
+            break
+    assert dropped > 0 and env.sim.metrics.dropped >= dropped and not env.sim.metrics.records
+    # a teacher labels admissions for behaviour cloning: a cap of 1 in flight turns most away
+    env = gym.make("specctl/SpecControl-v0", admission_teacher="inflight-cap:max_inflight=1", **SHORT).unwrapped
+    env.reset(seed=2)
+    labels = []
+    for _ in range(300):
+        a = env.expert_action().reshape(env.codec.n_slots, 4)
+        labels += a[: env.part.chunk_admit, 3].tolist() if env.part.point.kind == "plan" else []
+        _, _, term, trunc, _ = env.step(a.reshape(-1))
+        if term or trunc:
+            break
+    assert 0 in labels and 1 in labels
+
+
+def test_codec_v1_checkpoints_are_refused_with_a_version_message() -> None:
+    wan = Simulator(load_scenario("wan-4region"), 0, 1.0).info
+    old = {**Codec.for_runtime(wan).to_dict(), "version": 1}
+    with pytest.raises(CodecMismatch, match="codec version 1 is not supported .*version 2"):
+        Codec.from_dict(old)

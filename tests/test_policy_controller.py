@@ -34,8 +34,12 @@ def tiny_model(algo: str, env_id: str = "specctl/SpecControl-v0"):
     return model, env.unwrapped
 
 
-def exported(tmp_path: Path, algo: str = "maskable_ppo", env_id: str = "specctl/SpecControl-v0") -> tuple[Path, object, object]:
+def exported(tmp_path: Path, algo: str = "maskable_ppo", env_id: str = "specctl/SpecControl-v0", admit: bool = False) -> tuple[Path, object, object]:
     model, env = tiny_model(algo, env_id)
+    if admit:  # random logits may turn every arrival away: favour the accept bit (admit, include)
+        width = int(env.action_space.nvec[:4].sum())
+        with torch.no_grad():
+            model.policy.action_net.bias.view(-1, width)[:, -1] += 10.0
     meta = {"base": env.base_spec, "env_id": env_id, "env_kwargs": ENV_KW, "algo": algo}
     return export_policy(model, env.codec, tmp_path / "policy", meta), model, env
 
@@ -62,7 +66,7 @@ def test_deployed_actions_equal_sb3_predict_deterministic(tmp_path: Path, algo: 
 
 def test_controller_in_the_slot_reproduces_the_env_trajectory(tmp_path: Path) -> None:
     """Serving decodes exactly like training: same seed, same policy -> same simulator metrics."""
-    policy_dir, model, env = exported(tmp_path)
+    policy_dir, model, env = exported(tmp_path, admit=True)
     ctl = PolicyController.load(str(policy_dir))
     obs, info = env.reset(seed=11)
     done = False
@@ -111,3 +115,32 @@ def test_bad_references_and_files_give_one_clear_error(tmp_path: Path) -> None:
         PolicyController.load(str(policy_dir))
     with pytest.raises((ControllerError, PolicyLoadError), match="needs a reference"):
         make_controller("policy:")
+
+
+def test_deployed_admission_bit_zero_turns_every_arrival_away(tmp_path: Path) -> None:
+    """Codec v2: the policy owns admission; accept bit 0 at an arrival's slot drops the request."""
+    policy_dir, _, env = exported(tmp_path)
+    ctl = PolicyController.load(str(policy_dir))
+    assert "admission" in ctl.owns and ctl.codec.version == 2
+    nk, ns, _, _ = ctl.codec.dims
+    width = nk + ns + 4
+    bias = ctl.net.layers[-1][1].reshape(ctl.codec.n_slots, width)
+    bias[:, -2], bias[:, -1] = 1e6, -1e6  # accept bit: always 0 (turn away / do not include)
+    sim = Simulator(env.scenario, 0, 3.0, rate=18.0)
+    summary = sim.run(ctl)
+    assert summary["requests_arrived"] > 0 and summary["requests_completed"] == 0
+    assert summary["requests_dropped"] == summary["requests_arrived"]
+    # and the opposite: admitting everyone serves requests
+    bias[:, -2], bias[:, -1] = -1e6, 1e6
+    assert Simulator(env.scenario, 0, 3.0, rate=18.0).run(PolicyController(ctl.spec, ctl.net))["requests_completed"] > 0
+
+
+def test_codec_v1_policy_is_refused_with_a_version_message(tmp_path: Path) -> None:
+    import json
+
+    policy_dir, _, _ = exported(tmp_path)
+    spec = json.loads((policy_dir / "policy.json").read_text())
+    spec["codec"]["version"] = 1
+    (policy_dir / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(CodecMismatch, match="codec version 1 is not supported"):
+        PolicyController.load(str(policy_dir))

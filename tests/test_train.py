@@ -49,6 +49,9 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         ({"default": {"env_kwargs": {"reward": {"goodput": 1}}}}, "unknown reward term"),
         ({"default": {"policy_kwargs": {"activation_fn": "gelu"}}}, "activation_fn 'gelu' is not supported"),
         ({"default": ["not", "a", "mapping"]}, "block 'default' must be a mapping"),
+        ({"default": {"pretrain": {"admission_teacher": "inflight-cap:max_inflight=0"}}}, "max_inflight must be >= 1"),
+        ({"default": {"pretrain": {"admission_teacher": "nobody"}}}, "unknown controller 'nobody'"),
+        ({"default": {"pretrain": {"drop_weight": 0}}}, "drop_weight must be a number > 0"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], cfg: dict, match: str) -> None:

@@ -58,6 +58,13 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "learning_rate": 1.0e-3,
     "batch_size": 256,
+    # controller spec whose admit() labels the arrivals to clone (None: the base heuristic's);
+    # a teacher used only for cloning, e.g. the clairvoyant oracle (privileged information the
+    # policy never sees at deployment: it only sees its observation)
+    "admission_teacher": None,
+    # loss weight of the steps where the teacher turns an arrival away (rare, and where the
+    # clone's threshold is decided); 1 weighs every step alike
+    "drop_weight": 1.0,
 }
 
 
@@ -244,6 +251,33 @@ def evaluate_baselines(scenario: Any, specs: Sequence[str], seeds: Sequence[int]
     return cmp
 
 
+def teacher_controller(base: str, teacher: str) -> Any:
+    """The cloning target as a controller: ``base`` with ``teacher``'s admission (a reference row)."""
+    from controllers import make_controller
+    from policy_env.teachers import make_teacher
+    from runtime.contract import compose
+
+    return compose(make_controller(base), admission=make_teacher(teacher))
+
+
+def _teacher_job(args: tuple[Any, str, str, int, float, float | None]) -> tuple[int, dict[str, float]]:
+    scenario, base, teacher, seed, duration, rate = args
+    return seed, run_controller(scenario, teacher_controller(base, teacher), seed, duration, rate)
+
+
+def evaluate_teacher(scenario: Any, base: str, teacher: str, seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1) -> list[dict[str, float]]:
+    """The cloning teacher (``base`` + the admission teacher) on ``seeds``, for the comparison table."""
+    jobs = [(scenario, base, teacher, s, duration, rate) for s in seeds]
+    if workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            res = dict(pool.map(_teacher_job, jobs))
+    else:
+        res = dict(map(_teacher_job, jobs))
+    return [res[s] for s in seeds]
+
+
 def evaluate_policy(policy_dir: Path, scenario: Any, seeds: Sequence[int], duration: float, rate: float | None) -> list[dict[str, float]]:
     """The exported (deployable) policy in the simulator's controller slot, seed by seed."""
     from controllers.policy import PolicyController
@@ -319,7 +353,10 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
     import torch
     from tqdm import tqdm
 
-    env = gym.make(env_id, **env_kwargs).unwrapped
+    from policy_env.codec import block_period
+
+    teacher = cfg.get("admission_teacher")
+    env = gym.make(env_id, **env_kwargs, **({"admission_teacher": teacher} if teacher else {})).unwrapped
     n = int(cfg["steps"])
     obs_buf = np.zeros((n, env.observation_space.shape[0]), dtype=np.float32)
     act_buf = np.zeros((n, len(env.action_space.nvec)), dtype=np.int64)
@@ -341,7 +378,13 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
     policy = model.policy
     masked = "action_masks" in inspect.signature(policy.evaluate_actions).parameters
     opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
-    o, a, m, r = (torch.as_tensor(x) for x in (obs_buf, act_buf, mask_buf, ret))
+    # steps where the teacher turns an arrival away: a plan point (obs[0] = +1) with a slot whose
+    # accept bit is free and labelled 0
+    width = int(env.action_space.nvec[: block_period(env.action_space.nvec)].sum())
+    accept_free = mask_buf.reshape(n, -1, width)[:, :, -1]
+    drops = (obs_buf[:, 0] > 0) & (accept_free & (act_buf.reshape(n, accept_free.shape[1], -1)[:, :, -1] == 0)).any(1)
+    weight = np.where(drops, float(cfg.get("drop_weight", 1.0)), 1.0).astype(np.float32)
+    o, a, m, r, wt = (torch.as_tensor(x) for x in (obs_buf, act_buf, mask_buf, ret, weight))
     bs = int(cfg["batch_size"])
     rng = np.random.default_rng(seed)
     policy.set_training_mode(True)
@@ -351,7 +394,7 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
             kw = {"action_masks": m[idx].numpy()} if masked else {}
             values, log_prob, _ = policy.evaluate_actions(o[idx], a[idx], **kw)
             v = torch.nn.functional.mse_loss(values.flatten(), r[idx])
-            loss = -log_prob.mean() + 0.5 * v
+            loss = -(wt[idx] * log_prob).sum() / wt[idx].sum() + 0.5 * v
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
@@ -364,7 +407,14 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
     cuts = np.cumsum(env.action_space.nvec)[:-1]
     free = np.stack([seg.sum(1) > 1 for seg in np.split(mask_buf[sample], cuts, axis=1)], 1)  # real choices only
     agree = float((pred == act_buf[sample])[free].mean()) if free.any() else 1.0
-    return {"pretrain/nll": nll, "pretrain/value_mse": vloss, "pretrain/agreement": agree, "pretrain/steps": float(n)}
+    recall = 1.0
+    if drops.any():  # how many of the teacher's turn-aways the clone reproduces
+        with torch.no_grad():
+            kw = {"action_masks": mask_buf[drops]} if masked else {}
+            pd_, _ = model.predict(obs_buf[drops], deterministic=True, **kw)
+        recall = float((pd_ == act_buf[drops]).all(1).mean())
+    return {"pretrain/nll": nll, "pretrain/value_mse": vloss, "pretrain/agreement": agree, "pretrain/steps": float(n),
+            "pretrain/teacher_drops": float(drops.sum()), "pretrain/drop_recall": recall}
 
 
 # ------------------------------------------------------------------------------ callbacks
@@ -474,6 +524,15 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
         cfg["eval"]["seeds"] = args.eval_seeds
     hyperparams(cfg)  # fail on bad values now, not after the baselines ran
+    pre = cfg["pretrain"]
+    if pre["admission_teacher"] is not None:
+        from policy_env.teachers import make_teacher
+
+        if not isinstance(pre["admission_teacher"], str):
+            raise ConfigError(f"pretrain.admission_teacher must be a controller spec string, got {pre['admission_teacher']!r}")
+        make_teacher(pre["admission_teacher"])  # ControllerError: one line naming the problem
+    if not isinstance(pre["drop_weight"], (int, float)) or not pre["drop_weight"] > 0:
+        raise ConfigError(f"pretrain.drop_weight must be a number > 0, got {pre['drop_weight']!r}")
     cfg["config_file"] = str(path)
     return cfg
 
@@ -551,7 +610,9 @@ def train(args: argparse.Namespace) -> int:
             stats = pretrain(model, args.env, env_kwargs, cfg["pretrain"], args.seed, getattr(model, "gamma", 0.99))
             mlflow.log_metrics(stats, step=0)
             print(f"cloned the base heuristic {probe.base_spec} from {int(stats['pretrain/steps']):,} steps: "
-                  f"{stats['pretrain/agreement']:.1%} of action dimensions agree")
+                  f"{stats['pretrain/agreement']:.1%} of action dimensions agree"
+                  + (f"; {stats['pretrain/drop_recall']:.0%} of the teacher's {stats['pretrain/teacher_drops']:.0f} turn-aways reproduced"
+                     if stats["pretrain/teacher_drops"] else ""))
 
         def export(directory: Path) -> Path:
             return export_policy(model, codec, directory, meta)
@@ -587,6 +648,11 @@ def train(args: argparse.Namespace) -> int:
         # the final comparison on more held-out seeds: best policy vs every heuristic
         seeds = [TRAIN_SEED_MAX + i for i in range(ev["seeds"])]
         cmp = evaluate_baselines(scenario, heuristics + refs, seeds, ev["duration"], rate, args.workers, desc="final baselines")
+        teacher = cfg["pretrain"].get("admission_teacher")
+        if teacher and cfg["pretrain"]["steps"] > 0 and "admission" in codec.owns:
+            # the cloning target, shown as a reference (like the oracle): what the policy started from
+            cmp.rows[f"teacher: {probe.base_spec} + {teacher}"] = evaluate_teacher(
+                scenario, probe.base_spec, teacher, seeds, ev["duration"], rate, args.workers)
         cmp.rows["policy"] = evaluate_policy(best_dir, scenario, seeds, ev["duration"], rate)
         rows, table = comparison_table(cmp, "policy", heuristics)
         policy_row = next(r for r in rows if r["controller"] == "policy")
