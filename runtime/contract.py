@@ -119,6 +119,43 @@ class RequestView(Protocol):
         ...
 
 
+class RequestMixin:
+    """The derived parts of :class:`RequestView`, defined once for every backend's request type.
+
+    ``deadline`` is when the next token must be committed for the request to keep its TTFT
+    (before the first token) or its average TPOT; ``alpha_estimate`` is the geometric MLE of the
+    per-token acceptance rate, accepted / (accepted + rejections), with a 4-round prior.
+    """
+
+    __slots__ = ()
+    prompt_tokens: int
+    generated: int
+    max_tokens: int
+    phase: Phase
+    arrival: float
+    ttft_slo: float
+    tpot_slo: float
+    first_token_time: float
+    accepted: int
+    rejected_rounds: int
+
+    @property
+    def context_tokens(self) -> int:
+        return self.prompt_tokens + self.generated
+
+    @property
+    def tokens_left(self) -> int:
+        return self.max_tokens - self.generated
+
+    def deadline(self) -> float:
+        if self.phase == "prefill":
+            return self.arrival + self.ttft_slo
+        return self.first_token_time + self.tpot_slo * self.generated
+
+    def alpha_estimate(self, prior: float) -> float:
+        return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
+
+
 @dataclass(frozen=True, slots=True)
 class SiteState:
     """Live state of one site as a controller sees it."""

@@ -27,6 +27,7 @@ from runtime.contract import (
     Decision,
     DecisionPoint,
     InvalidDecision,
+    RequestMixin,
     RoundPlan,
     RuntimeInfo,
     SiteInfo,
@@ -43,7 +44,7 @@ from runtime.scenario import Scenario, Site
 from runtime.workload import Arrival, arrivals
 
 
-class SimRequest:
+class SimRequest(RequestMixin):
     """A request inside the simulator; satisfies :class:`runtime.contract.RequestView`."""
 
     __slots__ = (
@@ -84,23 +85,6 @@ class SimRequest:
         self.draft_ctx = 0
         self.finish_time = -1.0
         self.done = False
-
-    @property
-    def context_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
-
-    @property
-    def tokens_left(self) -> int:
-        return self.max_tokens - self.generated
-
-    def deadline(self) -> float:
-        if self.phase == "prefill":
-            return self.arrival + self.ttft_slo
-        return self.first_token_time + self.tpot_slo * self.generated
-
-    def alpha_estimate(self, prior: float) -> float:
-        # geometric MLE with a 4-observation prior: accepted / (accepted + rejections)
-        return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
 
     def __repr__(self) -> str:
         return f"SimRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"

@@ -41,6 +41,7 @@ from runtime.contract import (
     Decision,
     DecisionPoint,
     InvalidDecision,
+    RequestMixin,
     RoundPlan,
     RuntimeInfo,
     SiteInfo,
@@ -61,7 +62,7 @@ from runtime.real.transport import DraftResult, SiteClient, Transport
 Listener = Callable[[list[int], str | None], None]
 
 
-class RealRequest:
+class RealRequest(RequestMixin):
     """A request in the real runtime; satisfies :class:`runtime.contract.RequestView`."""
 
     def __init__(self, rid: int, prompt: list[int], max_tokens: int, temperature: float, origin: str,
@@ -100,22 +101,6 @@ class RealRequest:
         self.ready_draft: Draft | None = None
         self.finish_reason: str | None = None
         self.finish_time = -1.0
-
-    @property
-    def context_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
-
-    @property
-    def tokens_left(self) -> int:
-        return self.max_tokens - self.generated
-
-    def deadline(self) -> float:
-        if self.phase == "prefill":
-            return self.arrival + self.ttft_slo
-        return self.first_token_time + self.tpot_slo * self.generated
-
-    def alpha_estimate(self, prior: float) -> float:
-        return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
 
     def __repr__(self) -> str:
         return f"RealRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
