@@ -321,21 +321,30 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
             )
     if not path.is_file():
         raise ScenarioError(f"scenario file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"scenario {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"scenario {path}: expected a mapping of fields at the top level")
+    raw = read_yaml_mapping(path, "scenario", ScenarioError, "a mapping of fields at the top level")
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     return build_scenario(raw, source=str(path))
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, error: type[ValueError], expected: str, empty_ok: bool = False) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping; every problem is one ``error`` line naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise error(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if raw is None and empty_ok:
+        return {}
+    if not isinstance(raw, dict):
+        raise error(f"{what} {path}: expected {expected}")
+    return raw
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested mappings merge instead of being replaced."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

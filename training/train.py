@@ -33,6 +33,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import yaml
 
+from runtime.scenario import deep_merge, read_yaml_mapping
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_ENV = "specctl/SpecControl-v0"
@@ -88,16 +90,12 @@ def load_config(path: Path, env_id: str, algo: str) -> dict[str, Any]:
     """The ``default`` block of ``path`` merged with the ``env_id`` block (nested dicts merge)."""
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist (configs ship in {CONFIG_DIR})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path}: expected a mapping of env ids (and 'default') to hyperparameter blocks")
+    raw = read_yaml_mapping(path, "config", ConfigError,
+                            "a mapping of env ids (and 'default') to hyperparameter blocks", empty_ok=True)
     for key, block in raw.items():
         if not isinstance(block, dict):
             raise ConfigError(f"config {path}: block {key!r} must be a mapping of hyperparameters, got {type(block).__name__}")
-    cfg = _merge(raw.get("default", {}), raw.get(env_id, {}))
+    cfg = deep_merge(raw.get("default", {}), raw.get(env_id, {}))
     cfg.setdefault("policy", "MlpPolicy")
     cfg.setdefault("n_envs", 1)
     cfg.setdefault("total_timesteps", 100_000)
@@ -107,13 +105,6 @@ def load_config(path: Path, env_id: str, algo: str) -> dict[str, Any]:
     cfg["pretrain"] = {**PRETRAIN_DEFAULTS, **(cfg.get("pretrain") or {})}
     _validate(cfg, path, algo)
     return cfg
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _validate(cfg: dict[str, Any], path: Path, algo: str) -> None:

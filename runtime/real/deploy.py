@@ -21,10 +21,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.scenario import Scenario, ScenarioError, format_validation_error, load_scenario, shipped_scenarios
+from runtime.scenario import Scenario, ScenarioError, format_validation_error, load_scenario, read_yaml_mapping, shipped_scenarios
 
 REAL_SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
@@ -124,12 +123,7 @@ def load_deployment(path: str | Path | None = None, scenario: str | None = None,
         p = Path(path)
         if not p.is_file():
             raise ScenarioError(f"deployment file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ScenarioError(f"deployment {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ScenarioError(f"deployment {p}: expected a mapping of fields at the top level")
+        raw = read_yaml_mapping(p, "deployment", ScenarioError, "a mapping of fields at the top level", empty_ok=True)
     if scenario is not None:
         raw["scenario"] = scenario
     raw.update({k: v for k, v in overrides.items() if v is not None})
