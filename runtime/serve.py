@@ -159,8 +159,8 @@ def create_app(server: Server) -> FastAPI:
                 "model": body.model or server.model_name}
         tok = server.runtime.tokenizer
         if body.stream:
-            return StreamingResponse(_stream(out, base, tok, lambda: server.runtime.cancel(req)),
-                                     media_type="text/event-stream")
+            return _ClosingStream(_stream(out, base, tok, lambda: server.runtime.cancel(req)),
+                                  media_type="text/event-stream")
         tokens: list[int] = []
         while True:
             new, reason = await out.get()
@@ -192,6 +192,21 @@ def create_app(server: Server) -> FastAPI:
         return PlainTextResponse(generate_latest(_registry(server.runtime)), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its generator as soon as the response ends.
+
+    Starlette leaves an abandoned generator to the garbage collector, so on a client
+    disconnect its ``finally`` (which cancels the request) could run only after the request
+    had been decoded to the end for nobody.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 async def _stream(out: asyncio.Queue, base: dict[str, Any], tok: Any, cancel: Any) -> AsyncIterator[str]:
