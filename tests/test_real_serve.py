@@ -222,6 +222,7 @@ def test_client_disconnect_cancels_the_stream(served):
     with client.stream("POST", "/v1/completions", json={"prompt": PROMPT, "max_tokens": 800, "stream": True}) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
+                time.sleep(0.1)  # let more tokens queue so the server is blocked mid-send
                 break  # read one event, then hang up
     deadline = time.monotonic() + 30
     while rt.in_flight and time.monotonic() < deadline:
