@@ -1,13 +1,26 @@
-"""WANSpec-like WAN drafting (2026): draft in an idle data center, hedge locally when late.
+"""WANSpec-like WAN drafting (2026): draft in an idle data center, back up locally when late.
 
-The busy target data center offloads its drafter: each round drafts a fixed ``k`` at the
-allowed non-target site whose draft is predicted to arrive first (RTT, queue, background load
-and draft speed; sites farther than ``max_rtt_s`` are never used). Redundancy hides WAN
-stalls: the target site keeps a local backup that starts only if the remote draft has not
-arrived ``hedge_margin`` x its predicted delivery time after the round began. If even the best
-remote site is predicted slower than local drafting by more than ``max_extra_s``, the round
+The busy target data center offloads its drafter to the allowed non-target site whose draft
+is predicted to arrive first (RTT, queue, background load and draft speed; sites farther than
+``max_rtt_s`` are never used; a request stays at its site unless another is predicted
+``switch_gain`` x faster, since moving costs a context transfer).
+
+Where the runtime supports it (``RuntimeInfo.draft_ahead``; the simulator does), the remote
+site *drafts ahead* (``ahead``): it keeps drafting past each round on the assumption that its
+tokens are accepted and streams them, so after an all-accepted round the next draft is already
+at the target. Redundancy is added only when needed: a round whose stream has nothing at the
+target yet (the round after a rejection, while the correction crosses the WAN) also drafts
+``backup_k`` tokens on the target's own drafter at once, and the first draft to arrive is
+verified. With the same drafter model at both sites the backup drafts the very tokens the
+stream will, so the stream survives it. Rounds with tokens waiting verify up to ``k`` of them
+with no target-site drafting at all.
+
+Without draft-ahead (``ahead=false``, or the real runtime) each round drafts ``k`` remotely
+and the local backup starts only if the remote draft has not arrived ``hedge_margin`` x its
+predicted delivery time after the round began; if even the best remote site is predicted
+slower than local drafting by more than ``max_extra_s`` and the SLO pace is at risk, the round
 drafts locally. WANSpec reportedly triggers redundancy on draft entropy; the simulator has no
-token distributions, so the hedge is timing-triggered.
+token distributions, so redundancy is triggered by what has (not) arrived and by timing.
 """
 
 from __future__ import annotations
@@ -40,18 +53,26 @@ class WanSpec(Controller):
         max_extra_s: float = 0.0,
         backup: bool = True,
         slack_share: float = 0.5,
+        ahead: bool = True,
+        backup_k: int = 1,
+        switch_gain: float = 1.25,
     ) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if max_rtt_s <= 0 or hedge_margin < 1 or max_extra_s < 0:
             raise ValueError("need max_rtt_s > 0, hedge_margin >= 1 and max_extra_s >= 0")
+        if backup_k < 1 or switch_gain < 1:
+            raise ValueError(f"need backup_k >= 1 and switch_gain >= 1, got {backup_k} and {switch_gain}")
         self.k = k
         self.max_rtt_s = max_rtt_s
         self.hedge_margin = hedge_margin
         self.max_extra_s = max_extra_s
         self.backup = backup
         self.slack_share = slack_share
+        self.ahead = ahead
+        self.backup_k = backup_k
+        self.switch_gain = switch_gain
         self._predicted: dict[int, float] = {}
 
     def bind(self, info: RuntimeInfo) -> None:
@@ -65,6 +86,7 @@ class WanSpec(Controller):
             )
         self._target_drafts = info.site(info.target_site).drafter is not None
         self._hedge = self.backup and self._target_drafts and info.max_redundancy >= 2
+        self._stream = self.ahead and info.draft_ahead
         self._remote = {s.name for s in info.sites if s.name in near}
         self._prior = sum(info.prior_alpha.values()) / len(info.prior_alpha) if info.prior_alpha else 0.7
         self._backlog = {s: 0 for s in self._remote}  # our rounds drafting there, not yet verified
@@ -94,7 +116,11 @@ class WanSpec(Controller):
             return info.target_site
         site = min(options, key=lambda s: self._delivery(sys, s, k, ctx))
         predicted = self._delivery(sys, site, k, ctx)
-        if self._target_drafts:
+        current = req.drafter_site
+        if current in options and current != site:
+            if self._delivery(sys, current, k, ctx) <= predicted * self.switch_gain:
+                site, predicted = current, self._delivery(sys, current, k, ctx)
+        if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
             local = delivery_time(sys, info.target_site, k, ctx)
             # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
             alpha = req.alpha_estimate(self._prior)
@@ -110,10 +136,19 @@ class WanSpec(Controller):
         return site
 
     def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
-        return self._k(req, sys)
+        k = self._k(req, sys)
+        if self._stream and self._hedge and site != sys.info.target_site and req.ahead_tokens == 0:
+            return min(k, self.backup_k)  # nothing streamed yet: a short local backup round
+        return k
 
     def redundancy(self, req: RequestView, sys: SystemView, site: str, k: int) -> Redundancy:
         predicted = self._predicted.pop(req.rid, None)
-        if not self._hedge or site == sys.info.target_site or predicted is None:
+        if site == sys.info.target_site:
+            return NO_REDUNDANCY
+        if self._stream:
+            if self._hedge and req.ahead_tokens == 0:
+                return Redundancy(backups=(sys.info.target_site,), hedge_after_s=0.0, ahead=True)
+            return Redundancy(ahead=True)
+        if not self._hedge or predicted is None:
             return NO_REDUNDANCY
         return Redundancy(backups=(sys.info.target_site,), hedge_after_s=predicted)

@@ -62,6 +62,8 @@ class RuntimeInfo:
     prior_alpha: dict[str, float] = field(default_factory=dict)
     #: The simulator itself, for clairvoyant controllers only (``None`` on real backends).
     clairvoyant: Any = None
+    #: Whether the runtime honours ``Redundancy(ahead=True)`` (draft-ahead streams).
+    draft_ahead: bool = False
 
     def site(self, name: str) -> SiteInfo:
         for s in self.sites:
@@ -117,6 +119,10 @@ class RequestView(Protocol):
     def alpha_estimate(self, prior: float) -> float:
         """Posterior-mean acceptance rate from this request's verified rounds."""
         ...
+    @property
+    def ahead_tokens(self) -> int:
+        """Draft tokens a draft-ahead stream has already delivered for the next round."""
+        ...
 
 
 class RequestMixin:
@@ -154,6 +160,10 @@ class RequestMixin:
 
     def alpha_estimate(self, prior: float) -> float:
         return (self.accepted + 4 * prior) / (self.accepted + self.rejected_rounds + 4)
+
+    @property
+    def ahead_tokens(self) -> int:
+        return 0  # backends with draft-ahead streams override this
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,11 +212,19 @@ class Redundancy:
     them at once). The first draft to arrive is verified; later ones are cancelled and counted
     as waste. If no draft arrived ``timeout_s`` after the round started, the round falls back to
     a plain target decode step (``None``: wait forever).
+
+    ``ahead`` asks a remote or edge primary to *draft ahead* (SpecEdge's proactive drafting,
+    WANSpec's way of hiding the WAN): the site keeps drafting past ``k`` on the assumption that
+    its tokens are accepted and streams them to the target, so a round that follows an
+    all-accepted round finds its draft already there instead of paying a round trip. A
+    rejection resets the stream (the correction travels to the site); tokens drafted past it
+    are wasted. Only runtimes with ``RuntimeInfo.draft_ahead`` honour it.
     """
 
     backups: tuple[str, ...] = ()
     hedge_after_s: float = 0.0
     timeout_s: float | None = None
+    ahead: bool = False
 
     @property
     def degree(self) -> int:

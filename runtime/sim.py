@@ -53,7 +53,7 @@ class SimRequest(RequestMixin):
         "rejected_rounds", "last_k", "last_accepted", "ready_k", "ready_site", "ready_since",
         # internal
         "acc", "run_len", "round_id", "round_open", "round_start", "tasks", "synced", "deliver_s",
-        "draft_ctx", "finish_time", "done",
+        "draft_ctx", "finish_time", "done", "stream", "want",
     )
 
     def __init__(self, rid: int, a: Arrival, deliver_s: float) -> None:
@@ -85,6 +85,13 @@ class SimRequest(RequestMixin):
         self.draft_ctx = 0
         self.finish_time = -1.0
         self.done = False
+        self.stream: DraftStream | None = None
+        self.want = 0  # draft tokens the open round waits for from its stream
+
+    @property
+    def ahead_tokens(self) -> int:
+        st = self.stream
+        return 0 if st is None else max(st.arrived - st.consumed, 0)
 
     def __repr__(self) -> str:
         return f"SimRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
@@ -104,10 +111,38 @@ class DraftTask:
         self.cancel_at = math.inf
 
 
-class SimSite:
-    """A site's GPUs, draft queue, background load and link to the target."""
+class DraftStream:
+    """A remote site drafting ahead for one request (``Redundancy(ahead=True)``).
 
-    __slots__ = ("spec", "name", "role", "drafter", "draft_lat", "load", "link", "queue", "free", "rtt_ewma")
+    The site keeps drafting while it is fewer than ``limits.max_k`` tokens ahead of what it
+    knows the target consumed, and ships each token as it is drafted. Both ends count tokens
+    per *epoch*: a rejection starts a new epoch at the target, and tokens of an older epoch
+    (drafted before the correction reached the site) are wasted on arrival. ``s_*`` fields are
+    the site's view, updated only when the target's messages arrive there.
+    """
+
+    __slots__ = ("req", "site", "epoch", "arrived", "consumed", "closed",
+                 "s_epoch", "s_drafted", "s_known", "s_catchup", "at_site")
+
+    def __init__(self, req: SimRequest, site: str) -> None:
+        self.req = req
+        self.site = site
+        self.epoch = 0
+        self.arrived = 0  # this epoch's tokens at the target
+        self.consumed = 0  # this epoch's tokens the target verified (or matched by a bonus token)
+        self.closed = False
+        self.s_epoch = 0
+        self.s_drafted = 0
+        self.s_known = 0
+        self.s_catchup = 0
+        self.at_site = False
+
+
+class SimSite:
+    """A site's GPUs, draft queue, draft-ahead streams, background load and link to the target."""
+
+    __slots__ = ("spec", "name", "role", "drafter", "draft_lat", "load", "link", "queue", "free", "rtt_ewma",
+                 "streams", "streaming")
 
     def __init__(self, spec: Site, scenario: Scenario, load: LoadProcess, link: Link | None) -> None:
         self.spec = spec
@@ -122,6 +157,8 @@ class SimSite:
         self.queue: list[DraftTask] = []
         self.free = spec.gpus if spec.role != "target" else 1
         self.rtt_ewma = spec.rtt_ms / 1000.0
+        self.streams: list[DraftStream] = []
+        self.streaming = False  # a draft-ahead pass is running on one of the GPUs
 
 
 def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
@@ -183,6 +220,7 @@ class Simulator:
             max_redundancy=lim.max_redundancy,
             prior_alpha={n: _prior_alpha(d.acceptance) for n, d in scenario.spec.drafters.items()},
             clairvoyant=self,
+            draft_ahead=True,
         )
         self._allowed: dict[str, frozenset[str]] = {}
         for o in set(scenario.origins):
@@ -400,7 +438,21 @@ class Simulator:
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
-        self._launch(req, site, k)
+        st = req.stream
+        if red.ahead and self.sites[site].link is not None:
+            if st is None or st.site != site:
+                if st is not None:
+                    self._close_stream(st)
+                st = self._open_stream(req, site)
+            req.want = k
+            avail = st.arrived - st.consumed
+            if avail > 0:  # verify what is here; more may join until the batch starts
+                self._resolve(req, site, min(k, avail))
+                return
+        else:
+            if st is not None:
+                self._close_stream(st)
+            self._launch(req, site, k)
         if red.backups:
             if red.hedge_after_s <= 0:
                 for b in red.backups:
@@ -438,8 +490,119 @@ class Simulator:
     def _on_task_at_site(self, task: DraftTask) -> None:
         site = self.sites[task.site]
         site.queue.append(task)
-        if site.free > 0:
-            self._start_site_job(site)
+        self._kick(site)
+
+    def _kick(self, site: SimSite) -> None:
+        """Give free GPUs work: queued draft rounds first, then one draft-ahead pass."""
+        while site.free > 0 and site.queue:
+            if not self._start_site_job(site):
+                break
+        if site.free > 0 and not site.streaming and site.streams:
+            self._start_stream_pass(site)
+
+    # ---- draft-ahead streams
+    def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
+        st = req.stream = DraftStream(req, site_name)
+        catchup = max(req.draft_ctx - req.synced.get(site_name, 0), 1)
+        ship = catchup if site_name != req.origin or site_name in req.synced else 1
+        st.s_catchup = catchup
+        site = self.sites[site_name]
+        self._push(self.now + site.link.send(self.net.header_bytes + ship * self.net.bytes_per_token),  # type: ignore[union-attr]
+                   self._on_stream_open, st)
+        return st
+
+    def _on_stream_open(self, st: DraftStream) -> None:
+        if st.closed:
+            return
+        site = self.sites[st.site]
+        st.at_site = True
+        site.streams.append(st)
+        self._kick(site)
+
+    def _close_stream(self, st: DraftStream) -> None:
+        """Stop a stream (the request finished or drafts elsewhere now); the site hears it later."""
+        st.closed = True
+        st.req.stream = None
+        self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
+        site = self.sites[st.site]
+        self._push(self.now + site.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
+
+    def _on_stream_closed(self, st: DraftStream) -> None:
+        if st.at_site:
+            st.at_site = False
+            self.sites[st.site].streams.remove(st)
+
+    def _message_stream(self, st: DraftStream, valid: bool) -> None:
+        """After a verification: an acknowledgement, or a correction that starts a new epoch."""
+        if not valid:
+            self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
+            st.epoch += 1
+            st.arrived = st.consumed = 0
+        site = self.sites[st.site]
+        d = site.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
+        self._push(self.now + d, self._on_stream_message, (st, st.epoch, st.consumed))
+
+    def _on_stream_message(self, arg: tuple[DraftStream, int, int]) -> None:
+        st, epoch, consumed = arg
+        if not st.at_site:
+            return
+        if epoch != st.s_epoch:  # the correction: redraft from the target's token
+            st.s_epoch = epoch
+            st.s_drafted = 0
+            st.s_catchup = 1
+        st.s_known = max(st.s_known, consumed)
+        self._kick(self.sites[st.site])
+
+    def _start_stream_pass(self, site: SimSite) -> None:
+        """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
+        cap = self.limits.max_k
+        run = [st for st in site.streams if st.s_drafted - st.s_known < cap][: self.limits.max_batch_size]
+        if not run:
+            return
+        n = len(run)
+        new = ctx = 0
+        for st in run:
+            new += st.s_catchup or 1
+            st.s_catchup = 0
+            ctx += st.req.prompt_tokens + st.req.generated
+        dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(self.now)  # type: ignore[union-attr]
+        site.free -= 1
+        site.streaming = True
+        self.metrics.remote_draft_passes += 1
+        self.metrics.draft_tokens += n
+        self._push(self.now + dur, self._on_stream_pass_done, (site, run))
+
+    def _on_stream_pass_done(self, arg: tuple[SimSite, list[DraftStream]]) -> None:
+        site, run = arg
+        site.free += 1
+        site.streaming = False
+        sent: list[tuple[DraftStream, int]] = []
+        for st in run:
+            st.s_drafted += 1
+            sent.append((st, st.s_epoch))
+        per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
+        nbytes = self.net.header_bytes + len(sent) * per_tok
+        d = site.link.send(nbytes)  # type: ignore[union-attr]
+        site.rtt_ewma += 0.1 * (2 * (d - nbytes / site.link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
+        self._push(self.now + d, self._on_stream_tokens, sent)
+        self._kick(site)
+
+    def _on_stream_tokens(self, sent: list[tuple[DraftStream, int]]) -> None:
+        m = self.metrics
+        for st, epoch in sent:
+            if st.closed or epoch != st.epoch:
+                m.wasted_rejected += 1  # drafted past a rejection the site had not heard of yet
+                continue
+            st.arrived += 1
+            req = st.req
+            if req.stream is not st:
+                continue
+            avail = min(st.arrived - st.consumed, req.want)
+            if req.round_open:
+                if avail > 0:
+                    self._resolve(req, st.site, avail)
+            elif req.ready_site == st.site and req.rid in self.ready and req.ready_k < avail:
+                req.ready_k = avail  # the round is still waiting for the verifier: verify more
 
     def _take_batch(self, queue: list[DraftTask]) -> list[DraftTask]:
         now = self.now
@@ -477,10 +640,10 @@ class Simulator:
         self.metrics.draft_tokens += drafted
         return elapsed, groups, step
 
-    def _start_site_job(self, site: SimSite) -> None:
+    def _start_site_job(self, site: SimSite) -> bool:
         batch = self._take_batch(site.queue)
         if not batch:
-            return
+            return False
         site.free -= 1
         dur, groups, passes = self._draft_job(site, batch)
         self.metrics.remote_draft_passes += passes
@@ -492,11 +655,11 @@ class Simulator:
             site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
             self._push(self.now + offset + d, self._on_drafts_at_target, tasks)
         self._push(self.now + dur, self._on_site_job_done, site)
+        return True
 
     def _on_site_job_done(self, site: SimSite) -> None:
         site.free += 1
-        if site.queue:
-            self._start_site_job(site)
+        self._kick(site)
 
     def _start_local_drafts(self) -> None:
         batch = self._take_batch(self._local_q)
@@ -598,10 +761,20 @@ class Simulator:
                 accs.append(0)
             else:
                 a = 0
+                st = req.stream
                 if k > 0:
                     model = self.sites[site].drafter  # type: ignore[index]
                     L = self._run_length(req, model)  # type: ignore[arg-type]
                     a = k if L >= k else L
+                    if st is not None and (st.site == site or model == self.sites[st.site].drafter):
+                        # the stream stays valid if the bonus token equals the site's next draft
+                        # token, i.e. that token would have been accepted (run lengths are capped
+                        # at max_k, which then counts as "at least"). A backup running the same
+                        # drafter model drafted the very tokens the stream holds.
+                        valid = L > k or L >= self.limits.max_k
+                        st.consumed += k + 1 if valid else k
+                        self._message_stream(st, valid)
+                        st = None
                     req.rounds += 1
                     req.drafted += k
                     req.accepted += a
@@ -623,6 +796,8 @@ class Simulator:
                 req.last_k = k
                 req.last_accepted = a
                 accs.append(a)
+                if st is not None:  # the round was drafted elsewhere or decoded plainly
+                    self._message_stream(st, False)
             req.run_len.clear()
             if req.generated >= req.max_tokens:
                 self._complete(req)
@@ -642,6 +817,8 @@ class Simulator:
         return L
 
     def _complete(self, req: SimRequest) -> None:
+        if req.stream is not None:
+            self._close_stream(req.stream)
         req.done = True
         req.finish_time = self.now + req.deliver_s
         del self.requests[req.rid]

@@ -512,6 +512,9 @@ class RealRuntime:
         if plan.site not in allowed:
             raise InvalidDecision(f"request {req.rid}: site {plan.site!r} cannot draft for it; allowed: {sorted(allowed)}")
         red = plan.redundancy
+        if red.ahead:
+            raise InvalidDecision(f"request {req.rid}: the real runtime drafts round by round (RuntimeInfo.draft_ahead "
+                                  f"is False); plan Redundancy(ahead=False)")
         if len(red.backups) + 1 > lim.max_redundancy:
             raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
         for b in red.backups:
