@@ -181,12 +181,25 @@ def test_oracle_never_wastes_a_draft_token(scenario):
     assert out["mean_tokens_per_round"] > static["mean_tokens_per_round"]
 
 
-def test_wanspec_offloads_most_drafting_from_the_busy_target():
-    static = run("wan-4region", "static:k=4", duration=20.0)
-    wanspec = run("wan-4region", "wanspec", duration=20.0)
-    assert wanspec["target_draft_forward_passes"] < 0.7 * static["target_draft_forward_passes"]
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wanspec_halves_target_draft_passes_without_higher_latency(seed):
+    """WANSpec's claim on wan-4region at its own (moderate) rate: >= 50% fewer draft forward
+    passes on the busy target than co-located speculative decoding, p50 TTFT and TPOT within 5%."""
+    static = run("wan-4region", "static", seed=seed, duration=60.0)
+    wanspec = run("wan-4region", "wanspec", seed=seed, duration=60.0)
+    assert wanspec["target_draft_forward_passes"] <= 0.5 * static["target_draft_forward_passes"]
     assert wanspec["remote_draft_forward_passes"] > 0
-    assert wanspec["slo_attainment"] > 0.9
+    assert wanspec["ttft_p50_s"] <= 1.05 * static["ttft_p50_s"]
+    assert wanspec["tpot_p50_s"] <= 1.05 * static["tpot_p50_s"]
+    assert wanspec["slo_attainment"] >= static["slo_attainment"] - 0.01
+
+
+def test_wanspec_without_draft_ahead_pays_the_wan_round_trip():
+    """Round-by-round offloading (what the real runtime does) cuts passes but costs latency here."""
+    static = run("wan-4region", "static", duration=20.0)
+    rounds = run("wan-4region", "wanspec:ahead=false", duration=20.0)
+    assert rounds["target_draft_forward_passes"] < 0.7 * static["target_draft_forward_passes"]
+    assert rounds["tpot_p50_s"] > 1.5 * static["tpot_p50_s"]
 
 
 def test_wisp_and_sled_draft_at_the_edge_and_spare_the_server():

@@ -151,6 +151,25 @@ def test_bad_decisions_are_refused_with_the_rule(tiny_dir, tmp_path):
             drive(rt, RemoteFirst("dc", k=99))
 
 
+def test_draft_ahead_plans_are_refused_not_ignored(tiny_dir, tmp_path):
+    from runtime.contract import Controller, InvalidDecision, Redundancy
+
+    class Ahead(Controller):
+        def draft_length(self, req, sys, site):
+            return min(3, req.tokens_left - 1)
+
+        def redundancy(self, req, sys, site, k):
+            return Redundancy(ahead=True)
+
+    rt = RealRuntime(load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir))
+    with rt:
+        assert rt.info.draft_ahead is False
+        rt.submit([2, 5, 6], 20)
+        rt.end_of_workload()
+        with pytest.raises(InvalidDecision, match="draft_ahead"):
+            drive(rt, Ahead())
+
+
 def _target_only(tmp_path, max_inflight: int = 64):
     import yaml
 

@@ -47,9 +47,11 @@ class _Audit(Controller):
 
     def redundancy(self, req: RequestView, sys: SystemView, site: str, k: int) -> Redundancy:
         others = [s for s in sys.info.allowed_sites(req) if s != site]
+        ahead = req.rounds % 4 < 2  # draft-ahead streams that start, switch sites and stop
         if others and req.rounds % 3 == 0:
-            return Redundancy(backups=(others[0],), hedge_after_s=0.0 if req.rounds % 2 else 0.01, timeout_s=0.2)
-        return Redundancy()
+            return Redundancy(backups=(others[0],), hedge_after_s=0.0 if req.rounds % 2 else 0.01, timeout_s=0.2,
+                              ahead=ahead)
+        return Redundancy(ahead=ahead)
 
 
 @pytest.mark.parametrize("name", ["wan-4region", "edge-fleet", "colocated"])
@@ -112,6 +114,64 @@ def test_remote_drafting_adds_one_rtt_per_round(tmp_path):
     assert added_per_round == pytest.approx(rtt_ms / 1000.0, rel=0.05)
     tpot_delta = rec_r.tpot - rec_l.tpot
     assert tpot_delta == pytest.approx(rtt_ms / 1000.0 * rounds_r / (rec_r.output_tokens - 1), rel=0.05)
+
+
+class _Ahead(Controller):
+    """Draft ``k`` at the remote site ``far``, drafting ahead or round by round."""
+
+    def __init__(self, ahead: bool, k: int = 4) -> None:
+        super().__init__()
+        self.ahead, self.k = ahead, k
+
+    def drafter_site(self, req, sys):
+        return "far"
+
+    def draft_length(self, req, sys, site):
+        return min(self.k, req.tokens_left - 1)
+
+    def redundancy(self, req, sys, site, k):
+        return Redundancy(ahead=self.ahead)
+
+
+def _one_remote_request(tmp_path, alpha: float, ahead: bool) -> Simulator:
+    sc = scenario(base_spec(alpha=alpha, rtt_ms=40.0), limits={"drain_s": 10000})
+    sim = Simulator(sc, seed=2, duration=1.0, trace=one_request_trace(tmp_path, 64, 400))
+    sim.run(_Ahead(ahead))
+    return sim
+
+
+def test_draft_ahead_hides_the_round_trip_while_drafts_are_accepted(tmp_path):
+    """Nearly always accepted: the stream stays valid, so rounds stop paying the 40 ms RTT."""
+    rounds = _one_remote_request(tmp_path, 0.98, ahead=False)
+    ahead = _one_remote_request(tmp_path, 0.98, ahead=True)
+    r, a = rounds.metrics.records[0], ahead.metrics.records[0]
+    assert r.output_tokens == a.output_tokens == 400
+    per_round_r = (r.finish - r.first_token) / rounds.metrics.spec_rounds
+    per_round_a = (a.finish - a.first_token) / ahead.metrics.spec_rounds
+    assert per_round_r > 0.040  # round by round: at least the RTT each round
+    assert per_round_a < 0.25 * per_round_r
+    assert ahead.metrics.target_draft_passes == 0 and ahead.metrics.remote_draft_passes > 0
+
+
+def test_draft_ahead_rejections_reset_the_stream_and_waste_its_tokens(tmp_path):
+    """Often rejected: each rejection costs a correction round trip; tokens past it are wasted."""
+    rounds = _one_remote_request(tmp_path, 0.5, ahead=False)
+    ahead = _one_remote_request(tmp_path, 0.5, ahead=True)
+    s_r, s_a = rounds.summary(), ahead.summary()
+    assert s_a["requests_completed"] == 1 and ahead.metrics.records[0].output_tokens == 400
+    assert s_a["wasted_rejected_tokens"] > s_r["wasted_rejected_tokens"]  # drafted past rejections
+    m = ahead.metrics  # every drafted token was accepted, rejected, wasted past a rejection, or matched a bonus
+    assert m.draft_tokens >= m.accepted + m.wasted_rejected and m.wasted_redundant == 0
+    # a reset stream still needs the correction to cross the WAN: no faster than half an RTT per round
+    r = ahead.metrics.records[0]
+    assert (r.finish - r.first_token) / ahead.metrics.spec_rounds > 0.020
+
+
+def test_draft_ahead_is_deterministic_by_seed():
+    sc = load_scenario("wan-4region")
+    a = simulate(sc, make_controller("wanspec"), seed=4, duration=15.0)
+    b = simulate(sc, make_controller("wanspec"), seed=4, duration=15.0)
+    assert a == b
 
 
 def test_offloading_frees_target_gpu():
