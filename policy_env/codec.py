@@ -16,13 +16,16 @@ shows its ``n_slots`` most urgent ready requests. The last per-slot action dimen
 points.
 
 Version history: 1 (four decisions, admission with the heuristic); 2 (admission bit, the
-``admitting`` slot feature and the ``arrivals`` global feature).
+``admitting`` slot feature and the ``arrivals`` global feature); 3 (the ``ahead`` slot feature:
+draft tokens a draft-ahead stream has delivered; on runtimes with ``RuntimeInfo.draft_ahead``
+every remote or edge round drafts ahead, and a hedged backup of a round with nothing streamed
+in starts at once).
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from operator import methodcaller
 from typing import Any, Sequence
 
@@ -31,7 +34,7 @@ from gymnasium import spaces
 
 from runtime.contract import DecisionPoint, Redundancy, RequestView, RuntimeInfo, NO_REDUNDANCY
 
-CODEC_VERSION = 2
+CODEC_VERSION = 3
 #: Decisions an agent may own (all five of the controller slot).
 AGENT_DECISIONS = ("admission", "draft_length", "drafter_site", "redundancy", "batch")
 #: The speculation decisions: what :meth:`Codec.for_runtime` owns unless told (admission is opt-in).
@@ -42,7 +45,7 @@ PLAN_DECISIONS = frozenset({"draft_length", "drafter_site", "redundancy"})
 #: codec owns admission (a codec that does not keeps the version-1 layout).
 SLOT_FEATURES = (
     "present", "slack", "tokens_left", "context", "alpha", "last_k", "last_accepted",
-    "prefill", "ready_k", "ready_wait", "tpot_slo", "at_target", "admitting",
+    "prefill", "ready_k", "ready_wait", "tpot_slo", "at_target", "ahead", "admitting",
 )
 #: Global features before the per-site block (``arrivals`` only when the codec owns admission).
 GLOBAL_FEATURES = (
@@ -243,8 +246,9 @@ class Codec:
                     (now - r.ready_since) / r.tpot_slo if batch else 0.0,
                     r.tpot_slo,
                     r.drafter_site is None or r.drafter_site == target,
+                    r.ahead_tokens,
                     j < n_admit,
-                )[: 13 if admission else 12]
+                )[: 14 if admission else 13]
                 for j, r in enumerate(chunk)
             ]
             block = np.array(rows, dtype=np.float32)
@@ -257,7 +261,7 @@ class Codec:
     def _scale(self) -> np.ndarray:
         """Per-slot feature scales (:attr:`slot_features` order); values are clipped to [-1, 1] after."""
         k = 1.0 / self.max_k
-        return np.array([1, 1 / 32, 1 / 512, 1 / 4096, 1, k, k, 1, k, 1, 1 / 0.2, 1, 1][: len(self.slot_features)], dtype=np.float32)
+        return np.array([1, 1 / 32, 1 / 512, 1 / 4096, 1, k, k, 1, k, 1, 1 / 0.2, 1, k, 1][: len(self.slot_features)], dtype=np.float32)
 
     # ---------------------------------------------------------------- masks
     def action_masks(self, point: DecisionPoint, chunk: Sequence[RequestView], info: RuntimeInfo, n_admit: int = 0) -> np.ndarray:
@@ -422,12 +426,26 @@ _hedged_backup = Redundancy(backups=("?",))
 def hedged_backup(codec: Codec, req: RequestView, sys: Any, info: RuntimeInfo, site: str, k: int) -> Redundancy:
     """One backup drafter for ``req``: the target itself if ``site`` is remote (WANSpec's local
     backup), else the nearest other allowed site; launched when the primary is late by its
-    expected round trip plus draft time."""
+    expected round trip plus draft time, or at once when a draft-ahead primary has streamed
+    nothing in yet (the round after a rejection)."""
     backup = codec.backup_site(info, req.origin, site)
     if backup is None:
-        return NO_REDUNDANCY
+        return drafting_ahead(info, site, NO_REDUNDANCY)
+    ahead = drafts_ahead(info, site)
+    if ahead and req.ahead_tokens == 0:
+        return Redundancy(backups=(backup,), hedge_after_s=0.0, ahead=True)
     expected = sys.site_state(site).rtt_s + sys.estimate_draft_time(site, 1, k, req.prompt_tokens + req.generated)
-    return Redundancy(backups=(backup,), hedge_after_s=1.5 * expected)
+    return Redundancy(backups=(backup,), hedge_after_s=1.5 * expected, ahead=ahead)
+
+
+def drafts_ahead(info: RuntimeInfo, site: str) -> bool:
+    """Codec version 3: a round at a remote or edge site drafts ahead where the runtime can."""
+    return info.draft_ahead and site != info.target_site
+
+
+def drafting_ahead(info: RuntimeInfo, site: str, red: Redundancy) -> Redundancy:
+    """``red`` with draft-ahead switched on where :func:`drafts_ahead` says so."""
+    return replace(red, ahead=True) if drafts_ahead(info, site) and not red.ahead else red
 
 
 _deadline = methodcaller("deadline")

@@ -25,7 +25,7 @@ from runtime.contract import (
     compose,
 )
 
-from policy_env.codec import Codec, _hedged_backup, hedged_backup
+from policy_env.codec import Codec, _hedged_backup, drafting_ahead, hedged_backup
 
 #: ``act(observations, action_masks) -> actions``: a policy's deterministic forward pass over a
 #: batch (one row per slot chunk of a decision point).
@@ -155,7 +155,7 @@ class ActionController(Controller):
             return self.fallback.redundancy(req, sys, site, k)
         if choice[2] is _hedged_backup:
             return hedged_backup(self.codec, req, sys, self.info, site, k)  # type: ignore[arg-type]
-        return choice[2]
+        return drafting_ahead(self.info, site, choice[2])  # type: ignore[arg-type]
 
     def select_batch(self, ready: Sequence[RequestView], sys: SystemView) -> list[int]:
         if self.batch is None:

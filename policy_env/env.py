@@ -50,15 +50,14 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     agent does not own are answered by the heuristic ``base`` controller.
 
     ## Observation space
-    ``Box(-1, 1, (G + 4*S + 13*n_slots,), float32)``, all features scaled to [-1, 1] (an env that
-    does not own admission keeps codec version 1's layout: G=9 and 12 per slot, without the
-    admission features):
+    ``Box(-1, 1, (G + 4*S + 14*n_slots,), float32)``, all features scaled to [-1, 1] (an env that
+    does not own admission has G=9 and 13 per slot, without the admission features):
 
     | part | features |
     |---|---|
     | global (G=10) | point kind (+1 plan, -1 batch), requests at the point /64, chunks left /4, verify queue /64, in-flight (admitted or awaiting admission, unfinished) /256, verifier busy, verify-time EWMA /100 ms, last batch size /64, target background load, arrivals awaiting admission /8 |
     | per drafter site (S, not edges) | background load, draft queue /32, measured RTT /100 ms, busy |
-    | per slot | present, SLO slack (deadline - now in TPOT units /32, clipped), tokens left /512, context /4096, acceptance estimate, last k /max_k, last accepted /max_k, in prefill, drafted tokens waiting /max_k, time waiting to verify (TPOT units), TPOT SLO /200 ms, drafter is the target site, awaiting admission (the slot's accept bit admits it) |
+    | per slot | present, SLO slack (deadline - now in TPOT units /32, clipped), tokens left /512, context /4096, acceptance estimate, last k /max_k, last accepted /max_k, in prefill, drafted tokens waiting /max_k, time waiting to verify (TPOT units), TPOT SLO /200 ms, drafter is the target site, draft tokens already streamed in by a draft-ahead site /max_k, awaiting admission (the slot's accept bit admits it) |
 
     Empty slots are all zeros (``present = 0``).
 
@@ -66,7 +65,9 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     ``MultiDiscrete([max_k+1, n_site_options, 2, 2] * n_slots)``: per slot the draft length ``k``
     (0 = plain decode), the drafter site option (the target, each remote site, ``edge`` = the
     request's own device), redundancy (0 none, 1 one hedged backup: the target when drafting
-    remotely, else the nearest other site, launched when the primary is late) and the accept
+    remotely, else the nearest other site, launched when the primary is late, or at once when a
+    draft-ahead primary has streamed nothing in yet; where the runtime supports draft-ahead,
+    every remote or edge round drafts ahead) and the accept
     bit: include in this verification batch at batch points; at plan points, for an arrival
     awaiting admission, admit it (1) or turn it away (0; it counts as dropped). Dimensions the agent does not own, empty slots, ``k`` beyond what a
     request can use, sites that cannot draft for it, and plan dimensions at batch points (and
@@ -111,6 +112,7 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
       plan points, the ``arrivals`` and ``awaiting admission`` features). ``admission_teacher``
       (a controller spec, or ``inflight-cap:max_inflight=N`` from :mod:`policy_env.teachers`)
       labels arrivals in :meth:`expert_action` instead of ``base``: cloning data only.
+      Codec version 3 adds the ``ahead`` slot feature and draft-ahead remote rounds.
     """
 
     metadata = {"render_modes": []}

@@ -40,7 +40,7 @@ KEYS: dict[str, str] = {
     "acceptance_rate": "accepted / verified draft tokens",
     "draft_tokens": "draft tokens produced at all sites",
     "wasted_draft_tokens": "rejected + redundant-loser + late (timed-out) draft tokens",
-    "wasted_rejected_tokens": "draft tokens the target rejected",
+    "wasted_rejected_tokens": "draft tokens the target rejected, or drafted ahead past a rejection",
     "wasted_redundant_tokens": "draft tokens from redundant sites that lost the race or arrived late",
     "wan_bytes": "bytes sent between different sites",
     "sim_time_s": "simulated seconds until the last request finished",

@@ -556,7 +556,9 @@ class Simulator:
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
         cap = self.limits.max_k
-        run = [st for st in site.streams if st.s_drafted - st.s_known < cap][: self.limits.max_batch_size]
+        run = [st for st in site.streams if st.s_drafted - st.s_known < cap]
+        if len(run) > self.limits.max_batch_size:  # the streams furthest behind go first
+            run = sorted(run, key=lambda st: st.s_drafted - st.s_known)[: self.limits.max_batch_size]
         if not run:
             return
         n = len(run)

@@ -179,7 +179,7 @@ def test_bad_env_arguments_raise_one_clear_error() -> None:
 def test_admission_bit_turns_arrivals_away_and_the_teacher_labels_them() -> None:
     """Codec v2: arrivals fill the first slots of a plan point; accept bit 0 drops the request."""
     env = gym.make("specctl/SpecControl-v0", **SHORT).unwrapped
-    assert "admission" in env.codec.owns and env.codec.version == 2
+    assert "admission" in env.codec.owns and env.codec.version == 3
     env.reset(seed=2)
     nk, ns, _, _ = env.codec.dims
     width = nk + ns + 4
@@ -218,5 +218,5 @@ def test_admission_bit_turns_arrivals_away_and_the_teacher_labels_them() -> None
 def test_codec_v1_checkpoints_are_refused_with_a_version_message() -> None:
     wan = Simulator(load_scenario("wan-4region"), 0, 1.0).info
     old = {**Codec.for_runtime(wan).to_dict(), "version": 1}
-    with pytest.raises(CodecMismatch, match="codec version 1 is not supported .*version 2"):
+    with pytest.raises(CodecMismatch, match="codec version 1 is not supported .*version 3"):
         Codec.from_dict(old)

@@ -99,3 +99,39 @@ def test_evaluate_end_to_end_writes_tables_plots_and_an_mlflow_run(tmp_path):
     assert run.data.metrics["colocated/oracle/goodput_rps"] == pytest.approx(summary.at["oracle", "goodput_rps"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"runs.csv", "summary.csv", "results.md", "capacity.png"} <= artifacts
+
+
+def test_rtt_sweep_writes_variants_csv_plot_and_tpot_grows_with_rtt_for_remote_drafting(tmp_path, capsys):
+    from runtime.scenario import load_scenario
+
+    remote = "static:k=4,site=us-east-2"
+    args = ["--scenarios", "wan-4region", "colocated", "--controllers", remote, "static", "--seeds", "0",
+            "--duration", "5", "--rtt-sweep", "5", "120", "--workers", "1", "--no-mlflow", "--quiet",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "--rtt-sweep skips colocated" in capsys.readouterr().err  # no remote sites there
+    sweep = pd.read_csv(tmp_path / "rtt_sweep.csv")
+    assert set(sweep.scenario) == {"wan-4region"}
+    assert set(zip(sweep.rtt_ms, sweep.controller)) == {(r, c) for r in (5.0, 120.0) for c in (remote, "static")}
+    assert (sweep.status == "ok").all()
+    variant = load_scenario(tmp_path / "rtt" / "wan-4region-rtt120.yaml")
+    remotes = [s for s in variant.sites if s.role == "remote"]
+    assert len(remotes) == 3 and all(s.rtt_ms == 120.0 for s in remotes)
+    # jitter is the site's own (from the AWS table), not the network default an explicit rtt_ms would get
+    base = load_scenario("wan-4region")
+    assert [s.jitter_ms for s in remotes] == [s.jitter_ms for s in base.sites if s.role == "remote"]
+    assert (tmp_path / "rtt_sweep.png").stat().st_size > 1000
+    tpot = sweep.set_index(["controller", "rtt_ms"]).tpot_p50_s
+    assert tpot[remote, 120.0] > tpot[remote, 5.0] + 0.02  # every remote round pays the RTT
+    assert tpot["static", 120.0] == pytest.approx(tpot["static", 5.0], rel=0.05)  # drafts on the target
+    md = (tmp_path / "results.md").read_text()
+    assert "#### RTT sweep" in md and "| controller | 5 ms | 120 ms |" in md
+    assert set(pd.read_csv(tmp_path / "runs.csv").scenario) == {"wan-4region", "colocated"}  # the grid ran too
+
+
+def test_rtt_sweep_rejects_non_positive_rtt_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--rtt-sweep", "0", "--no-mlflow", "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--rtt-sweep" in err and "positive" in err and "\n" not in err

@@ -121,7 +121,7 @@ def test_deployed_admission_bit_zero_turns_every_arrival_away(tmp_path: Path) ->
     """Codec v2: the policy owns admission; accept bit 0 at an arrival's slot drops the request."""
     policy_dir, _, env = exported(tmp_path)
     ctl = PolicyController.load(str(policy_dir))
-    assert "admission" in ctl.owns and ctl.codec.version == 2
+    assert "admission" in ctl.owns and ctl.codec.version == 3
     nk, ns, _, _ = ctl.codec.dims
     width = nk + ns + 4
     bias = ctl.net.layers[-1][1].reshape(ctl.codec.n_slots, width)
