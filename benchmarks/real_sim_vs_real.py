@@ -11,6 +11,7 @@ Prints mean TPOT and throughput of both and the relative error (goal: within 25%
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -57,6 +58,8 @@ def main() -> None:
             alpha = real["acceptance_rate"] or 0.5
             round_trip = {site: statistics.median(v) for site, v in rt.transport_overhead_s.items() if v}
             sim = Simulator(calibrated_scenario(rt.scenario, profiles, alpha, round_trip), args.seed, args.duration)
+            # the simulator offers only what the real runtime can do (no draft-ahead streams)
+            sim.info = dataclasses.replace(sim.info, draft_ahead=rt.info.draft_ahead)
             s = sim.run(make_controller(spec))
             sim_tpot = mean_tpot(sim.metrics.records)
             # throughput over the makespan (first arrival to last completion): at a saturating

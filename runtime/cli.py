@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,14 +25,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return v
+def positive(what: str) -> Callable[[str], float]:
+    """argparse type for a finite number > 0; ``what`` names it in the error (with its unit)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0 or math.isinf(v):
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in "invalid <type> value" messages
+    return parse
+
+
+positive_float = positive("number of seconds")
 
 
 def build_parser() -> OneLineParser:
@@ -45,7 +54,7 @@ def build_parser() -> OneLineParser:
     s.add_argument("--duration", type=positive_float, default=60.0, help="arrival window in simulated seconds (default: 60)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--trace", help="replay arrivals from a CSV with the Azure trace columns")
-    s.add_argument("--rate", type=positive_float, help="override the arrival rate (requests/s)")
+    s.add_argument("--rate", type=positive("rate in requests/s"), help="override the arrival rate (requests/s)")
     s.add_argument("--json", action="store_true", help="print one JSON object (keys: runtime.metrics.KEYS)")
 
     sub.add_parser("scenarios", help="list the shipped scenarios")

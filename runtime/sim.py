@@ -439,6 +439,8 @@ class Simulator:
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
         st = req.stream
+        if red.ahead and not self.info.draft_ahead:
+            raise InvalidDecision(f"request {req.rid}: draft-ahead is switched off here (RuntimeInfo.draft_ahead is False)")
         if red.ahead and self.sites[site].link is not None:
             if st is None or st.site != site:
                 if st is not None:

@@ -36,7 +36,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from runtime.cli import OneLineParser, positive_float
+from runtime.cli import OneLineParser, positive, positive_float
 
 #: Metrics summarized per (scenario, controller), in table order.
 SUMMARY_METRICS: tuple[str, ...] = (
@@ -324,15 +324,7 @@ def plot(summary: pd.DataFrame, path: Path) -> Path | None:
 
 
 # -- RTT sweep ---------------------------------------------------------------------------------
-def positive_ms(text: str) -> float:
-    """argparse type for an RTT in milliseconds: a finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0 or math.isinf(v):
-        raise argparse.ArgumentTypeError(f"RTT must be a positive number of milliseconds, got {text}")
-    return v
+positive_ms = positive("RTT in milliseconds")
 
 
 def scenario_label(scenario: str) -> str:
@@ -540,9 +532,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--duration", type=positive_float, default=60.0,
                    help="arrival window per run, simulated s (default: 60)")
     load = p.add_mutually_exclusive_group()
-    load.add_argument("--load", type=positive_float, default=1.0,
+    load.add_argument("--load", type=positive("load factor"), default=1.0,
                       help="goodput runs at the scenario's arrival rate times this (default: 1)")
-    load.add_argument("--rate", type=positive_float, help="goodput runs at this arrival rate (req/s) in every scenario")
+    load.add_argument("--rate", type=positive("rate in requests/s"), help="goodput runs at this arrival rate (req/s) in every scenario")
     p.add_argument("--capacity", action="store_true", help="also search each controller's capacity (slower)")
     p.add_argument("--target-slo", type=float, default=0.9, help="SLO attainment that defines capacity (default: 0.9)")
     p.add_argument("--capacity-duration", type=positive_float, default=30.0,
