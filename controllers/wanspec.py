@@ -118,8 +118,9 @@ class WanSpec(Controller):
         predicted = self._delivery(sys, site, k, ctx)
         current = req.drafter_site
         if current in options and current != site:
-            if self._delivery(sys, current, k, ctx) <= predicted * self.switch_gain:
-                site, predicted = current, self._delivery(sys, current, k, ctx)
+            staying = self._delivery(sys, current, k, ctx)
+            if staying <= predicted * self.switch_gain:  # moving costs a context transfer
+                site, predicted = current, staying
         if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
             local = delivery_time(sys, info.target_site, k, ctx)
             # when this round's tokens are due at the SLO pace (geometric acceptance estimate)

@@ -464,18 +464,21 @@ class Simulator:
         if red.timeout_s is not None:
             self._push(self.now + red.timeout_s, self._on_timeout, (req, req.round_id))
 
+    def _catchup(self, req: SimRequest, site_name: str) -> tuple[int, int]:
+        """Tokens ``site_name``'s drafter must feed before drafting, and the bytes to send it:
+        the commit notification plus any context the site lacks (an edge has its own prompt)."""
+        catchup = max(req.draft_ctx - req.synced.get(site_name, 0), 1)
+        ship = catchup if site_name != req.origin or site_name in req.synced else 1
+        return catchup, self.net.header_bytes + ship * self.net.bytes_per_token
+
     def _launch(self, req: SimRequest, site_name: str, k: int) -> None:
         site = self.sites[site_name]
-        ctx = req.draft_ctx
-        catchup = max(ctx - req.synced.get(site_name, 0), 1)
+        catchup, nbytes = self._catchup(req, site_name)
         task = DraftTask(req, site_name, k, catchup, req.round_id)
         req.tasks.append(task)
         if site is self.target:
             self._local_q.append(task)
             return
-        # commit notification (+ any context the site lacks) travels to the drafter
-        ship = catchup if site_name != req.origin or site_name in req.synced else 1
-        nbytes = self.net.header_bytes + ship * self.net.bytes_per_token
         self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)
 
     def _on_hedge(self, arg: tuple[SimRequest, int, tuple[str, ...], int]) -> None:
@@ -505,12 +508,8 @@ class Simulator:
     # ---- draft-ahead streams
     def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
         st = req.stream = DraftStream(req, site_name)
-        catchup = max(req.draft_ctx - req.synced.get(site_name, 0), 1)
-        ship = catchup if site_name != req.origin or site_name in req.synced else 1
-        st.s_catchup = catchup
-        site = self.sites[site_name]
-        self._push(self.now + site.link.send(self.net.header_bytes + ship * self.net.bytes_per_token),  # type: ignore[union-attr]
-                   self._on_stream_open, st)
+        st.s_catchup, nbytes = self._catchup(req, site_name)
+        self._push(self.now + self.sites[site_name].link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
         return st
 
     def _on_stream_open(self, st: DraftStream) -> None:

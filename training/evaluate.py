@@ -209,7 +209,8 @@ def summarize(rows: list[dict[str, Any]], na: dict[tuple[str, str], str | None])
             caps = part[part.kind == "capacity"]
             rec["seeds"] = int(runs.seed.nunique()) if len(runs) else int(caps.seed.nunique())
             if len(runs):
-                rec["rate"] = float(runs.rate.iloc[0])
+                rate = runs.rate.iloc[0]
+                rec["rate"] = math.nan if rate is None else float(rate)  # None: a trace sets the rate
                 for key in SUMMARY_METRICS:
                     rec[key], rec[f"{key}_ci"] = mean_ci(runs[key].tolist())
             if len(caps):
@@ -376,25 +377,15 @@ def write_rtt_variants(scenario: str, rtts: Sequence[float], out_dir: Path) -> d
 def summarize_sweep(
     rows: list[dict[str, Any]], na: dict[tuple[str, str], str | None], variants: dict[str, tuple[str, float]]
 ) -> pd.DataFrame:
-    """One row per (scenario, rtt_ms, controller) of the sweep: mean and CI half-width over seeds.
+    """:func:`summarize` of the sweep's runs, one row per (scenario, rtt_ms, controller).
 
     ``variants`` maps each variant's path (the jobs' scenario) to (scenario label, RTT in ms).
     """
-    df = pd.DataFrame(rows)
-    out: list[dict[str, Any]] = []
-    for (path, ctrl), reason in na.items():
-        sc, ms = variants[path]
-        rec: dict[str, Any] = {"scenario": sc, "rtt_ms": ms, "controller": ctrl,
-                               "status": "ok" if reason is None else f"n/a: {reason}"}
-        if reason is None and not df.empty:
-            runs = df[(df.scenario == path) & (df.controller == ctrl) & (df.kind == "run")]
-            rec["seeds"] = int(runs.seed.nunique())
-            rec["rate"] = float(runs.rate.iloc[0]) if len(runs) and runs.rate.iloc[0] is not None else math.nan
-            for key in SWEEP_METRICS:
-                rec[key], rec[f"{key}_ci"] = mean_ci(runs[key].tolist())
-        rec["variant"] = path
-        out.append(rec)
-    return pd.DataFrame(out)
+    df = summarize(rows, na)
+    df["variant"] = df.scenario
+    df.insert(1, "rtt_ms", [variants[p][1] for p in df.variant])
+    df["scenario"] = [variants[p][0] for p in df.variant]
+    return df
 
 
 def sweep_markdown(sweep: pd.DataFrame, seeds: Sequence[int]) -> str:
