@@ -82,7 +82,7 @@ def test_train_end_to_end_then_deploy_by_reference(tmp_path: Path) -> None:  # ~
            "--out", str(tmp_path / "ck"), "--run-name", "tiny", "--register", "tiny-policy", "--workers", "1"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "| policy (policy) |" in out.stdout and "best heuristic" in out.stdout
+    assert "\n| policy | " in out.stdout and "best heuristic" in out.stdout
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
     assert (tmp_path / "ck" / "model.zip").is_file() and (tmp_path / "ck" / "best" / "policy.json").is_file()
     assert not (REPO / "mlflow.db").exists() or "tiny-policy" not in (REPO / "mlflow.db").read_bytes().decode("latin1")

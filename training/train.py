@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -206,40 +207,51 @@ class Comparison:
 
 
 def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, rate: float | None) -> dict[str, float]:
+    """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory."""
     from controllers import make_controller
+    from runtime.contract import Controller
     from runtime.sim import Simulator
 
-    ctl = make_controller(spec_or_ctl) if isinstance(spec_or_ctl, str) else spec_or_ctl
+    if isinstance(spec_or_ctl, str):
+        ctl = make_controller(spec_or_ctl)
+    else:
+        ctl = spec_or_ctl if isinstance(spec_or_ctl, Controller) else spec_or_ctl()
     s = Simulator(scenario, seed, duration, rate=rate).run(ctl)
     return {k: float(s[k]) for k in ("goodput_rps", "goodput_tps", "slo_attainment", "target_draft_forward_passes", "wasted_draft_tokens")}
 
 
-def _baseline_job(args: tuple[Any, str, int, float, float | None]) -> tuple[str, int, dict[str, float]]:
-    scenario, spec, seed, duration, rate = args
-    return spec, seed, run_controller(scenario, spec, seed, duration, rate)
+def _job(args: tuple[str, Any, Any, int, float, float | None]) -> tuple[str, int, dict[str, float]]:
+    name, make, scenario, seed, duration, rate = args
+    return name, seed, run_controller(scenario, make, seed, duration, rate)
 
 
-def evaluate_baselines(scenario: Any, specs: Sequence[str], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
-    """Every controller spec on every seed (in ``workers`` processes), one progress bar."""
+def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
+    """Every named controller (a spec, or a picklable no-argument factory) on every seed, in
+    ``workers`` processes, with one progress bar: each run is an independent simulation."""
     from tqdm import tqdm
 
-    jobs = [(scenario, spec, seed, duration, rate) for spec in specs for seed in seeds]
-    cmp = Comparison(list(seeds), {spec: [{}] * len(seeds) for spec in specs})
+    jobs = [(name, make, scenario, seed, duration, rate) for name, make in controllers.items() for seed in seeds]
+    cmp = Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers})
     bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False, disable=None)
     if workers > 1:
         from multiprocessing import get_context
 
         with get_context("spawn").Pool(workers) as pool:
-            for spec, seed, res in pool.imap_unordered(_baseline_job, jobs):
-                cmp.rows[spec][list(seeds).index(seed)] = res
+            results = pool.imap_unordered(_job, jobs)
+            for name, seed, res in results:
+                cmp.rows[name][list(seeds).index(seed)] = res
                 bar.update()
     else:
-        for job in jobs:
-            spec, seed, res = _baseline_job(job)
-            cmp.rows[spec][list(seeds).index(seed)] = res
+        for name, seed, res in map(_job, jobs):
+            cmp.rows[name][list(seeds).index(seed)] = res
             bar.update()
     bar.close()
     return cmp
+
+
+def evaluate_baselines(scenario: Any, specs: Sequence[str], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
+    """Every controller spec on every seed."""
+    return evaluate_controllers(scenario, {spec: spec for spec in specs}, seeds, duration, rate, workers, desc)
 
 
 def teacher_controller(base: str, teacher: str) -> Any:
@@ -251,29 +263,17 @@ def teacher_controller(base: str, teacher: str) -> Any:
     return compose(make_controller(base), admission=make_teacher(teacher))
 
 
-def _teacher_job(args: tuple[Any, str, str, int, float, float | None]) -> tuple[int, dict[str, float]]:
-    scenario, base, teacher, seed, duration, rate = args
-    return seed, run_controller(scenario, teacher_controller(base, teacher), seed, duration, rate)
-
-
-def evaluate_teacher(scenario: Any, base: str, teacher: str, seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1) -> list[dict[str, float]]:
-    """The cloning teacher (``base`` + the admission teacher) on ``seeds``, for the comparison table."""
-    jobs = [(scenario, base, teacher, s, duration, rate) for s in seeds]
-    if workers > 1:
-        from multiprocessing import get_context
-
-        with get_context("spawn").Pool(workers) as pool:
-            res = dict(pool.map(_teacher_job, jobs))
-    else:
-        res = dict(map(_teacher_job, jobs))
-    return [res[s] for s in seeds]
-
-
-def evaluate_policy(policy_dir: Path, scenario: Any, seeds: Sequence[int], duration: float, rate: float | None) -> list[dict[str, float]]:
-    """The exported (deployable) policy in the simulator's controller slot, seed by seed."""
+def load_policy(policy_dir: str) -> Any:
+    """The exported (deployable) policy, as the controller slot loads it."""
     from controllers.policy import PolicyController
 
-    return [run_controller(scenario, PolicyController.load(str(policy_dir)), s, duration, rate) for s in seeds]
+    return PolicyController.load(policy_dir)
+
+
+def evaluate_policy(policy_dir: Path, scenario: Any, seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1) -> list[dict[str, float]]:
+    """The exported policy in the simulator's controller slot, seed by seed."""
+    cmp = evaluate_controllers(scenario, {"policy": partial(load_policy, str(policy_dir))}, seeds, duration, rate, workers, desc="policy")
+    return cmp.rows["policy"]
 
 
 def baseline_specs(eval_cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -321,7 +321,7 @@ def comparison_table(cmp: Comparison, policy_name: str, heuristics: Sequence[str
         "|---|---|---|---|---|---|",
     ]
     for x in rows:
-        tag = f" ({x['role']})" if x["role"] != "heuristic" else ""
+        tag = f" ({x['role']})" if x["role"] not in ("heuristic", x["controller"]) else ""
         lines.append(
             f"| {x['controller']}{tag} | {x['goodput_rps']:.3f} ± {x['goodput_rps_std']:.3f} | {x['slo_attainment']:.3f} | "
             f"{x['target_draft_forward_passes']:.0f} | {x['wasted_draft_tokens']:.0f} | "
@@ -638,13 +638,13 @@ def train(args: argparse.Namespace) -> int:
 
         # the final comparison on more held-out seeds: best policy vs every heuristic
         seeds = [TRAIN_SEED_MAX + i for i in range(ev["seeds"])]
-        cmp = evaluate_baselines(scenario, heuristics + refs, seeds, ev["duration"], rate, args.workers, desc="final baselines")
+        named: dict[str, Any] = {spec: spec for spec in heuristics + refs}
         teacher = cfg["pretrain"].get("admission_teacher")
         if teacher and cfg["pretrain"]["steps"] > 0 and "admission" in codec.owns:
             # the cloning target, shown as a reference (like the oracle): what the policy started from
-            cmp.rows[f"teacher: {probe.base_spec} + {teacher}"] = evaluate_teacher(
-                scenario, probe.base_spec, teacher, seeds, ev["duration"], rate, args.workers)
-        cmp.rows["policy"] = evaluate_policy(best_dir, scenario, seeds, ev["duration"], rate)
+            named[f"teacher: {probe.base_spec} + {teacher}"] = partial(teacher_controller, probe.base_spec, teacher)
+        named["policy"] = partial(load_policy, str(best_dir))
+        cmp = evaluate_controllers(scenario, named, seeds, ev["duration"], rate, args.workers, desc="final comparison")
         rows, table = comparison_table(cmp, "policy", heuristics)
         policy_row = next(r for r in rows if r["controller"] == "policy")
         best_row = next(r for r in rows if r["role"] == "best heuristic")
