@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -52,6 +54,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
         ({"default": {"pretrain": {"admission_teacher": "inflight-cap:max_inflight=0"}}}, "max_inflight must be >= 1"),
         ({"default": {"pretrain": {"admission_teacher": "nobody"}}}, "unknown controller 'nobody'"),
         ({"default": {"pretrain": {"drop_weight": 0}}}, "drop_weight must be a number > 0"),
+        ({"default": {"pretrain": {"dagger": 1.5}}}, "dagger must be a whole number of rounds >= 0"),
     ],
 )
 def test_bad_config_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], cfg: dict, match: str) -> None:
@@ -158,3 +161,39 @@ def test_pretrain_clones_the_base_heuristic() -> None:
     model = MaskablePPO(MaskableSlotPolicy, gym.make("specctl/DraftLength-v0", **kw), n_steps=64, seed=0, policy_kwargs={"net_arch": [32, 32]})
     stats = pretrain(model, "specctl/DraftLength-v0", kw, {**PRETRAIN_DEFAULTS, "steps": 1500, "epochs": 8}, seed=0, gamma=0.99)
     assert stats["pretrain/agreement"] > 0.95  # static:k=2 is one k per request: easy to clone exactly
+
+
+def test_dagger_labels_the_learners_own_states_with_the_teacher() -> None:
+    """A DAgger round follows the learner (here: a k=0 learner) but records the teacher's answers."""
+    import gymnasium as gym
+
+    from training.train import collect_clone_data
+
+    env = gym.make("specctl/DraftLength-v0", rate=18.0, duration=5.0, base="static:k=2", n_slots=8).unwrapped
+    obs, _ = env.reset(seed=0)
+    teacher, _ = collect_clone_data(env, obs, 300, 0.99, "teacher")
+    obs, _ = env.reset(seed=0)
+    learner, _ = collect_clone_data(env, obs, 300, 0.99, "learner", act=lambda o, m: np.zeros(len(env.action_space.nvec), dtype=np.int64))
+    nk = int(env.action_space.nvec[0])  # max_k + 1 choices of k per slot
+
+    def labelled_k(d: Any) -> np.ndarray:  # the k labels of slots that may draft
+        return d.act[:, ::4][d.mask.reshape(300, 8, -1)[:, :, 1:nk].any(2)]
+
+    assert (labelled_k(teacher) == 2).mean() > 0.9 and (labelled_k(learner) == 2).mean() > 0.9  # static:k=2's answers
+    assert not np.array_equal(teacher.obs, learner.obs)  # k=0 rounds took the env elsewhere
+
+
+def test_pretrain_with_dagger_rounds_aggregates_the_data() -> None:
+    import gymnasium as gym
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from policy_env.sb3 import MaskableSlotPolicy
+    from training.train import PRETRAIN_DEFAULTS, pretrain
+
+    torch.manual_seed(0)
+    kw = {"rate": 18.0, "duration": 5.0, "base": "static:k=2", "n_slots": 8}
+    model = MaskablePPO(MaskableSlotPolicy, gym.make("specctl/DraftLength-v0", **kw), n_steps=64, seed=0, policy_kwargs={"net_arch": [32, 32]})
+    stats = pretrain(model, "specctl/DraftLength-v0", kw, {**PRETRAIN_DEFAULTS, "steps": 800, "epochs": 6, "dagger": 1}, seed=0, gamma=0.99)
+    assert stats["pretrain/steps"] == 1600
+    assert stats["pretrain/agreement"] > 0.95  # measured on the states the clone itself visited

@@ -68,6 +68,8 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     # loss weight of the steps where the teacher turns an arrival away (rare, and where the
     # clone's threshold is decided); 1 weighs every step alike
     "drop_weight": 1.0,
+    # DAgger rounds after the first fit: the clone acts, the teacher labels what it visits
+    "dagger": 0,
 }
 
 
@@ -331,33 +333,36 @@ def comparison_table(cmp: Comparison, policy_name: str, heuristics: Sequence[str
 
 
 # ------------------------------------------------------------------------------ warm start
-def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
-    """Behaviour cloning from the env's base heuristic, before RL (DAgger's first iteration).
+@dataclass
+class CloneData:
+    """Steps labelled by the teacher: observations, its actions, masks, discounted returns, turn-aways."""
 
-    Runs the heuristic through the env for ``steps`` steps, recording its answers as actions
-    (``SpecControlEnv.expert_action``), then fits the policy to them (masked log-likelihood)
-    and the value head to the discounted returns. RL then starts from the heuristic's
-    behaviour instead of uniform random choices, which is what makes a few minutes of PPO on
-    two cores enough to improve on it.
-    """
-    import gymnasium as gym
-    import torch
+    obs: np.ndarray
+    act: np.ndarray
+    mask: np.ndarray
+    ret: np.ndarray
+    drops: np.ndarray  # steps where the teacher turns an arrival away
+
+    def __add__(self, other: "CloneData") -> "CloneData":
+        return CloneData(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("obs", "act", "mask", "ret", "drops")))
+
+
+def collect_clone_data(env: Any, obs: np.ndarray, n: int, gamma: float, desc: str,
+                       act: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[CloneData, np.ndarray]:
+    """``n`` env steps from ``obs`` labelled with ``env.expert_action()``, and the next observation.
+    The env follows the teacher, or ``act(obs, mask)`` (DAgger: the states the learner visits)."""
     from tqdm import tqdm
 
     from policy_env.codec import block_period
 
-    teacher = cfg.get("admission_teacher")
-    env = gym.make(env_id, **env_kwargs, **({"admission_teacher": teacher} if teacher else {})).unwrapped
-    n = int(cfg["steps"])
     obs_buf = np.zeros((n, env.observation_space.shape[0]), dtype=np.float32)
     act_buf = np.zeros((n, len(env.action_space.nvec)), dtype=np.int64)
     mask_buf = np.zeros((n, int(env.action_space.nvec.sum())), dtype=bool)
     rew = np.zeros(n, dtype=np.float32)
     done = np.zeros(n, dtype=bool)
-    obs, _ = env.reset(seed=seed + 7919)
-    for i in tqdm(range(n), desc="clone base heuristic", unit="step", leave=False, disable=None):
+    for i in tqdm(range(n), desc=desc, unit="step", leave=False, disable=None):
         obs_buf[i], act_buf[i], mask_buf[i] = obs, env.expert_action(), env.action_masks()
-        obs, rew[i], term, trunc, _ = env.step(act_buf[i])
+        obs, rew[i], term, trunc, _ = env.step(act_buf[i] if act is None else act(obs_buf[i], mask_buf[i]))
         done[i] = term or trunc
         if done[i]:
             obs, _ = env.reset()
@@ -366,16 +371,25 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
     for i in range(n - 1, -1, -1):
         acc = rew[i] + gamma * acc * (not done[i])
         ret[i] = acc
-    policy = model.policy
-    masked = "action_masks" in inspect.signature(policy.evaluate_actions).parameters
-    opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
-    # steps where the teacher turns an arrival away: a plan point (obs[0] = +1) with a slot whose
-    # accept bit is free and labelled 0
+    # a plan point (obs[0] = +1) with a slot whose accept bit is free and labelled 0
     width = int(env.action_space.nvec[: block_period(env.action_space.nvec)].sum())
     accept_free = mask_buf.reshape(n, -1, width)[:, :, -1]
     drops = (obs_buf[:, 0] > 0) & (accept_free & (act_buf.reshape(n, accept_free.shape[1], -1)[:, :, -1] == 0)).any(1)
-    weight = np.where(drops, float(cfg.get("drop_weight", 1.0)), 1.0).astype(np.float32)
-    o, a, m, r, wt = (torch.as_tensor(x) for x in (obs_buf, act_buf, mask_buf, ret, weight))
+    return CloneData(obs_buf, act_buf, mask_buf, ret, drops), obs
+
+
+def fit_clone(model: Any, data: CloneData, cfg: dict[str, Any], seed: int) -> tuple[float, float]:
+    """Fit the policy to the teacher's actions (masked log-likelihood, turn-aways weighted
+    ``drop_weight``) and the value head to the discounted returns; (last nll, last value mse)."""
+    import torch
+    from tqdm import tqdm
+
+    policy = model.policy
+    masked = "action_masks" in inspect.signature(policy.evaluate_actions).parameters
+    opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
+    n = len(data.obs)
+    weight = np.where(data.drops, float(cfg.get("drop_weight", 1.0)), 1.0).astype(np.float32)
+    o, a, m, r, wt = (torch.as_tensor(x) for x in (data.obs, data.act, data.mask, data.ret, weight))
     bs = int(cfg["batch_size"])
     rng = np.random.default_rng(seed)
     policy.set_training_mode(True)
@@ -392,20 +406,50 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
             opt.step()
             nll, vloss = -log_prob.mean().item(), v.item()
     policy.set_training_mode(False)
-    with torch.no_grad():
-        sample = slice(0, min(n, 4096))
-        pred, _ = model.predict(obs_buf[sample], action_masks=mask_buf[sample], deterministic=True) if masked else model.predict(obs_buf[sample], deterministic=True)
+    return nll, vloss
+
+
+def _predict(model: Any, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The deterministic action(s), masked where the algorithm supports masks."""
+    masked = "action_masks" in inspect.signature(model.policy.evaluate_actions).parameters
+    kw = {"action_masks": mask} if masked else {}
+    return model.predict(obs, deterministic=True, **kw)[0]
+
+
+def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
+    """Behaviour cloning from the env's base heuristic, before RL, with optional DAgger rounds.
+
+    Runs the heuristic through the env for ``steps`` steps, recording its answers as actions
+    (``SpecControlEnv.expert_action``), then fits the policy to them. Each of the ``dagger``
+    rounds then lets the clone act for ``steps`` more steps, labels the states *it* visits with
+    the teacher's answers, and refits on everything so far (Ross et al., 2011): a clone that
+    drifts off the teacher's states learns how to get back. RL then starts from the teacher's
+    behaviour instead of uniform random choices.
+    """
+    import gymnasium as gym
+
+    teacher = cfg.get("admission_teacher")
+    env = gym.make(env_id, **env_kwargs, **({"admission_teacher": teacher} if teacher else {})).unwrapped
+    n = int(cfg["steps"])
+    obs, _ = env.reset(seed=seed + 7919)
+    data, obs = collect_clone_data(env, obs, n, gamma, "clone base heuristic")
+    nll, vloss = fit_clone(model, data, cfg, seed)
+    for r in range(int(cfg["dagger"])):
+        new, obs = collect_clone_data(env, obs, n, gamma, f"DAgger round {r + 1}", act=lambda o, m: _predict(model, o, m))
+        data = data + new
+        nll, vloss = fit_clone(model, data, cfg, seed + r + 1)
+    # agreement on the last collected steps (the learner's own states after a DAgger round)
+    last = new if int(cfg["dagger"]) else data
+    sample = slice(0, min(len(last.obs), 4096))
+    pred = _predict(model, last.obs[sample], last.mask[sample])
     cuts = np.cumsum(env.action_space.nvec)[:-1]
-    free = np.stack([seg.sum(1) > 1 for seg in np.split(mask_buf[sample], cuts, axis=1)], 1)  # real choices only
-    agree = float((pred == act_buf[sample])[free].mean()) if free.any() else 1.0
+    free = np.stack([seg.sum(1) > 1 for seg in np.split(last.mask[sample], cuts, axis=1)], 1)  # real choices only
+    agree = float((pred == last.act[sample])[free].mean()) if free.any() else 1.0
     recall = 1.0
-    if drops.any():  # how many of the teacher's turn-aways the clone reproduces
-        with torch.no_grad():
-            kw = {"action_masks": mask_buf[drops]} if masked else {}
-            pd_, _ = model.predict(obs_buf[drops], deterministic=True, **kw)
-        recall = float((pd_ == act_buf[drops]).all(1).mean())
-    return {"pretrain/nll": nll, "pretrain/value_mse": vloss, "pretrain/agreement": agree, "pretrain/steps": float(n),
-            "pretrain/teacher_drops": float(drops.sum()), "pretrain/drop_recall": recall}
+    if last.drops.any():  # how many of the teacher's turn-aways the clone reproduces
+        recall = float((_predict(model, last.obs[last.drops], last.mask[last.drops]) == last.act[last.drops]).all(1).mean())
+    return {"pretrain/nll": nll, "pretrain/value_mse": vloss, "pretrain/agreement": agree, "pretrain/steps": float(len(data.obs)),
+            "pretrain/teacher_drops": float(last.drops.sum()), "pretrain/drop_recall": recall}
 
 
 # ------------------------------------------------------------------------------ callbacks
@@ -522,6 +566,8 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(pre["admission_teacher"], str):
             raise ConfigError(f"pretrain.admission_teacher must be a controller spec string, got {pre['admission_teacher']!r}")
         make_teacher(pre["admission_teacher"])  # ControllerError: one line naming the problem
+    if isinstance(pre["dagger"], bool) or not isinstance(pre["dagger"], int) or pre["dagger"] < 0:
+        raise ConfigError(f"pretrain.dagger must be a whole number of rounds >= 0, got {pre['dagger']!r}")
     if not isinstance(pre["drop_weight"], (int, float)) or not pre["drop_weight"] > 0:
         raise ConfigError(f"pretrain.drop_weight must be a number > 0, got {pre['drop_weight']!r}")
     cfg["config_file"] = str(path)
