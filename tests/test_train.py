@@ -197,3 +197,16 @@ def test_pretrain_with_dagger_rounds_aggregates_the_data() -> None:
     stats = pretrain(model, "specctl/DraftLength-v0", kw, {**PRETRAIN_DEFAULTS, "steps": 800, "epochs": 6, "dagger": 1}, seed=0, gamma=0.99)
     assert stats["pretrain/steps"] == 1600
     assert stats["pretrain/agreement"] > 0.95  # measured on the states the clone itself visited
+
+
+def test_ratio_ci_brackets_the_ratio_and_is_exact_for_identical_runs() -> None:
+    from training.train import ratio_ci
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(18, 22, 20)
+    better = base + rng.normal(0.5, 0.3, 20)
+    r, lo, hi = ratio_ci(better, base)
+    assert 1.0 < lo < r < hi < 1.05  # a consistent +0.5 req/s is significant
+    noisy = base + rng.normal(0.0, 2.0, 20)
+    assert ratio_ci(noisy, base)[1] < 1.0 < ratio_ci(noisy, base)[2]  # no consistent gain: the CI spans 1
+    assert ratio_ci(base, base) == (1.0, 1.0, 1.0)
