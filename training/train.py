@@ -23,8 +23,10 @@ import shlex
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -235,16 +237,8 @@ def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequ
     jobs = [(name, make, scenario, seed, duration, rate) for name, make in controllers.items() for seed in seeds]
     cmp = Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers})
     bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False, disable=None)
-    if workers > 1:
-        from multiprocessing import get_context
-
-        with get_context("spawn").Pool(workers) as pool:
-            results = pool.imap_unordered(_job, jobs)
-            for name, seed, res in results:
-                cmp.rows[name][list(seeds).index(seed)] = res
-                bar.update()
-    else:
-        for name, seed, res in map(_job, jobs):
+    with get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
+        for name, seed, res in pool.imap_unordered(_job, jobs) if pool else map(_job, jobs):
             cmp.rows[name][list(seeds).index(seed)] = res
             bar.update()
     bar.close()
