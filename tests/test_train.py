@@ -210,3 +210,19 @@ def test_ratio_ci_brackets_the_ratio_and_is_exact_for_identical_runs() -> None:
     noisy = base + rng.normal(0.0, 2.0, 20)
     assert ratio_ci(noisy, base)[1] < 1.0 < ratio_ci(noisy, base)[2]  # no consistent gain: the CI spans 1
     assert ratio_ci(base, base) == (1.0, 1.0, 1.0)
+
+
+def test_the_default_admission_teacher_keeps_an_overloaded_target_from_collapsing() -> None:
+    """What the default warm start clones: past wanspec's capacity, turning a few arrivals away
+    (admit while <= 120 requests are in flight) keeps far more requests within their SLOs."""
+    from runtime.scenario import load_scenario
+    from training.train import run_controller, teacher_controller
+
+    cfg = yaml.safe_load((REPO / "training" / "configs" / "maskable_ppo.yaml").read_text())["default"]
+    teacher, base = cfg["pretrain"]["admission_teacher"], cfg["env_kwargs"]["base"]
+    sc = load_scenario("wan-4region")
+    for seed in (0, 1):  # both tip into overload at 26 req/s
+        alone = run_controller(sc, base, seed, 30.0, 26.0)
+        capped = run_controller(sc, teacher_controller(base, teacher), seed, 30.0, 26.0)
+        assert capped["goodput_rps"] > 1.1 * alone["goodput_rps"], (seed, alone, capped)
+        assert capped["slo_attainment"] > alone["slo_attainment"]
