@@ -21,9 +21,8 @@ import torch
 from controllers import make_controller
 from runtime.profile import profile
 from runtime.real.deploy import load_deployment
-from runtime.real.replay import calibrated_scenario, mean_tpot, replay
+from runtime.real.replay import calibrated_scenario, mean_tpot, replay, with_rate
 from runtime.real.runtime import RealRuntime, SiteProcesses
-from runtime.scenario import build_scenario
 from runtime.sim import Simulator
 
 
@@ -44,9 +43,7 @@ def main() -> None:
     remote = [s.name for s in dep.scenario.sites if s.role != "target" and s.drafter]
     addrs = procs.launch({n: dep.drafter_for(n) for n in remote})
     dep = load_deployment(scenario=args.scenario, models_dir=args.models, sites={n: {"address": a} for n, a in addrs.items()})
-    raw = dep.scenario.spec.model_dump(mode="json", exclude_none=True)
-    raw["workload"]["arrivals"] = {"kind": "poisson", "rate": args.rate}
-    dep.scenario = build_scenario(raw, source=dep.scenario.source)
+    dep.scenario = with_rate(dep.scenario, args.rate)
     rows = []
     try:
         for spec in args.controllers:

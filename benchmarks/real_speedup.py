@@ -16,9 +16,8 @@ import torch
 
 from controllers import make_controller
 from runtime.real.deploy import load_deployment
-from runtime.real.replay import mean_tpot, replay
+from runtime.real.replay import mean_tpot, replay, with_rate
 from runtime.real.runtime import RealRuntime, SiteProcesses
-from runtime.scenario import build_scenario
 
 
 def main() -> None:
@@ -38,9 +37,7 @@ def main() -> None:
     addrs = procs.launch({n: dep.drafter_for(n) for n in remote})
     dep = load_deployment(scenario=args.scenario, models_dir=args.models, emulate_wan=not args.no_wan_emulation,
                           sites={n: {"address": a} for n, a in addrs.items()})
-    raw = dep.scenario.spec.model_dump(mode="json", exclude_none=True)
-    raw["workload"]["arrivals"] = {"kind": "poisson", "rate": args.rate}
-    dep.scenario = build_scenario(raw, source=dep.scenario.source)
+    dep.scenario = with_rate(dep.scenario, args.rate)
     base = None
     print(f"{'controller':<14} {'tok/s':>8} {'x':>6} {'TPOT ms':>8} {'x':>6} {'e2e p50 s':>10} {'accept':>7} {'tgt drafts':>10}")
     try:

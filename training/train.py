@@ -440,12 +440,11 @@ def pretrain(model: Any, env_id: str, env_kwargs: dict[str, Any], cfg: dict[str,
     obs, _ = env.reset(seed=seed + 7919)
     data, obs = collect_clone_data(env, obs, n, gamma, "clone base heuristic")
     nll, vloss = fit_clone(model, data, cfg, seed)
+    last = data  # agreement is measured on the last collected steps: the learner's own after DAgger
     for r in range(int(cfg["dagger"])):
-        new, obs = collect_clone_data(env, obs, n, gamma, f"DAgger round {r + 1}", act=lambda o, m: _predict(model, o, m))
-        data = data + new
+        last, obs = collect_clone_data(env, obs, n, gamma, f"DAgger round {r + 1}", act=lambda o, m: _predict(model, o, m))
+        data = data + last
         nll, vloss = fit_clone(model, data, cfg, seed + r + 1)
-    # agreement on the last collected steps (the learner's own states after a DAgger round)
-    last = new if int(cfg["dagger"]) else data
     sample = slice(0, min(len(last.obs), 4096))
     pred = _predict(model, last.obs[sample], last.mask[sample])
     cuts = np.cumsum(env.action_space.nvec)[:-1]

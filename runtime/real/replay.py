@@ -28,9 +28,8 @@ def token_stream(runtime: RealRuntime, texts: list[str], need: int) -> list[int]
 def replay(runtime: RealRuntime, controller: Controller, duration: float, seed: int = 0,
            texts: list[str] | None = None, temperature: float = 0.0) -> list[RealRequest]:
     """Submit the scenario's arrivals over ``duration`` seconds and drive them to completion."""
-    reqs = submit_workload(runtime, duration, seed, texts, temperature)
+    reqs = submit_workload(runtime, duration, seed, texts, temperature)  # also sets the metrics window
     drive(runtime, controller)
-    runtime.metrics.window_s = duration
     return reqs
 
 
