@@ -1,16 +1,19 @@
 """Everything that fills the controller slot, by name.
 
 ``make_controller("static", k=4)`` or ``make_controller("static:k=4")``. Unknown names or
-parameters raise :class:`ControllerError` listing the valid ones.
+parameters raise :class:`ControllerError` listing the valid ones. ``A+B`` composes: ``A``
+answers every decision except those ``B`` owns, e.g. ``wanspec:k=5+inflight-cap:max_inflight=120``.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Callable
 
-from runtime.contract import Controller
+from runtime.contract import Controller, compose
 
+from controllers.admission import InflightCap
 from controllers.basic import NoSpec, Static
 from controllers.centralized import Centralized
 from controllers.oracle import Oracle
@@ -32,6 +35,7 @@ REGISTRY: dict[str, Callable[..., Controller]] = {
     "wanspec": WanSpec,
     "wisp": Wisp,
     "oracle": Oracle,
+    "inflight-cap": InflightCap,
 }
 
 
@@ -59,8 +63,30 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def split_composite(spec: str) -> list[str]:
+    """``"wanspec:k=5+inflight-cap:max_inflight=9"`` -> its parts. Only a ``+`` followed by a
+    registered name splits, so values (``1e+3``) and checkpoint paths keep theirs."""
+    cuts = [m.start() for m in re.finditer(r"\+([A-Za-z][\w-]*)", spec) if m.group(1) in REGISTRY]
+    bounds = [0, *cuts, len(spec)]
+    return [spec[a:b].lstrip("+").strip() for a, b in zip(bounds, bounds[1:])]
+
+
 def make_controller(spec: str, **params: Any) -> Controller:
-    """Build a controller from ``NAME[:key=value,...]`` or ``policy:<checkpoint>``."""
+    """Build a controller from ``NAME[:key=value,...]``, ``policy:<checkpoint>`` or ``A+B+...``
+    (``A`` answers what the later parts do not own; ``params`` go to ``A``)."""
+    parts = split_composite(spec)
+    if len(parts) > 1:
+        base = make_controller(parts[0], **params)
+        owners: dict[str, Controller] = {}
+        for part in parts[1:]:
+            c = make_controller(part)
+            if not c.owns:
+                raise ControllerError(f"controller {part!r} in {spec!r} owns no decision to compose")
+            clash = sorted(set(owners) & set(c.owns))
+            if clash:
+                raise ControllerError(f"controllers in {spec!r} both own {clash}; give each decision one owner")
+            owners.update({d: c for d in c.owns})
+        return compose(base, **owners)
     name, parsed = parse_spec(spec)
     parsed.update(params)
     if name == "policy":

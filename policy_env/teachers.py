@@ -12,36 +12,14 @@ spec is a registered controller (``controllers.make_controller``), e.g. ``oracle
 
 from __future__ import annotations
 
-from runtime.contract import Controller, RequestView, SystemView
-
-
-class InflightCap(Controller):
-    """Admit while at most ``max_inflight`` requests are in flight (admission only)."""
-
-    name = "inflight-cap"
-    owns = frozenset({"admission"})
-
-    def __init__(self, max_inflight: int = 120) -> None:
-        super().__init__()
-        if max_inflight < 1:
-            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
-        self.max_inflight = int(max_inflight)
-
-    def admit(self, req: RequestView, sys: SystemView) -> bool:
-        return sys.in_flight <= self.max_inflight
-
+from controllers.admission import InflightCap
+from runtime.contract import Controller
 
 TEACHERS = {"inflight-cap": InflightCap}
 
 
 def make_teacher(spec: str) -> Controller:
     """``inflight-cap[:max_inflight=N]`` or any ``controllers.make_controller`` spec."""
-    from controllers import ControllerError, make_controller, parse_spec
+    from controllers import make_controller
 
-    name, params = parse_spec(spec)
-    if name in TEACHERS:
-        try:
-            return TEACHERS[name](**params)
-        except (TypeError, ValueError) as e:
-            raise ControllerError(f"teacher {spec!r}: {e}") from None
     return make_controller(spec)

@@ -142,6 +142,19 @@ def test_registry_builds_every_controller_and_rejects_bad_parameters():
         make_controller("sled:k=0")
 
 
+def test_plus_composes_a_heuristic_with_an_admission_cap():
+    c = make_controller("wanspec:k=5+inflight-cap:max_inflight=3")
+    assert c.name == "wanspec+inflight-cap"
+    assert c.route["draft_length"].k == 5 and c.route["admission"].max_inflight == 3
+    capped = run("wan-4region", "wanspec+inflight-cap:max_inflight=3", duration=5.0)
+    plain = run("wan-4region", "wanspec", duration=5.0)
+    assert capped["requests_dropped"] > plain["requests_dropped"]  # the cap turns arrivals away
+    with pytest.raises(ControllerError, match="both own"):
+        make_controller("wanspec+inflight-cap+inflight-cap")
+    with pytest.raises(ControllerError, match="no parameter"):
+        make_controller("wanspec+inflight-cap:cap=3")
+
+
 @pytest.mark.parametrize("name", ["sled", "wanspec"])
 def test_offloading_controllers_refuse_a_scenario_without_remote_sites(name):
     info = Simulator(load_scenario("colocated"), 0, 1.0).info
