@@ -16,6 +16,7 @@ from runtime.contract import Controller, compose
 from controllers.admission import InflightCap
 from controllers.basic import NoSpec, Static
 from controllers.centralized import Centralized
+from controllers.knobs import KnobController
 from controllers.oracle import Oracle
 from controllers.sled import Sled
 from controllers.wanspec import WanSpec
@@ -36,6 +37,7 @@ REGISTRY: dict[str, Callable[..., Controller]] = {
     "wisp": Wisp,
     "oracle": Oracle,
     "inflight-cap": InflightCap,
+    "knobs": KnobController,
 }
 
 

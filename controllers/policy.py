@@ -180,6 +180,22 @@ def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet]:
     return spec, PolicyNet(layers, net["activation"], net["action_dims"], net["masked"])
 
 
+def load_knob_policy(spec: dict[str, Any], net: PolicyNet, source: str = "") -> Controller:
+    """A knob policy (``specctl/SpecKnobs-v0``): a :class:`controllers.knobs.KnobController`
+    whose knobs the network sets every ``interval_s``. Site-agnostic: it binds to any scenario
+    on which one of its modes runs."""
+    from controllers.knobs import KNOB_VERSION, KnobController
+
+    knobs = spec.get("knobs") or {}
+    if knobs.get("version") != KNOB_VERSION:
+        raise PolicyLoadError(f"policy {source!r}: knob format v{knobs.get('version')} is not v{KNOB_VERSION}; retrain it with this specctl")
+    ctl = KnobController(modes=knobs["modes"], interval_s=float(knobs["interval_s"]), act=net)
+    if ctl.n_features != spec["net"]["obs_size"] or ctl.action_dims != list(spec["net"]["action_dims"]):
+        raise PolicyLoadError(f"policy {source!r}: network shape does not match its knob layout; re-export the policy")
+    ctl.name = "knob-policy"
+    return ctl
+
+
 class PolicyController(Controller):
     """A trained policy in the controller slot, composed with the heuristic it was trained with.
 
@@ -214,6 +230,8 @@ class PolicyController(Controller):
             raise PolicyLoadError("policy: needs a reference: policy:<dir>, policy:runs:/<run_id>/policy or policy:models:/<name>@<alias>")
         directory = resolve_ref(ref)
         spec, net = load_policy_dir(directory)
+        if spec.get("kind") == "knobs":
+            return load_knob_policy(spec, net, ref)  # type: ignore[return-value]
         return cls(spec, net, source=ref)
 
     def bind(self, info: RuntimeInfo) -> None:

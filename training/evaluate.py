@@ -21,7 +21,6 @@ over the WAN stops paying: rtt_sweep.csv, rtt_sweep.png and an "RTT sweep" Markd
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys

@@ -23,10 +23,8 @@ import shlex
 import shutil
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,10 +35,12 @@ import numpy as np
 import yaml
 
 from runtime.scenario import deep_merge, read_yaml_mapping
+from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, tqdm_write  # noqa: F401
+from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_ENV = "specctl/SpecControl-v0"
+KNOBS_ENV = "specctl/SpecKnobs-v0"
+DEFAULT_ENV = KNOBS_ENV
 DEFAULT_ALGO = "maskable_ppo"
 EXPERIMENT = "specctl-policies"
 #: Keys of a config block that are not the algorithm's own keyword arguments.
@@ -55,9 +55,6 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "reference": ["oracle"],  # shown in the table, never counted as the best heuristic
 }
 
-#: Periodic (model-selection) evaluations use seeds TRAIN_SEED_MAX + VALIDATION_OFFSET + i; the final
-#: comparison uses TRAIN_SEED_MAX + i, so the reported figures are never the ones the best model was picked on.
-VALIDATION_OFFSET = 1000
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 0,  # env steps of the base heuristic to clone before RL (0: start from scratch)
     "epochs": 10,
@@ -73,10 +70,6 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     # DAgger rounds after the first fit: the clone acts, the teacher labels what it visits
     "dagger": 0,
 }
-
-
-class ConfigError(ValueError):
-    """A bad flag value or config file; one line that names the problem and the fix."""
 
 
 # ------------------------------------------------------------------------------ algorithms
@@ -133,52 +126,7 @@ def _validate(cfg: dict[str, Any], path: Path, algo: str) -> None:
         raise ConfigError(f"config {path}: vec_env must be 'dummy' or 'subproc', got {cfg['vec_env']!r}")
 
 
-def hyperparams(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The algorithm's keyword arguments (activation names become torch classes)."""
-    import torch
-
-    out = {k: v for k, v in cfg.items() if k not in RUN_KEYS}
-    pk = dict(out.get("policy_kwargs") or {})
-    act = pk.get("activation_fn")
-    if isinstance(act, str):
-        acts = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-        if act.lower() not in acts:
-            raise ConfigError(f"policy_kwargs.activation_fn {act!r} is not supported; use one of {sorted(acts)}")
-        pk["activation_fn"] = acts[act.lower()]
-    if pk:
-        out["policy_kwargs"] = pk
-    return out
-
-
-def policy_class(name: str, algo: str) -> Any:
-    """``SlotPolicy`` -> the vectorised slot policy for ``algo``; other names go to SB3 unchanged."""
-    if name != "SlotPolicy":
-        return name
-    from policy_env.sb3 import MaskableSlotPolicy, SlotPolicy
-
-    return MaskableSlotPolicy if algo == "maskable_ppo" else SlotPolicy
-
-
 # ------------------------------------------------------------------------------ environments
-def make_env_fn(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
-    def make() -> Any:
-        import gymnasium as gym
-
-        import policy_env  # noqa: F401  (registers specctl/*)
-
-        return gym.make(env_id, **env_kwargs)
-
-    return make
-
-
-def build_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, vec_env: str, seed: int) -> Any:
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
-
-    cls = SubprocVecEnv if vec_env == "subproc" else DummyVecEnv
-    return make_vec_env(make_env_fn(env_id, env_kwargs), n_envs=n_envs, seed=seed, vec_env_cls=cls)
-
-
 def probe_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
     """One env instance, to validate arguments early and read the codec."""
     import gymnasium as gym
@@ -196,60 +144,6 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------ evaluation
-@dataclass
-class Comparison:
-    """Goodput (and costs) per controller on the same held-out seeds."""
-
-    seeds: list[int]
-    rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-
-    def mean(self, name: str, key: str = "goodput_rps") -> float:
-        return float(np.mean([r[key] for r in self.rows[name]]))
-
-    def values(self, name: str, key: str = "goodput_rps") -> np.ndarray:
-        return np.array([r[key] for r in self.rows[name]], dtype=float)
-
-
-def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, rate: float | None) -> dict[str, float]:
-    """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory."""
-    from controllers import make_controller
-    from runtime.contract import Controller
-    from runtime.sim import Simulator
-
-    if isinstance(spec_or_ctl, str):
-        ctl = make_controller(spec_or_ctl)
-    else:
-        ctl = spec_or_ctl if isinstance(spec_or_ctl, Controller) else spec_or_ctl()
-    s = Simulator(scenario, seed, duration, rate=rate).run(ctl)
-    return {k: float(s[k]) for k in ("goodput_rps", "goodput_tps", "slo_attainment", "target_draft_forward_passes", "wasted_draft_tokens")}
-
-
-def _job(args: tuple[str, Any, Any, int, float, float | None]) -> tuple[str, int, dict[str, float]]:
-    name, make, scenario, seed, duration, rate = args
-    return name, seed, run_controller(scenario, make, seed, duration, rate)
-
-
-def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
-    """Every named controller (a spec, or a picklable no-argument factory) on every seed, in
-    ``workers`` processes, with one progress bar: each run is an independent simulation."""
-    from tqdm import tqdm
-
-    jobs = [(name, make, scenario, seed, duration, rate) for name, make in controllers.items() for seed in seeds]
-    cmp = Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers})
-    bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False, disable=None)
-    with get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
-        for name, seed, res in pool.imap_unordered(_job, jobs) if pool else map(_job, jobs):
-            cmp.rows[name][list(seeds).index(seed)] = res
-            bar.update()
-    bar.close()
-    return cmp
-
-
-def evaluate_baselines(scenario: Any, specs: Sequence[str], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
-    """Every controller spec on every seed."""
-    return evaluate_controllers(scenario, {spec: spec for spec in specs}, seeds, duration, rate, workers, desc)
-
-
 def teacher_controller(base: str, teacher: str) -> Any:
     """The cloning target as a controller: ``base`` with ``teacher``'s admission (a reference row)."""
     from controllers import make_controller
@@ -282,60 +176,6 @@ def baseline_specs(eval_cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         names = [n for n in REGISTRY if n not in {r.split(":")[0] for r in refs}] if spec == "all" else [spec]
         out += [n for n in names if n not in out]
     return out, refs
-
-
-def ratio_ci(policy: np.ndarray, base: np.ndarray, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """Ratio of mean goodputs with a 95% paired-bootstrap confidence interval over seeds (SciPy's
-    BCa: the ratio's bootstrap distribution is skewed by the few seeds that tip into overload)."""
-    from scipy.stats import bootstrap
-
-    if base.mean() <= 0:
-        return math.inf, math.inf, math.inf
-    ratio = float(policy.mean() / base.mean())
-    if np.allclose(policy, ratio * base):  # the same controller (or an exact multiple): no spread
-        return ratio, ratio, ratio
-
-    def mean_ratio(p: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        return p.mean(axis) / np.maximum(b.mean(axis), 1e-12)
-
-    for method in ("BCa", "percentile"):  # BCa is undefined on a degenerate bootstrap distribution
-        ci = bootstrap((policy, base), mean_ratio, paired=True, vectorized=True, n_resamples=n_boot, confidence_level=0.95,
-                       method=method, random_state=np.random.default_rng(seed)).confidence_interval
-        if np.isfinite(ci.low) and np.isfinite(ci.high):
-            break
-    return ratio, float(ci.low), float(ci.high)
-
-
-def comparison_table(cmp: Comparison, policy_name: str, heuristics: Sequence[str]) -> tuple[list[dict[str, Any]], str]:
-    """Rows (for JSON/CSV) and a markdown table: every controller vs the best heuristic."""
-    best = max(heuristics, key=lambda n: cmp.mean(n))
-    base = cmp.values(best)
-    rows = []
-    for name in cmp.rows:
-        r, lo, hi = ratio_ci(cmp.values(name), base)
-        rows.append({
-            "controller": name,
-            "goodput_rps": cmp.mean(name),
-            "goodput_rps_std": float(cmp.values(name).std(ddof=1)) if len(cmp.seeds) > 1 else 0.0,
-            "slo_attainment": cmp.mean(name, "slo_attainment"),
-            "target_draft_forward_passes": cmp.mean(name, "target_draft_forward_passes"),
-            "wasted_draft_tokens": cmp.mean(name, "wasted_draft_tokens"),
-            "ratio_vs_best": r, "ratio_ci_low": lo, "ratio_ci_high": hi,
-            "role": "policy" if name == policy_name else ("best heuristic" if name == best else ("reference" if name not in heuristics else "heuristic")),
-        })
-    rows.sort(key=lambda x: -x["goodput_rps"])
-    lines = [
-        f"| controller | goodput (req/s) | SLO attainment | target draft passes | wasted draft tokens | goodput vs {best} (95% CI) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for x in rows:
-        tag = f" ({x['role']})" if x["role"] not in ("heuristic", x["controller"]) else ""
-        lines.append(
-            f"| {x['controller']}{tag} | {x['goodput_rps']:.3f} ± {x['goodput_rps_std']:.3f} | {x['slo_attainment']:.3f} | "
-            f"{x['target_draft_forward_passes']:.0f} | {x['wasted_draft_tokens']:.0f} | "
-            f"{x['ratio_vs_best']:.3f} [{x['ratio_ci_low']:.3f}, {x['ratio_ci_high']:.3f}] |"
-        )
-    return rows, "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ warm start
@@ -506,12 +346,6 @@ def make_eval_callback(**kwargs: Any) -> Any:
     return CompareCallback(**kwargs)
 
 
-def tqdm_write(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(msg)
-
-
 # ------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
     from runtime.cli import OneLineParser
@@ -519,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python training/train.py", description=__doc__.split("\n")[0])
     p.add_argument("--algo", default=DEFAULT_ALGO, choices=ALGO_NAMES, help=f"algorithm (default: {DEFAULT_ALGO})")
     p.add_argument("--env", default=DEFAULT_ENV, help=f"Gymnasium env id (default: {DEFAULT_ENV})")
-    p.add_argument("--scenario", help="shipped scenario name or YAML path (default: the config's, else wan-4region)")
+    p.add_argument("--scenario", help="shipped scenario name or YAML path (default: the config's; for the knob env, one scenario instead of its distribution)")
     p.add_argument("--rate", type=float, help="override the scenario's arrival rate (req/s) for training and evaluation")
-    p.add_argument("--config", type=Path, help="hyperparameter YAML (default: training/configs/<algo>.yaml)")
+    p.add_argument("--config", type=Path, help="hyperparameter YAML (default: training/configs/knobs.yaml for the knob env, else <algo>.yaml)")
     p.add_argument("--n-envs", type=int, help="parallel envs (default: the config's)")
     p.add_argument("--vec-env", choices=("dummy", "subproc"), help="vectorised env class (default: the config's, else dummy)")
     p.add_argument("--total-timesteps", type=int, help="env steps to train for (default: the config's)")
@@ -563,7 +397,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         if args.eval_seeds < 2:
             raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
         cfg["eval"]["seeds"] = args.eval_seeds
-    hyperparams(cfg)  # fail on bad values now, not after the baselines ran
+    hyperparams(cfg, RUN_KEYS)  # fail on bad values now, not after the baselines ran
     pre = cfg["pretrain"]
     if pre["admission_teacher"] is not None:
         from policy_env.teachers import make_teacher
@@ -595,7 +429,58 @@ def load_checkpoint(ref: str, algo_cls: Any, env: Any) -> Any:
         raise ConfigError(f"--resume {ref}: {str(e).splitlines()[0]} (resume with the --env/--scenario it was trained on)") from None
 
 
+def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The knob recipe's config (``training/configs/knobs.yaml`` unless ``--config``), with flags applied."""
+    from training.knobs import load_knob_config
+
+    if args.algo not in ("maskable_ppo", "ppo"):
+        raise ConfigError(f"--algo {args.algo}: the knob env trains with maskable_ppo (the default) or ppo")
+    path = args.config or CONFIG_DIR / "knobs.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist (configs ship in {CONFIG_DIR})")
+    cfg = load_knob_config(path, args.algo, algorithms()[args.algo])
+    if args.scenario:  # one scenario instead of the distribution
+        cfg["env_kwargs"] = {**cfg["env_kwargs"], "scenario": args.scenario, "distribution": None}
+    if args.rate is not None:
+        if not args.rate > 0:
+            raise ConfigError(f"--rate must be > 0 requests/s, got {args.rate}")
+        cfg["env_kwargs"]["rate"] = args.rate
+    for flag in ("n_envs", "total_timesteps", "vec_env"):
+        v = getattr(args, flag)
+        if v is not None:
+            if isinstance(v, int) and v < 1:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+            cfg[flag] = v
+    if args.eval_freq is not None:
+        cfg["eval"]["every"] = max(0, args.eval_freq)
+    if args.eval_seeds is not None:
+        if args.eval_seeds < 2:
+            raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
+        cfg["eval"]["seeds"] = args.eval_seeds
+    dist = cfg["env_kwargs"].get("distribution")
+    if dist:
+        cfg["env_kwargs"]["distribution"] = str(_relative_to(dist, path))
+    hyperparams(cfg, set(cfg) & {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start"})
+    cfg["config_file"] = str(path)
+    return cfg
+
+
+def _relative_to(name: str, config: Path) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() or p.exists() else config.parent / p
+
+
 def train(args: argparse.Namespace) -> int:
+    if args.env == KNOBS_ENV:
+        from training.knobs import train_knobs
+
+        if args.resume:
+            raise ConfigError("--resume is not supported for the knob env yet; start a new run (it trains in minutes)")
+        return train_knobs(args, resolve_knobs(args), algorithms()[args.algo])
+    return train_per_request(args)
+
+
+def train_per_request(args: argparse.Namespace) -> int:
     import mlflow
     import torch
     from stable_baselines3.common.callbacks import CallbackList, ProgressBarCallback
@@ -646,7 +531,7 @@ def train(args: argparse.Namespace) -> int:
         if args.resume:
             model = load_checkpoint(args.resume, algo_cls, venv)
         else:
-            model = algo_cls(policy_class(cfg["policy"], args.algo), venv, seed=args.seed, verbose=0, **hyperparams(cfg))
+            model = algo_cls(policy_class(cfg["policy"], args.algo), venv, seed=args.seed, verbose=0, **hyperparams(cfg, RUN_KEYS))
         model.set_logger(Logger(folder=None, output_formats=[MLflowOutputFormat(run_id=run_id)]))
         if cfg["pretrain"]["steps"] > 0 and not args.resume:
             stats = pretrain(model, args.env, env_kwargs, cfg["pretrain"], args.seed, getattr(model, "gamma", 0.99))
@@ -752,12 +637,13 @@ def _plot(rows: list[dict[str, Any]], history: list[tuple[int, float]], best_goo
 
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers import ControllerError
+    from runtime.distribution import DistributionError
     from runtime.scenario import ScenarioError
 
     args = build_parser().parse_args(argv)
     try:
         return train(args)
-    except (ConfigError, ScenarioError, ControllerError) as e:
+    except (ConfigError, ScenarioError, ControllerError, DistributionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,157 @@
+"""``specctl/SpecKnobs-v0``: set the knobs of per-request heuristics every few simulated seconds.
+
+The per-request envs (``SpecControl-v0`` ...) take ~200 decisions per simulated second, so a
+per-step discount of 0.99 sees about half a simulated second ahead while admission and site
+choices play out over tens of seconds. Here a step is a fixed control interval (``interval_s``
+simulated seconds): the agent sets the :class:`controllers.knobs.KnobController` knobs (mode,
+admission cap, k cap, hedging) and the heuristics carry them out until the next step. The
+discount is per simulated time: :func:`gamma_for` turns a half-life in seconds into the
+per-step gamma. Observations describe sites by features, never by name, so one policy trains
+over a :class:`runtime.distribution.ScenarioDistribution` and deploys on unseen sites.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from controllers.knobs import DEFAULT_MODES, Knobs, KnobController
+from runtime.distribution import ScenarioDistribution
+from runtime.scenario import Scenario, load_scenario
+from runtime.sim import Simulator
+
+from policy_env.env import TRAIN_SEED_MAX
+
+
+def gamma_for(half_life_s: float, interval_s: float) -> float:
+    """Per-step discount whose credit halves every ``half_life_s`` simulated seconds."""
+    if half_life_s <= 0 or interval_s <= 0:
+        raise ValueError(f"half_life_s and interval_s must be > 0, got {half_life_s} and {interval_s}")
+    return float(0.5 ** (interval_s / half_life_s))
+
+
+class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Set the knobs of per-request heuristics every ``interval_s`` simulated seconds.
+
+    ## Observation space
+    ``Box(-5, 5, (23 + 2 * len(modes),), float32)``: :data:`controllers.knobs.KNOB_FEATURES`
+    (arrival rate, admitted share, in flight, verify queue, batch size and pace, target load,
+    acceptance, share of requests behind their deadline, median slack, tokens/s; the nearest
+    remote site's RTT, load and queue, mean remote load, edge devices and their RTT; the current
+    knobs) then the current mode (one-hot) and which modes can run here.
+
+    ## Action space
+    ``MultiDiscrete([len(modes), 7, 6, 2])``: mode, admission cap level, k cap level, hedge.
+    A mode that cannot run on the episode's scenario is replaced by the first that can
+    (:meth:`action_masks` masks it for MaskablePPO).
+
+    ## Reward
+    Requests completed within their SLOs during the step, divided by ``reward_scale`` (so the
+    undiscounted return is goodput x arrival window / reward_scale). After the arrival window
+    one last step drains the system with the knobs left as they are.
+
+    ## Episodes
+    ``reset`` draws the simulator seed below ``TRAIN_SEED_MAX`` (evaluation seeds lie above) and,
+    with ``distribution``, a scenario and rate from it (the same seed gives the same system).
+
+    ## Arguments
+    ``gym.make("specctl/SpecKnobs-v0", scenario="wan-4region", rate=None, distribution=None,
+    duration=60.0, interval_s=1.0, modes=("wanspec", "wisp", "centralized"), reward_scale=10.0)``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        scenario: str | Scenario = "wan-4region",
+        rate: float | None = None,
+        distribution: str | ScenarioDistribution | None = None,
+        duration: float = 60.0,
+        interval_s: float = 1.0,
+        modes: Sequence[str] = DEFAULT_MODES,
+        reward_scale: float = 10.0,
+    ) -> None:
+        if duration <= 0 or interval_s <= 0 or reward_scale <= 0:
+            raise ValueError(f"duration, interval_s and reward_scale must be > 0, got {duration}, {interval_s}, {reward_scale}")
+        self.distribution = ScenarioDistribution.load(distribution) if isinstance(distribution, str) else distribution
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.rate = rate
+        self.duration = float(duration)
+        self.interval_s = float(interval_s)
+        self.modes = tuple(modes)
+        self.reward_scale = float(reward_scale)
+        self.controller = KnobController(modes=self.modes, interval_s=self.interval_s)
+        n = self.controller.n_features
+        self.observation_space = gym.spaces.Box(-5.0, 5.0, (n,), np.float32)
+        self.action_space = gym.spaces.MultiDiscrete(self.controller.action_dims)
+        self.sim: Simulator | None = None
+        self.sim_seed = 0
+        self.episode_scenario: Scenario = self.scenario
+        self.episode_rate: float | None = rate
+        self._point = None
+        self._records = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.sim_seed = int(self.np_random.integers(0, TRAIN_SEED_MAX))
+        if options and "sim_seed" in options:
+            self.sim_seed = int(options["sim_seed"])
+        if self.distribution is not None:
+            self.episode_scenario, self.episode_rate = self.distribution.sample(random.Random(self.sim_seed))
+        self.sim = Simulator(self.episode_scenario, self.sim_seed, self.duration, rate=self.episode_rate)
+        self.controller.knobs = Knobs()
+        self.controller.bind(self.sim.info)
+        self._records = 0
+        self._point = None
+        self._advance()
+        return self._observe(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        sim, ctl = self.sim, self.controller
+        if sim is None or self._point is None:
+            raise RuntimeError("call reset() before step(), and again after an episode ends")
+        ctl.set_knobs(np.asarray(action).reshape(-1), self._point.time)
+        sim.apply(ctl.answer(self._point))
+        self._point = None
+        draining = sim.now >= self.duration
+        terminated = self._advance(drain=draining)
+        reward = self._reward()
+        return self._observe(), reward, terminated, False, self._info()
+
+    def action_masks(self) -> np.ndarray:
+        """Flat mask (MaskablePPO's layout): modes that cannot run here are masked."""
+        if self.sim is None:
+            return np.ones(int(sum(self.controller.action_dims)), dtype=bool)
+        return self.controller.action_mask()
+
+    # ------------------------------------------------------------------ internals
+    def _advance(self, drain: bool = False) -> bool:
+        """Run until the next tick (or, draining, to the end); ``True`` when the run is over."""
+        sim, ctl = self.sim, self.controller
+        while True:
+            point = sim.next_decision()  # type: ignore[union-attr]
+            if point is None:
+                return True
+            ctl.see(point)
+            if not drain and ctl.due(point.time):
+                self._point = point
+                return False
+            sim.apply(ctl.answer(point))  # type: ignore[union-attr]
+
+    def _observe(self) -> np.ndarray:
+        if self._point is None:
+            return np.zeros(self.observation_space.shape, dtype=np.float32)
+        return self.controller.observation(self._point.system)
+
+    def _reward(self) -> float:
+        recs = self.sim.metrics.records  # type: ignore[union-attr]
+        met = sum(1 for r in recs[self._records :] if r.slo_met)
+        self._records = len(recs)
+        return met / self.reward_scale
+
+    def _info(self) -> dict[str, Any]:
+        sim = self.sim
+        return {"sim_time": sim.now if sim else 0.0, "sim_seed": self.sim_seed, "scenario": self.episode_scenario.name}

@@ -1,0 +1,206 @@
+"""Scenario distributions: train one policy over many systems (domain randomisation).
+
+A distribution is a YAML file naming base scenarios and ranges to draw their knobs from::
+
+    name: wan-edge-mix
+    scenarios: [{scenario: wan-4region, weight: 1}, {scenario: edge-fleet, weight: 1}]
+    rate_scale: {low: 1.4, high: 2.2}      # x the base scenario's own arrival rate
+    bursty_prob: 0.5                       # arrivals become Markov-modulated bursts
+    burst_factor: {low: 1.5, high: 3.0}
+    load_scale: {low: 0.5, high: 1.5}      # every site's background load levels
+    load_flip_prob: 0.3                    # a site's load becomes an idle/busy Markov flip
+    rtt_scale: {low: 0.5, high: 2.0}       # remote and edge RTTs
+    alpha_shift: {low: -0.1, high: 0.08}   # drafter acceptance
+    drift_prob: 0.3                        # acceptance drifts within a request
+    slo_scale: {low: 0.8, high: 1.3}       # TTFT and TPOT deadlines
+
+:meth:`ScenarioDistribution.sample` draws a validated :class:`~runtime.scenario.Scenario` and
+an arrival rate from a seeded RNG, so an episode's system is reproducible from its seed.
+``python -m runtime check-dist FILE`` validates a file.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.scenario import Scenario, ScenarioError, build_scenario, format_validation_error, load_scenario, read_yaml_mapping
+
+
+class DistributionError(ValueError):
+    """A distribution file is invalid; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(_Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _order(self) -> "Range":
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def draw(self, rng: random.Random) -> float:
+        return rng.uniform(self.low, self.high)
+
+
+class BaseEntry(_Strict):
+    scenario: str
+    weight: float = Field(1.0, gt=0)
+
+
+def _one() -> Range:
+    return Range(low=1.0, high=1.0)
+
+
+class DistributionSpec(_Strict):
+    name: str
+    description: str = ""
+    scenarios: list[BaseEntry] = Field(min_length=1)
+    rate_scale: Range = Field(default_factory=_one)
+    bursty_prob: float = Field(0.0, ge=0, le=1)
+    burst_factor: Range = Field(default_factory=lambda: Range(low=1.5, high=3.0))
+    mean_burst_s: Range = Field(default_factory=lambda: Range(low=3.0, high=15.0))
+    mean_calm_s: Range = Field(default_factory=lambda: Range(low=10.0, high=40.0))
+    load_scale: Range = Field(default_factory=_one)
+    load_flip_prob: float = Field(0.0, ge=0, le=1)
+    rtt_scale: Range = Field(default_factory=_one)
+    alpha_shift: Range = Field(default_factory=lambda: Range(low=0.0, high=0.0))
+    drift_prob: float = Field(0.0, ge=0, le=1)
+    slo_scale: Range = Field(default_factory=_one)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "DistributionSpec":
+        for name in ("rate_scale", "rtt_scale", "slo_scale", "burst_factor", "mean_burst_s", "mean_calm_s"):
+            if getattr(self, name).low <= 0:
+                raise ValueError(f"{name}.low must be > 0")
+        if self.load_scale.low < 0:
+            raise ValueError("load_scale.low must be >= 0")
+        return self
+
+
+class ScenarioDistribution:
+    """Base scenarios plus ranges; :meth:`sample` draws one concrete scenario and rate."""
+
+    def __init__(self, spec: DistributionSpec, source: str = "<dict>") -> None:
+        self.spec = spec
+        self.source = source
+        self.bases: list[Scenario] = []
+        self.raws: list[dict[str, Any]] = []
+        for entry in spec.scenarios:
+            try:
+                base = load_scenario(_relative(entry.scenario, source))
+            except ScenarioError as e:
+                raise DistributionError(f"{source}: scenarios: {e}") from None
+            if base.spec.workload.arrivals.kind == "trace":
+                raise DistributionError(f"{source}: scenario {entry.scenario!r} replays a trace; use a scenario with a rate")
+            self.bases.append(base)
+            self.raws.append(read_yaml_mapping(Path(base.source), "scenario", ScenarioError, "a mapping"))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScenarioDistribution":
+        p = Path(path)
+        if not p.is_file():
+            raise DistributionError(f"scenario distribution {p} does not exist; pass a YAML file (see runtime/distribution.py)")
+        raw = read_yaml_mapping(p, "scenario distribution", DistributionError, "a mapping with name and scenarios")
+        return cls.from_dict(raw, source=str(p))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "ScenarioDistribution":
+        try:
+            spec = DistributionSpec.model_validate(raw)
+        except ValidationError as e:
+            raise DistributionError(f"{source}: {format_validation_error(e)}") from None
+        return cls(spec, source)
+
+    def sample(self, rng: random.Random) -> tuple[Scenario, float]:
+        """One scenario (validated) and its mean arrival rate, drawn from ``rng``."""
+        s = self.spec
+        i = rng.choices(range(len(self.bases)), weights=[e.weight for e in s.scenarios])[0]
+        base, raw = self.bases[i], copy.deepcopy(self.raws[i])
+        raw["name"] = f"{base.name}~{s.name}"
+        # arrivals: the mean rate scales; bursts keep that mean
+        arr = base.spec.workload.arrivals
+        rate = float(arr.rate) * s.rate_scale.draw(rng)  # type: ignore[union-attr]
+        work = raw.setdefault("workload", {})
+        if rng.random() < s.bursty_prob:
+            factor, burst, calm = s.burst_factor.draw(rng), s.mean_burst_s.draw(rng), s.mean_calm_s.draw(rng)
+            # a bursty process's rate is its long-run mean (runtime.workload)
+            work["arrivals"] = {"kind": "bursty", "rate": rate, "burst_factor": factor, "mean_burst_s": burst, "mean_calm_s": calm}
+        else:
+            work["arrivals"] = {"kind": "poisson", "rate": rate}
+        slo = s.slo_scale.draw(rng)
+        classes = base.spec.workload.slo_classes
+        work["slo_classes"] = [
+            {"name": c.name, "ttft_s": c.ttft_s * slo, "tpot_s": c.tpot_s * slo, "weight": c.weight} for c in classes
+        ]
+        # sites: background load and RTTs
+        load_k, rtt_k = s.load_scale.draw(rng), s.rtt_scale.draw(rng)
+        for site in raw["sites"]:
+            resolved = [x for x in base.sites if x.group == site["name"]]
+            if rng.random() < s.load_flip_prob:
+                lo, hi = rng.uniform(0.0, 0.2), rng.uniform(0.4, 0.8)
+                site["load"] = {"kind": "markov", "levels": [lo, hi], "mean_dwell_s": [rng.uniform(10, 60), rng.uniform(5, 30)]}
+            else:
+                site["load"] = _scaled_load(resolved[0].load if resolved else None, load_k)
+            if site.get("role") in ("remote", "edge") and resolved:
+                rtts = [x.rtt_ms * rtt_k for x in resolved]
+                site.pop("region", None)
+                site["rtt_ms"] = {"low": min(rtts), "high": max(rtts)} if len(rtts) > 1 else rtts[0]
+                site["jitter_ms"] = resolved[0].jitter_ms
+        # acceptance
+        shift = s.alpha_shift.draw(rng)
+        drift = rng.random() < s.drift_prob
+        for d in raw.get("drafters", {}).values():
+            d["acceptance"] = _shifted_acceptance(d.get("acceptance", {"kind": "iid"}), shift, drift)
+        try:
+            return build_scenario(raw, source=f"{base.source} ~ {self.source}"), rate
+        except ScenarioError as e:  # a range that produced an invalid system
+            raise DistributionError(f"{self.source}: a sample of {base.name} is invalid ({e}); narrow the ranges") from None
+
+
+def _relative(name: str, source: str) -> str:
+    """A scenario path in a distribution file is relative to that file; names stay names."""
+    p = Path(name)
+    if p.suffix and not p.is_absolute() and source != "<dict>":
+        q = Path(source).parent / p
+        if q.exists():
+            return str(q)
+    return name
+
+
+def _scaled_load(load: Any, k: float) -> dict[str, Any]:
+    cap = lambda x: max(0.0, min(0.9, x * k))  # noqa: E731
+    if load is None or load.kind == "constant":
+        return {"kind": "constant", "level": cap(load.level if load is not None else 0.0)}
+    if load.kind == "markov":
+        return {"kind": "markov", "levels": [cap(x) for x in load.levels], "mean_dwell_s": list(load.mean_dwell_s)}
+    mean = cap(load.mean)
+    amp = min(load.amplitude * k, mean, 0.95 - mean)
+    return {"kind": "diurnal", "mean": mean, "amplitude": max(0.0, amp), "period_s": load.period_s, "phase": load.phase}
+
+
+def _shifted_acceptance(acc: dict[str, Any], shift: float, drift: bool) -> dict[str, Any]:
+    clip = lambda x: max(0.05, min(0.95, x))  # noqa: E731
+    kind = acc.get("kind", "iid")
+    if kind == "position":
+        return {**acc, "table": [clip(x + shift) for x in acc["table"]]}
+    mean = clip(acc.get("alpha_mean", 0.7) + shift)
+    std = acc.get("alpha_std", 0.1)
+    if drift or kind == "drift":
+        return {"kind": "drift", "alpha_mean": mean, "alpha_std": std, "drift_std": acc.get("drift_std", 0.05),
+                "reversion": acc.get("reversion", 0.05)}
+    return {"kind": "iid", "alpha_mean": mean, "alpha_std": std}

@@ -1,0 +1,122 @@
+"""Knob control: the controller, SpecKnobs-v0, scenario distributions and the knob recipe."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from controllers import ControllerError, make_controller
+from controllers.knobs import CAP_LEVELS, KNOB_FEATURES, KnobController
+from policy_env import SpecKnobsEnv, gamma_for
+from runtime.distribution import DistributionError, ScenarioDistribution
+from runtime.scenario import load_scenario
+from runtime.sim import Simulator
+
+REPO = Path(__file__).resolve().parents[1]
+MIX = REPO / "training" / "configs" / "scenario-mix.yaml"
+HELD_OUT = REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"
+
+
+def run(scenario, spec, seed=0, duration=10.0, rate=None):
+    return Simulator(load_scenario(scenario), seed, duration, rate=rate).run(make_controller(spec))
+
+
+def test_default_knobs_are_the_first_mode_unchanged():
+    # no cap, k cap at max_k, hedging on: exactly the heuristic (all modes see feedback, one answers)
+    a, b = run("wan-4region", "knobs", rate=23), run("wan-4region", "wanspec", rate=23)
+    assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}
+
+
+def test_knobs_cap_k_and_mode_act_on_the_run():
+    base = run("wan-4region", "knobs:mode=centralized", rate=26)
+    capped = run("wan-4region", "knobs:mode=centralized,cap=1.0", rate=26)
+    assert capped["requests_dropped"] > base["requests_dropped"]
+    k1 = run("wan-4region", "knobs:mode=centralized,k_cap=1", rate=12)
+    assert k1["mean_accepted_per_round"] <= 1.0
+    with pytest.raises(ControllerError, match="not a level"):
+        make_controller("knobs:cap=1.3")
+    with pytest.raises(ControllerError, match="not one of the modes"):
+        make_controller("knobs:mode=sled")
+
+
+def test_a_mode_that_cannot_run_is_masked_and_repaired():
+    ctl = KnobController()
+    ctl.bind(Simulator(load_scenario("colocated"), 0, 1.0).info)
+    assert ctl.valid_modes() == [False, True, True]  # wanspec needs remote sites
+    assert not ctl.action_mask()[0]
+    ctl.set_knobs([0, len(CAP_LEVELS) - 1, 5, 1], 0.0)
+    assert ctl._active is ctl.modes[1]
+
+
+@pytest.mark.parametrize("scenario", ["wan-4region", "edge-fleet", "colocated"])
+def test_env_passes_the_gymnasium_checker_everywhere_with_one_space(scenario):
+    env = SpecKnobsEnv(scenario, duration=5.0)
+    check_env(env, skip_render_check=True)
+    assert env.observation_space.shape == (len(KNOB_FEATURES) + 6,)  # the same on every scenario
+
+
+def test_env_is_deterministic_by_seed_and_discounts_by_simulated_time():
+    def episode(seed):
+        env = SpecKnobsEnv(distribution=str(MIX), duration=6.0)
+        obs, info = env.reset(seed=seed)
+        out = [obs, info["scenario"]]
+        done = False
+        rng = np.random.default_rng(0)
+        while not done:
+            obs, r, term, trunc, info = env.step(rng.integers(0, env.action_space.nvec))
+            out += [obs, r]
+            done = term or trunc
+        return out
+
+    a, b, c = episode(3), episode(3), episode(4)
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b)) and len(a) == len(b)
+    assert len(a) != len(c) or any(not np.array_equal(x, y) if isinstance(x, np.ndarray) else x != y for x, y in zip(a, c))
+    assert gamma_for(10.0, 1.0) == pytest.approx(0.5 ** 0.1)
+    assert gamma_for(10.0, 10.0) == pytest.approx(0.5)
+
+
+def test_env_return_is_goodput_and_the_drain_is_one_step():
+    env = SpecKnobsEnv("wan-4region", rate=23, duration=10.0)
+    env.reset(options={"sim_seed": 7})
+    total, steps, done = 0.0, 0, False
+    while not done:
+        _, r, done, _, _ = env.step(np.array([0, len(CAP_LEVELS) - 1, 5, 1]))
+        total += r
+        steps += 1
+    assert steps <= 11
+    assert total * env.reward_scale / 10.0 == pytest.approx(run("wan-4region", "wanspec", seed=7, rate=23)["goodput_rps"])
+
+
+def test_distribution_samples_valid_reproducible_systems():
+    d = ScenarioDistribution.load(MIX)
+    names = set()
+    for i in range(12):
+        s1, r1 = d.sample(random.Random(i))
+        s2, r2 = d.sample(random.Random(i))
+        assert s1.spec == s2.spec and r1 == r2
+        names.add(s1.name.split("~")[0])
+        assert r1 > 0
+    assert names == {"wan-4region", "edge-fleet"}
+
+
+def test_distribution_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenarios: [{scenario: wan-4region}]\nrate_scale: {low: 2, high: 1}\n")
+    with pytest.raises(DistributionError, match="rate_scale"):
+        ScenarioDistribution.load(bad)
+    bad.write_text("name: x\nscenarios: [{scenario: nowhere}]\n")
+    with pytest.raises(DistributionError, match="unknown scenario"):
+        ScenarioDistribution.load(bad)
+    with pytest.raises(DistributionError, match="does not exist"):
+        ScenarioDistribution.load(tmp_path / "missing.yaml")
+
+
+def test_held_out_scenario_is_not_in_the_training_distribution():
+    d = ScenarioDistribution.load(MIX)
+    held = load_scenario(HELD_OUT)
+    assert held.name not in {b.name for b in d.bases}
+    assert not {s.name for s in held.sites} & {s.name for b in d.bases for s in b.sites}

@@ -1,0 +1,72 @@
+"""Pieces every training recipe shares: paths, seed ranges, config errors, SB3 setup.
+
+``training/train.py`` (per-request policies) and ``training/knobs.py`` (knob policies) both
+build vectorised envs and algorithm arguments here, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+#: Periodic (model-selection) evaluations use seeds TRAIN_SEED_MAX + VALIDATION_OFFSET + i; the final
+#: comparison uses TRAIN_SEED_MAX + i, so the reported figures are never the ones the best model was picked on.
+VALIDATION_OFFSET = 1000
+
+
+class ConfigError(ValueError):
+    """A bad flag value or config file; one line that names the problem and the fix."""
+
+
+def hyperparams(cfg: dict[str, Any], run_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The algorithm's keyword arguments (activation names become torch classes)."""
+    import torch
+
+    out = {k: v for k, v in cfg.items() if k not in run_keys}
+    pk = dict(out.get("policy_kwargs") or {})
+    act = pk.get("activation_fn")
+    if isinstance(act, str):
+        acts = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+        if act.lower() not in acts:
+            raise ConfigError(f"policy_kwargs.activation_fn {act!r} is not supported; use one of {sorted(acts)}")
+        pk["activation_fn"] = acts[act.lower()]
+    if pk:
+        out["policy_kwargs"] = pk
+    return out
+
+
+def policy_class(name: str, algo: str) -> Any:
+    """``SlotPolicy`` -> the vectorised slot policy for ``algo``; other names go to SB3 unchanged."""
+    if name != "SlotPolicy":
+        return name
+    from policy_env.sb3 import MaskableSlotPolicy, SlotPolicy
+
+    return MaskableSlotPolicy if algo == "maskable_ppo" else SlotPolicy
+
+
+def make_env_fn(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        import gymnasium as gym
+
+        import policy_env  # noqa: F401  (registers specctl/*)
+
+        return gym.make(env_id, **env_kwargs)
+
+    return make
+
+
+def build_vec_env(env_id: str, env_kwargs: dict[str, Any], n_envs: int, vec_env: str, seed: int) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    cls = SubprocVecEnv if vec_env == "subproc" else DummyVecEnv
+    return make_vec_env(make_env_fn(env_id, env_kwargs), n_envs=n_envs, seed=seed, vec_env_cls=cls)
+
+
+def tqdm_write(msg: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(msg)
+
+

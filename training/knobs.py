@@ -1,0 +1,332 @@
+"""Train a knob policy (``specctl/SpecKnobs-v0``) over a scenario distribution and judge it held out.
+
+    python training/train.py                                          # the default (this recipe, ~10 min)
+    python training/train.py --config training/configs/knobs-full.yaml  # the full recipe (more steps and envs)
+
+The recipe, and why:
+
+1. **Warm start**: clone a fixed knob setting (``warm_start.knobs``, e.g. the first mode that
+   runs, with an in-flight cap of 2x the max batch) from ``warm_start.episodes`` episodes of the
+   distribution. The clone is an ablation row of the final table: RL must beat it.
+2. **PPO at the control interval** (MaskablePPO: modes that cannot run are masked). A step is
+   ``interval_s`` simulated seconds, and ``half_life_s`` sets the discount per simulated second
+   (``gamma = 0.5 ** (interval_s / half_life_s)``): credit reaches as far as admission and site
+   choices play out, not half a second. One scalar reward per step is honest here: the agent
+   sets a few knobs, not 16 requests x 4 answers.
+3. **Model selection on validation episodes** of the training distribution (seeds
+   ``TRAIN_SEED_MAX + 1000..``): the evaluation scenarios are never looked at before the end.
+4. **Final comparison** on each ``eval.scenarios`` entry (scenario, rate and the baselines tuned
+   for it on validation seeds with ``python -m training.tune``) over test seeds
+   ``TRAIN_SEED_MAX + i``: the policy, the clone, every baseline and the oracle, with paired
+   bootstrap CIs of the goodput ratio against the best baseline. Scenarios marked ``held_out``
+   are not in the training distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from training.common import ConfigError
+from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
+
+KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "config_file"}
+WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3,
+                                 "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}}
+EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
+
+
+def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
+    """Read and validate a knob-training YAML (a flat mapping: algorithm kwargs + recipe keys)."""
+    import inspect
+
+    from runtime.scenario import read_yaml_mapping
+
+    cfg = read_yaml_mapping(path, "config", ConfigError, "a mapping of hyperparameters")
+    valid = {p for p in inspect.signature(algo_cls.__init__).parameters
+             if p not in ("self", "env", "policy", "seed", "verbose", "tensorboard_log", "device", "_init_setup_model", "gamma")}
+    bad = sorted(set(cfg) - valid - KNOB_RUN_KEYS)
+    if bad:
+        raise ConfigError(f"config {path}: unknown key(s) {bad} for {algo} (gamma comes from half_life_s); valid: {sorted(valid | KNOB_RUN_KEYS)}")
+    cfg.setdefault("policy", "MlpPolicy")
+    cfg.setdefault("n_envs", 2)
+    cfg.setdefault("vec_env", "subproc")
+    cfg.setdefault("total_timesteps", 4000)
+    cfg.setdefault("half_life_s", 10.0)
+    cfg.setdefault("env_kwargs", {})
+    cfg["warm_start"] = {**WARM_DEFAULTS, **(cfg.get("warm_start") or {})}
+    cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
+    for key in ("n_envs", "total_timesteps"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"config {path}: {key} must be a positive integer, got {cfg[key]!r}")
+    if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
+        raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
+    for i, sc in enumerate(cfg["eval"]["scenarios"]):
+        if not isinstance(sc, dict) or "scenario" not in sc or "baselines" not in sc:
+            raise ConfigError(f"config {path}: eval.scenarios[{i}] needs scenario, rate and baselines (tuned controller specs)")
+    return cfg
+
+
+# ------------------------------------------------------------------------------ warm start
+def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
+    """The fixed knob setting as an action, with the mode repaired to one that runs here."""
+    from controllers.knobs import CAP_LEVELS, K_CAP_LEVELS, _level
+
+    ctl = env.controller
+    cap = math.inf if knobs.get("cap") in (None, "none") else float(knobs["cap"])
+    mode = int(knobs.get("mode", 0))
+    if not ctl.valid[mode]:
+        mode = ctl.valid.index(True)
+    k_cap = min(int(knobs.get("k_cap", K_CAP_LEVELS[-1])), K_CAP_LEVELS[-1])
+    return np.array([mode, _level(CAP_LEVELS, cap, "cap"), _level(K_CAP_LEVELS, k_cap, "k_cap"), int(knobs.get("hedge", 1))])
+
+
+def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
+    """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns."""
+    import torch
+    from tqdm import tqdm
+
+    from policy_env.knobs_env import SpecKnobsEnv
+
+    env = SpecKnobsEnv(**env_kwargs)
+    obs_l, act_l, mask_l, ret_l = [], [], [], []
+    for ep in tqdm(range(int(cfg["episodes"])), desc="warm start: run the fixed knobs", unit="episode", leave=False, disable=None):
+        obs, _ = env.reset(seed=seed * 1000 + ep)
+        rewards = []
+        done = False
+        while not done:
+            a = teacher_action(env, cfg["knobs"])
+            obs_l.append(obs)
+            act_l.append(a)
+            mask_l.append(env.action_masks())
+            obs, r, term, trunc, _ = env.step(a)
+            rewards.append(r)
+            done = term or trunc
+        acc, rets = 0.0, []
+        for r in reversed(rewards):
+            acc = r + gamma * acc
+            rets.append(acc)
+        ret_l += rets[::-1]
+    o = torch.as_tensor(np.asarray(obs_l, dtype=np.float32))
+    a = torch.as_tensor(np.asarray(act_l, dtype=np.int64))
+    m = np.asarray(mask_l, dtype=bool)
+    r = torch.as_tensor(np.asarray(ret_l, dtype=np.float32))
+    policy = model.policy
+    opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
+    policy.set_training_mode(True)
+    nll = vloss = 0.0
+    for _ in tqdm(range(int(cfg["epochs"])), desc="warm start: fit", unit="epoch", leave=False, disable=None):
+        values, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
+        v = torch.nn.functional.mse_loss(values.flatten(), r)
+        loss = -log_prob.mean() + 0.5 * v
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nll, vloss = -log_prob.mean().item(), v.item()
+    policy.set_training_mode(False)
+    pred = model.predict(o.numpy(), deterministic=True, action_masks=m)[0]
+    agree = float((pred == a.numpy()).all(1).mean())
+    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o))}
+
+
+# ------------------------------------------------------------------------------ validation
+def validation_goodput(policy_dir: Path, env_kwargs: dict[str, Any], episodes: int, workers: int) -> float:
+    """Mean SLO-met requests per episode of the exported policy on validation systems of the
+    training distribution (seeds ``TRAIN_SEED_MAX + VALIDATION_OFFSET + i``; never trained on)."""
+    jobs = [(str(policy_dir), env_kwargs, i) for i in range(episodes)]
+    return float(np.mean(pool_map(_validation_episode, jobs, workers, desc="validation episodes")))
+
+
+def _validation_episode(job: tuple[str, dict[str, Any], int]) -> float:
+    from controllers import make_controller
+    from policy_env import TRAIN_SEED_MAX
+    from policy_env.knobs_env import SpecKnobsEnv
+    from runtime.sim import Simulator
+    from training.common import VALIDATION_OFFSET
+
+    policy_dir, env_kwargs, i = job
+    env = SpecKnobsEnv(**env_kwargs)  # draws the validation system exactly as training draws its own
+    seed = TRAIN_SEED_MAX + VALIDATION_OFFSET + i
+    env.reset(options={"sim_seed": seed})
+    sim = Simulator(env.episode_scenario, seed, env.duration, rate=env.episode_rate)
+    return float(sim.run(make_controller(f"policy:{policy_dir}"))["goodput_rps"])
+
+
+# ------------------------------------------------------------------------------ the run
+def load_policy(policy_dir: str) -> Any:
+    from controllers import make_controller
+
+    return make_controller(f"policy:{policy_dir}")
+
+
+def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
+    """The knob recipe end to end (see the module docstring); returns the exit code."""
+    import mlflow
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+    from stable_baselines3.common.logger import Logger
+
+    from controllers.policy import export_policy
+    from policy_env import TRAIN_SEED_MAX
+    from policy_env.knobs_env import SpecKnobsEnv, gamma_for
+    from runtime.scenario import load_scenario
+    from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
+    from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
+
+    torch.set_num_threads(1)
+    env_kwargs = cfg["env_kwargs"]
+    try:
+        probe = SpecKnobsEnv(**env_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"env_kwargs for specctl/SpecKnobs-v0: {e}") from None
+    layout = probe.controller.layout
+    gamma = gamma_for(cfg["half_life_s"], probe.interval_s)
+    ev, warm = cfg["eval"], cfg["warm_start"]
+    run_name = args.run_name or f"SpecKnobs-v0-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = args.out or REPO / "checkpoints" / run_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": "knobs", "knobs": layout.to_dict(), "env_id": "specctl/SpecKnobs-v0",
+            "env_kwargs": dict(env_kwargs), "algo": args.algo, "base": "knobs"}
+    where = f"distribution {probe.distribution.name}" if probe.distribution else f"scenario {probe.scenario.name}"
+    uri = setup_tracking(args.tracking_uri, args.experiment)
+    t_start = time.time()
+    print(f"training {args.algo} on specctl/SpecKnobs-v0 | {where} | knobs every {probe.interval_s:g} s, half-life "
+          f"{cfg['half_life_s']:g} s (gamma {gamma:.4f}) | {cfg['total_timesteps']:,} steps x {cfg['n_envs']} envs | MLflow {uri}")
+    with mlflow.start_run(run_name=run_name) as run:
+        run_id = run.info.run_id
+        log_params_flat({"algo": args.algo, "env": "specctl/SpecKnobs-v0", "seed": args.seed, "gamma": gamma, **cfg})
+        mlflow.set_tags({"specctl.env": "specctl/SpecKnobs-v0", "specctl.scenario": where, "specctl.algo": args.algo})
+        mlflow.log_text(shlex.join([sys.executable, *sys.argv]), "command.txt")
+        mlflow.log_text(yaml.safe_dump(cfg, sort_keys=False), "config.yaml")
+        mlflow.log_dict(layout.to_dict(), "codec.json")
+
+        venv = build_vec_env("specctl/SpecKnobs-v0", env_kwargs, cfg["n_envs"], cfg["vec_env"], args.seed)
+        model = algo_cls(policy_class(cfg["policy"], args.algo), venv, seed=args.seed, verbose=0, gamma=gamma, **hyperparams(
+            {k: v for k, v in cfg.items() if k not in KNOB_RUN_KEYS}))
+        model.set_logger(Logger(folder=None, output_formats=[MLflowOutputFormat(run_id=run_id)]))
+
+        def export(directory: Path) -> Path:
+            return export_policy(model, layout, directory, meta)
+
+        stats = warm_start(model, env_kwargs, warm, args.seed, gamma)
+        mlflow.log_metrics(stats, step=0)
+        print(f"warm start: cloned the fixed knobs {warm['knobs']} from {int(stats['warm/steps'])} steps "
+              f"({stats['warm/agreement']:.0%} agreement)")
+        export(out_dir / "warm")
+        workers = args.workers
+
+        class Select(BaseCallback):
+            """Every ``every`` steps: validation goodput of the exported policy; keep the best."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.best, self.history, self._next = -math.inf, [], ev["every"]
+
+            def _on_step(self) -> bool:
+                if ev["every"] and self.num_timesteps >= self._next:
+                    self._next += ev["every"]
+                    self.evaluate()
+                return True
+
+            def evaluate(self, source: Path | None = None) -> float:
+                d = source or export(out_dir / "latest")
+                g = validation_goodput(d, env_kwargs, ev["validation_episodes"], workers)
+                self.history.append((self.num_timesteps, g))
+                mlflow.log_metric("eval/validation_goodput_rps", g, step=self.num_timesteps)
+                if g > self.best:
+                    self.best = g
+                    if (out_dir / "best").exists():
+                        shutil.rmtree(out_dir / "best")
+                    shutil.copytree(d, out_dir / "best")
+                tqdm_write(f"validation @ {self.num_timesteps:,} steps: goodput {g:.3f} req/s (best {self.best:.3f})")
+                return g
+
+        select = Select()
+        select.init_callback(model)
+        warm_goodput = select.evaluate(out_dir / "warm")
+        t_train = time.time()
+        model.learn(cfg["total_timesteps"], callback=CallbackList([select, ProgressBarCallback()]))
+        train_s = time.time() - t_train
+        model.save(out_dir / "model.zip")
+        select.evaluate()
+        mlflow.log_metrics({"train/wall_s": train_s, "train/env_steps_per_s": model.num_timesteps / max(train_s, 1e-9),
+                            "eval/warm_validation_goodput_rps": warm_goodput})
+        best_dir = out_dir / "best"
+
+        seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
+        summary: list[dict[str, Any]] = []
+        tables: list[str] = []
+        for sc in ev["scenarios"]:
+            scenario = load_scenario(_config_path(sc["scenario"], cfg["config_file"]))
+            rate = sc.get("rate")
+            named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
+            refs = list(sc.get("references", ["oracle"]))
+            named.update({r: r for r in refs})
+            named["warm start (clone)"] = partial(load_policy, str(out_dir / "warm"))
+            named["policy"] = partial(load_policy, str(best_dir))
+            cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
+            rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
+            pol = next(r for r in rows if r["controller"] == "policy")
+            best = next(r for r in rows if r["role"] == "best heuristic")
+            clone = next(r for r in rows if r["controller"] == "warm start (clone)")
+            vs_clone = ratio_ci(cmp.values("policy"), cmp.values("warm start (clone)"))
+            oracle = next((r for r in rows if r["controller"] == "oracle"), None)
+            gap = None
+            if oracle and oracle["goodput_rps"] > best["goodput_rps"]:
+                gap = (pol["goodput_rps"] - best["goodput_rps"]) / (oracle["goodput_rps"] - best["goodput_rps"])
+            label = f"{scenario.name} at {rate or 'its'} req/s" + (" (held out: never trained on)" if sc.get("held_out") else "")
+            summary.append({"scenario": scenario.name, "rate": rate, "held_out": bool(sc.get("held_out")),
+                            "best_baseline": best["controller"], "ratio": pol["ratio_vs_best"], "ci_low": pol["ratio_ci_low"],
+                            "ci_high": pol["ratio_ci_high"], "vs_clone": vs_clone[0], "vs_clone_low": vs_clone[1],
+                            "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
+                            "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap})
+            tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
+                          f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
+                          + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None else ""))
+            key = scenario.name.replace("/", "_")
+            mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
+                                f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
+                                f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
+            tqdm_write(tables[-1] + "\n")
+        report = "\n\n".join(tables)
+        mlflow.log_text(report, "comparison.md")
+        mlflow.log_dict({"scenarios": summary, "validation": select.history}, "comparison.json")
+        mlflow.log_artifacts(str(best_dir), "policy_files")
+        model_uri = log_policy_model(best_dir, "policy", register_as=args.register)
+        total_s = time.time() - t_start
+        mlflow.log_metric("run/wall_s", total_s)
+
+    print("\nsummary (policy goodput vs the best tuned baseline, and vs its own warm start; 95% paired bootstrap CIs):")
+    for s in summary:
+        print(f"  {s['scenario']}{' (held out)' if s['held_out'] else ''}: {s['ratio']:.3f}x {s['best_baseline']} "
+              f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
+              + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else ""))
+    print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s; "
+          f"trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
+    print(f"MLflow run {run_id} ({run_name}) at {uri}")
+    print(f"  deploy: python -m runtime simulate --controller policy:runs:/{run_id}/policy --scenario <any>"
+          + (f"   or policy:{model_uri}" if args.register else ""))
+    print(f"  local:  {best_dir}")
+    return 0
+
+
+def _config_path(name: str, config_file: str) -> str:
+    """Scenario paths in a config are relative to the config file (names stay names)."""
+    p = Path(name)
+    if p.suffix and not p.is_absolute():
+        q = Path(config_file).parent / p
+        if q.exists():
+            return str(q)
+    return name
+
+
+__all__: Sequence[str] = ["train_knobs", "load_knob_config", "warm_start", "validation_goodput"]
