@@ -40,7 +40,7 @@ from training.common import ConfigError
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "config_file"}
-WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3,
+WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
                                  "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}}
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
 
@@ -124,10 +124,15 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
     opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
     policy.set_training_mode(True)
     nll = vloss = 0.0
+    # stop at ``confidence`` per knob (geometric mean probability of the teacher's level): a clone
+    # that is sure of every knob leaves PPO nothing to explore (its updates vanish)
+    target = math.log(float(cfg["confidence"])) * a.shape[1]
+    fitted = False
     for _ in tqdm(range(int(cfg["epochs"])), desc="warm start: fit", unit="epoch", leave=False, disable=None):
         values, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
         v = torch.nn.functional.mse_loss(values.flatten(), r)
-        loss = -log_prob.mean() + 0.5 * v
+        fitted = fitted or log_prob.mean().item() >= target
+        loss = (0.0 if fitted else -log_prob.mean()) + 0.5 * v
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,7 +140,8 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
     policy.set_training_mode(False)
     pred = model.predict(o.numpy(), deterministic=True, action_masks=m)[0]
     agree = float((pred == a.numpy()).all(1).mean())
-    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o))}
+    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o)),
+            "warm/confidence": float(math.exp(-nll / a.shape[1]))}
 
 
 # ------------------------------------------------------------------------------ validation
