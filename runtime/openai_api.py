@@ -167,7 +167,7 @@ def parse(model: type[_Sampling], raw: Any) -> Any:
 
 def _validation_error(e: ValidationError) -> APIError:
     err = e.errors()[0]
-    loc = ".".join(str(x) for x in err.get("loc", ()) if not str(x).startswith(("str", "list[", "function-")))
+    loc = ".".join(str(x) for x in err.get("loc", ()) if not _union_tag(str(x)))
     if err["type"] == "extra_forbidden":
         return APIError(400, f"unknown or unsupported field {loc!r}", param=loc)
     if err["type"] == "missing":
@@ -177,3 +177,8 @@ def _validation_error(e: ValidationError) -> APIError:
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     return APIError(400, f"{loc}: {err['msg']}{shown}", param=loc.split(".")[0] or None)
+
+
+def _union_tag(part: str) -> bool:
+    """pydantic names the member of a union that failed (``str``, ``list[int]``...): not a field."""
+    return part in ("str", "int", "float", "bool") or part.startswith(("list[", "dict[", "function-")) or part[:1].isupper()
