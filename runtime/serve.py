@@ -57,6 +57,11 @@ FALLBACK_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
+def max_output_tokens(runtime: RealRuntime) -> int:
+    """The most output a request can ask for: a one-token prompt, then max_k drafts and the bonus token must fit."""
+    return runtime.max_context - runtime.limits.max_k - 2
+
+
 class Server:
     """Glue between HTTP handlers (asyncio) and the runtime's driver thread."""
 
@@ -65,7 +70,7 @@ class Server:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.runtime = runtime
         self.controller = controller
-        fits = runtime.max_context - runtime.limits.max_k - 2  # a one-token prompt, max_k drafts and the bonus token
+        fits = max_output_tokens(runtime)
         if max_tokens_limit is not None and max_tokens_limit > fits:
             raise ValueError(f"--max-tokens-limit {max_tokens_limit} does not fit the model's context of "
                              f"{runtime.max_context} tokens; use at most {fits}")
@@ -257,7 +262,9 @@ class _Generation:
 def speculation_stats(reqs: Sequence[RealRequest]) -> dict[str, Any]:
     """What speculation did for these requests: verified rounds, draft and accepted tokens, sites used."""
     drafted, accepted = sum(r.drafted for r in reqs), sum(r.accepted for r in reqs)
-    sites: Counter[str] = sum((r.site_rounds for r in reqs), Counter())
+    sites: Counter[str] = Counter()
+    for r in reqs:
+        sites.update(dict(r.site_rounds))  # an atomic copy: a request ended by a stop string may still be decoding
     return {"rounds": sum(r.rounds for r in reqs), "draft_tokens": drafted, "accepted_tokens": accepted,
             "acceptance_rate": round(accepted / drafted, 4) if drafted else None, "sites": dict(sites)}
 

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controllers import make_controller
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime
-from runtime.serve import Server, create_app
+from runtime.serve import Server, create_app, max_output_tokens
 from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401
 from tests.test_real_runtime import _target_only
 
@@ -160,7 +160,7 @@ def test_every_error_path_uses_the_openai_error_shape(served, method, path, stat
 
 
 def test_stop_strings_n_and_logprobs(served, tiny_models):
-    client, _ = served
+    client, server = served
     target, _, tok = tiny_models
     full = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}).json()["choices"][0]["text"]
     stop = full.split()[3]  # a word in the middle
@@ -172,9 +172,19 @@ def test_stop_strings_n_and_logprobs(served, tiny_models):
         lp = c["logprobs"]
         assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) > 0
         assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp["top_logprobs"], lp["token_logprobs"]))  # greedy
+    _wait_idle(server.runtime)  # a stop string cancels the rest of the decoding asynchronously (max_inflight is 2)
     with client.stream("POST", "/v1/completions", json={"prompt": PROMPT, "max_tokens": 16, "stop": [stop], "stream": True}) as s:
+        assert s.status_code == 200
         chunks = [json.loads(e) for e in _events(s)[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == full[: full.index(stop)]
+    _wait_idle(server.runtime)
+
+
+def _wait_idle(rt: RealRuntime, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while rt.backlog and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rt.backlog == 0
 
 
 def test_speculation_disabled_commits_only_plain_decode_steps_and_stays_lossless(served, tiny_models):
@@ -252,10 +262,9 @@ def test_health_ready_and_a_max_tokens_limit_that_fits_the_context(served):
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["down"] == []
     assert client.get("/ready").json() == {"ready": True}
     rt = server.runtime
-    default = Server(rt, server.controller, model_name="x")
-    rt.validate([2], default.max_tokens_limit)  # the largest allowed request fits
+    rt.validate([2], max_output_tokens(rt))  # the default limit: the largest request it allows fits
     with pytest.raises(ValueError, match="does not fit the model's context"):
-        Server(rt, server.controller, max_tokens_limit=default.max_tokens_limit + 1, model_name="x")
+        Server(rt, server.controller, max_tokens_limit=max_output_tokens(rt) + 1, model_name="x")
 
 
 def test_client_disconnect_cancels_the_stream(served):
