@@ -69,7 +69,7 @@ def _events(r: httpx.Response) -> list[str]:
 
 
 def test_completion_is_the_target_greedy_text(served, tiny_models):
-    client, server = served
+    client, _ = served
     target, _, tok = tiny_models
     r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20})
     assert r.status_code == 200, r.text
@@ -159,9 +159,8 @@ def test_every_error_path_uses_the_openai_error_shape(served, method, path, stat
     assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_stop_strings_n_and_logprobs(served, tiny_models):
+def test_stop_strings_n_and_logprobs(served):
     client, server = served
-    target, _, tok = tiny_models
     full = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}).json()["choices"][0]["text"]
     stop = full.split()[3]  # a word in the middle
     r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 16, "stop": stop, "n": 2, "logprobs": 2})
