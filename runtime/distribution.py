@@ -13,6 +13,7 @@ A distribution is a YAML file naming base scenarios and ranges to draw their kno
     alpha_shift: {low: -0.1, high: 0.08}   # drafter acceptance
     drift_prob: 0.3                        # acceptance drifts within a request
     slo_scale: {low: 0.8, high: 1.3}       # TTFT and TPOT deadlines
+    gpus: {target: [H100, A100], remote: [A10G, L4, A100]}   # GPU types drawn per site role
 
 :meth:`ScenarioDistribution.sample` draws a validated :class:`~runtime.scenario.Scenario` and
 an arrival rate from a seeded RNG, so an episode's system is reproducible from its seed.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import copy
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -77,6 +78,8 @@ class DistributionSpec(_Strict):
     alpha_shift: Range = Field(default_factory=lambda: Range(low=0.0, high=0.0))
     drift_prob: float = Field(0.0, ge=0, le=1)
     slo_scale: Range = Field(default_factory=_one)
+    #: GPU types to draw per site role (``target``, ``remote``, ``edge``); a role not listed keeps its GPUs
+    gpus: dict[Literal["target", "remote", "edge"], list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _positive(self) -> "DistributionSpec":
@@ -156,6 +159,9 @@ class ScenarioDistribution:
                 site["load"] = {"kind": "markov", "levels": [lo, hi], "mean_dwell_s": [rng.uniform(10, 60), rng.uniform(5, 30)]}
             else:
                 site["load"] = _scaled_load(resolved[0].load if resolved else None, load_k)
+            choices = s.gpus.get(site.get("role", "remote"))
+            if choices:
+                site["gpu"] = rng.choice(choices)
             if site.get("role") in ("remote", "edge") and resolved:
                 rtts = [x.rtt_ms * rtt_k for x in resolved]
                 site.pop("region", None)
