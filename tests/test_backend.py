@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.helpers import local_ray_instance
+
 from training import evaluate
 from training.backend import Backend, BackendError, map_jobs, resolve_ray, use_ray
 from training.evaluate import Job, execute
@@ -72,10 +74,7 @@ def test_bad_ray_address_is_one_line_naming_the_fix(address, capsys):
 # -- a local Ray instance ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
-    pytest.importorskip("ray")
-    from training.backend import connect
-
-    ray = connect("local", num_cpus=2)
+    ray = local_ray_instance()
     yield ray
     ray.shutdown()
 

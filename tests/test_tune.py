@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import local_ray_instance
+
 from controllers import REGISTRY, make_controller
 from training.tune import SPACES, TuneResult, main, search_space, spec_of, tune_controller, validation_seeds
 
@@ -88,10 +90,7 @@ def test_tuning_on_a_tiny_budget_keeps_the_defaults_or_beats_them_and_logs_to_ml
 
 @pytest.fixture(scope="module")
 def local_ray():
-    pytest.importorskip("ray")
-    from training.backend import connect
-
-    ray = connect("local", num_cpus=2)
+    ray = local_ray_instance()
     yield ray
     ray.shutdown()
 

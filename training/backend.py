@@ -41,11 +41,13 @@ class BackendError(ValueError):
 _default_ray: str | bool | None = None
 
 
-def use_ray(address: str | bool | None) -> None:
+def use_ray(address: str | bool | None) -> str | bool | None:
     """Set this process's default backend: an address (``""``: Ray's own choice), ``False``
-    (always the pool, e.g. inside a Ray trial), or ``None`` (follow ``RAY_ADDRESS``)."""
+    (always the pool, e.g. inside a Ray trial), or ``None`` (follow ``RAY_ADDRESS``).
+    Returns the previous default, to restore."""
     global _default_ray
-    _default_ray = address
+    previous, _default_ray = _default_ray, address
+    return previous
 
 
 def resolve_ray(ray: str | None = None) -> str | None:
