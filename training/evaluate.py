@@ -4,6 +4,7 @@
     python -m training.evaluate --controllers static:k=6 policy:checkpoints/<run>/best --seeds 0 1 2 --load 2
     python -m training.evaluate --capacity --markdown results/eval/results.md
     python -m training.evaluate --scenarios wan-4region --controllers static centralized wanspec --rtt-sweep 5 20 80 150
+    python -m training.evaluate --capacity --seeds 0 1 2 3 4 5 6 7 --ray auto    # as Ray tasks on a cluster
 
 Every (scenario, controller, seed) runs in the simulator at the scenario's own arrival rate
 times ``--load`` (or ``--rate``) and reports goodput and the other ``runtime.metrics`` keys;
@@ -11,8 +12,10 @@ times ``--load`` (or ``--rate``) and reports goodput and the other ``runtime.met
 or above ``--target-slo`` (DESIGN section 5). Controllers are any ``controllers.make_controller``
 spec, including ``policy:<checkpoint>``; one that does not apply to a scenario (it raises at
 ``bind``) is reported as n/a with its reason. Means come with Student-t 95% confidence
-intervals over seeds. Results go to ``--out`` (runs.csv, summary.csv, results.md, plots) and to
-MLflow (one run per invocation, the files as artifacts).
+intervals over seeds. Jobs run in a pool of ``--workers`` processes, or as Ray tasks with
+``--ray [ADDRESS]`` or ``RAY_ADDRESS`` (``training.backend``; the same rows either way).
+Results go to ``--out`` (runs.csv, summary.csv, results.md, plots) and to MLflow (one run per
+invocation, the files as artifacts).
 
 ``--rtt-sweep`` also reruns every scenario with remote sites with each remote site's RTT to the
 target set to each given value (variants written to ``<out>/rtt/``), to show where drafting
