@@ -25,10 +25,10 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from env_steps import env_rate
-    from training.train import CONFIG_DIR, DEFAULT_ENV, build_vec_env, hyperparams, load_config, policy_class
+    from training.train import CONFIG_DIR, RUN_KEYS, build_vec_env, hyperparams, load_config, policy_class
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--env", default=DEFAULT_ENV)
+    p.add_argument("--env", default="specctl/SpecControl-v0", help="a per-request env (the knob env: benchmarks/knob_throughput.py)")
     p.add_argument("--n-envs", type=int, default=2)
     p.add_argument("--vec-env", choices=("dummy", "subproc"), default="dummy")
     p.add_argument("--steps", type=int, default=8192)
@@ -40,7 +40,7 @@ def main() -> None:
     rates = []
     for r in range(args.repeats):
         venv = build_vec_env(args.env, kw, args.n_envs, args.vec_env, seed=r)
-        model = MaskablePPO(policy_class(cfg["policy"], "maskable_ppo"), venv, seed=r, verbose=0, **hyperparams(cfg))
+        model = MaskablePPO(policy_class(cfg["policy"], "maskable_ppo"), venv, seed=r, verbose=0, **hyperparams(cfg, RUN_KEYS))
         t0 = time.perf_counter()
         model.learn(args.steps)
         rates.append(model.num_timesteps / (time.perf_counter() - t0))

@@ -108,6 +108,9 @@ class RequestView(Protocol):
     ready_k: int  # batch points: draft tokens waiting with this request (0: plain decode)
     ready_site: str | None  # batch points: who delivered the draft
     ready_since: float  # batch points: when it entered the verification queue
+    #: The request's own cap on draft length (None: limits.max_k; 0: no speculation). Runtimes
+    #: clamp every plan's k to it, so every controller honours it; controllers may read it too.
+    spec_max_k: int | None
 
     @property
     def context_tokens(self) -> int: ...

@@ -50,7 +50,7 @@ class SimRequest(RequestMixin):
     __slots__ = (
         "rid", "arrival", "origin", "slo_class", "ttft_slo", "tpot_slo", "prompt_tokens", "max_tokens",
         "generated", "phase", "first_token_time", "drafter_site", "rounds", "drafted", "accepted",
-        "rejected_rounds", "last_k", "last_accepted", "ready_k", "ready_site", "ready_since",
+        "rejected_rounds", "last_k", "last_accepted", "ready_k", "ready_site", "ready_since", "spec_max_k",
         # internal
         "acc", "run_len", "round_id", "round_open", "round_start", "tasks", "synced", "deliver_s",
         "draft_ctx", "finish_time", "done", "stream", "want",
@@ -74,6 +74,7 @@ class SimRequest(RequestMixin):
         self.ready_k = 0
         self.ready_site: str | None = None
         self.ready_since = 0.0
+        self.spec_max_k: int | None = None
         self.acc: dict[str, AcceptanceState] = {}
         self.run_len: dict[str, int] = {}
         self.round_id = 0
@@ -412,7 +413,7 @@ class Simulator:
 
     # ---- speculation rounds
     def _start_round(self, req: SimRequest, plan: RoundPlan) -> None:
-        k = plan.k
+        k = plan.k if req.spec_max_k is None else min(plan.k, req.spec_max_k)  # the request's own cap
         req.round_id += 1
         req.round_start = self.now
         req.tasks = []

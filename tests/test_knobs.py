@@ -120,3 +120,12 @@ def test_held_out_scenario_is_not_in_the_training_distribution():
     held = load_scenario(HELD_OUT)
     assert held.name not in {b.name for b in d.bases}
     assert not {s.name for s in held.sites} & {s.name for b in d.bases for s in b.sites}
+
+
+def test_a_policy_refuses_a_scenario_where_none_of_its_modes_runs():
+    from runtime.scenario import build_scenario
+
+    raw = {"name": "no-drafter", "sites": [{"name": "dc", "role": "target", "gpu": "A100"}]}
+    info = Simulator(build_scenario(raw), 0, 1.0).info
+    with pytest.raises(ValueError, match="none of the knob modes .* runs on no-drafter"):
+        KnobController(modes=["wanspec", "centralized"]).bind(info)

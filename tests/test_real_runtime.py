@@ -132,7 +132,8 @@ def test_drafter_site_dies_mid_stream_and_requests_continue(failure, tiny_dir, r
             if failure == "stall":
                 os.kill(victim.pid, signal.SIGCONT)
         t.join(1)
-        assert not rt.clients["near"].up
+        # marked down; a killed site may already be back (supervised), a stalled one is still stopped
+        assert not rt.clients["near"].up or rt.processes.restarts["near"] == 1
     assert [r.output for r in reqs] == refs
     assert [streamed[i] for i in range(len(prompts))] == refs, "streamed tokens must be neither lost nor duplicated"
     assert set(finished.values()) <= {"length", "stop"}

@@ -33,8 +33,12 @@ def write(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
     return path
 
 
+#: The per-request recipe (the default env is the knob env: tests/test_knobs_train.py).
+PER_REQUEST = ["--env", "specctl/SpecControl-v0"]
+
+
 def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    code = main(argv)
+    code = main(argv if "--env" in argv else PER_REQUEST + argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
     return err
@@ -72,7 +76,7 @@ def test_bad_flags_give_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "bad.yaml").write_text("default: [unclosed")
     assert "not valid YAML" in one_line_error(capsys, ["--config", str(tmp_path / "bad.yaml")])
     with pytest.raises(SystemExit):
-        main(["--algo", "sac"])
+        main([*PER_REQUEST, "--algo", "sac"])
     assert capsys.readouterr().err.count("\n") == 1
 
 
@@ -81,7 +85,7 @@ def test_train_end_to_end_then_deploy_by_reference(tmp_path: Path) -> None:  # ~
     """train.py in a subprocess into a temporary MLflow store; load runs:/ and models:/ refs; simulate."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(write(tmp_path, TINY)),
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), *PER_REQUEST, "--config", str(write(tmp_path, TINY)),
            "--out", str(tmp_path / "ck"), "--run-name", "tiny", "--register", "tiny-policy", "--workers", "1"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -147,10 +147,8 @@ class Backend:
 
     def map(self, fn: Callable[[T], R], jobs: Sequence[T], desc: str = "jobs", unit: str = "job",
             progress: bool = True, leave: bool = True) -> list[R]:
-        """``[fn(job) for job in jobs]``, run in parallel, with a tqdm bar (rate and ETA)."""
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit=unit, leave=leave, disable=None if progress else True)
+        """``[fn(job) for job in jobs]``, run in parallel, with a progress bar (rate and ETA)."""
+        bar = progress_bar(len(jobs), desc, unit, leave, progress)
         try:
             if self.address is not None:
                 return self._map_ray(fn, jobs, bar)
@@ -201,6 +199,15 @@ class Backend:
                 ray.cancel(ref)
             raise
         return results
+
+
+def progress_bar(total: int, desc: str, unit: str, leave: bool = False, show: bool = True) -> Any:
+    """``training.common.progress`` (an ETA, and a line every 30 s in logs), or a silent bar."""
+    from tqdm import tqdm
+
+    from training.common import progress
+
+    return progress(total=total, desc=desc, unit=unit, leave=leave) if show else tqdm(total=total, disable=True)
 
 
 def map_jobs(fn: Callable[[T], R], jobs: Sequence[T], workers: int = 2, ray: str | None = None,

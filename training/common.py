@@ -70,3 +70,36 @@ def tqdm_write(msg: str) -> None:
     tqdm.write(msg)
 
 
+
+
+def progress(total: int | None = None, desc: str = "", unit: str = "it", iterable: Any = None, leave: bool = False) -> Any:
+    """A tqdm bar with an ETA that also shows in logs: on a terminal it redraws in place; when
+    stderr is a file or pipe (CI, nohup, ``| tee``) it writes a line every 30 s instead of
+    staying silent for the whole phase."""
+    import sys
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave or not tty, mininterval=0.1 if tty else 30.0,
+                ascii=not tty, dynamic_ncols=tty)
+
+
+def progress_callback(total_timesteps: int, desc: str = "train") -> Any:
+    """An SB3 callback that drives :func:`progress` over the timesteps of ``learn()``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = progress(total=total_timesteps, desc=desc, unit="step")
+            self._last = self.num_timesteps
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.num_timesteps - self._last)
+            self._last = self.num_timesteps
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return _Progress()

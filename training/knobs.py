@@ -36,11 +36,11 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from training.common import ConfigError
+from training.common import ConfigError, progress, progress_callback
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "config_file"}
-WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3,
+WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
                                  "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}}
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
 
@@ -93,13 +93,11 @@ def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
     """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns."""
     import torch
-    from tqdm import tqdm
-
     from policy_env.knobs_env import SpecKnobsEnv
 
     env = SpecKnobsEnv(**env_kwargs)
     obs_l, act_l, mask_l, ret_l = [], [], [], []
-    for ep in tqdm(range(int(cfg["episodes"])), desc="warm start: run the fixed knobs", unit="episode", leave=False, disable=None):
+    for ep in progress(iterable=range(int(cfg["episodes"])), desc="warm start: run the fixed knobs", unit="episode"):
         obs, _ = env.reset(seed=seed * 1000 + ep)
         rewards = []
         done = False
@@ -124,10 +122,15 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
     opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
     policy.set_training_mode(True)
     nll = vloss = 0.0
-    for _ in tqdm(range(int(cfg["epochs"])), desc="warm start: fit", unit="epoch", leave=False, disable=None):
+    # stop at ``confidence`` per knob (geometric mean probability of the teacher's level): a clone
+    # that is sure of every knob leaves PPO nothing to explore (its updates vanish)
+    target = math.log(float(cfg["confidence"])) * a.shape[1]
+    fitted = False
+    for _ in progress(iterable=range(int(cfg["epochs"])), desc="warm start: fit", unit="epoch"):
         values, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
         v = torch.nn.functional.mse_loss(values.flatten(), r)
-        loss = -log_prob.mean() + 0.5 * v
+        fitted = fitted or log_prob.mean().item() >= target
+        loss = (0.0 if fitted else -log_prob.mean()) + 0.5 * v
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -135,7 +138,8 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
     policy.set_training_mode(False)
     pred = model.predict(o.numpy(), deterministic=True, action_masks=m)[0]
     agree = float((pred == a.numpy()).all(1).mean())
-    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o))}
+    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o)),
+            "warm/confidence": float(math.exp(-nll / a.shape[1]))}
 
 
 # ------------------------------------------------------------------------------ validation
@@ -162,6 +166,54 @@ def _validation_episode(job: tuple[str, dict[str, Any], int]) -> float:
 
 
 # ------------------------------------------------------------------------------ the run
+def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], workers: int) -> tuple[list[dict[str, Any]], str]:
+    """The policy, its warm start, the tuned baselines and the oracle on every ``eval.scenarios``
+    entry over test seeds; logs to the active MLflow run. Returns (summary rows, markdown)."""
+    import mlflow
+
+    from policy_env import TRAIN_SEED_MAX
+    from runtime.scenario import load_scenario
+    from training.common import tqdm_write
+
+    ev = cfg["eval"]
+    seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
+    summary: list[dict[str, Any]] = []
+    tables: list[str] = []
+    for sc in ev["scenarios"]:
+        scenario = load_scenario(_config_path(sc["scenario"], cfg["config_file"]))
+        rate = sc.get("rate")
+        named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
+        refs = list(sc.get("references", ["oracle"]))
+        named.update({r: r for r in refs})
+        named["warm start (clone)"] = partial(load_policy, str(warm_dir))
+        named["policy"] = partial(load_policy, str(policy_dir))
+        cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
+        rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
+        pol = next(r for r in rows if r["controller"] == "policy")
+        best = next(r for r in rows if r["role"] == "best heuristic")
+        clone = next(r for r in rows if r["controller"] == "warm start (clone)")
+        vs_clone = ratio_ci(cmp.values("policy"), cmp.values("warm start (clone)"))
+        oracle = next((r for r in rows if r["controller"] == "oracle"), None)
+        gap = None
+        if oracle and oracle["goodput_rps"] > best["goodput_rps"]:
+            gap = (pol["goodput_rps"] - best["goodput_rps"]) / (oracle["goodput_rps"] - best["goodput_rps"])
+        label = f"{scenario.name} at {rate or 'its'} req/s" + (" (held out: never trained on)" if sc.get("held_out") else "")
+        summary.append({"scenario": scenario.name, "rate": rate, "held_out": bool(sc.get("held_out")),
+                        "best_baseline": best["controller"], "ratio": pol["ratio_vs_best"], "ci_low": pol["ratio_ci_low"],
+                        "ci_high": pol["ratio_ci_high"], "vs_clone": vs_clone[0], "vs_clone_low": vs_clone[1],
+                        "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
+                        "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap})
+        tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
+                      f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
+                      + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None else ""))
+        key = scenario.name.replace("/", "_")
+        mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
+                            f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
+                            f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
+        tqdm_write(tables[-1] + "\n")
+    return summary, "\n\n".join(tables)
+
+
 def load_policy(policy_dir: str) -> Any:
     from controllers import make_controller
 
@@ -172,13 +224,11 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     """The knob recipe end to end (see the module docstring); returns the exit code."""
     import mlflow
     import torch
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.logger import Logger
 
     from controllers.policy import export_policy
-    from policy_env import TRAIN_SEED_MAX
     from policy_env.knobs_env import SpecKnobsEnv, gamma_for
-    from runtime.scenario import load_scenario
     from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
     from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
 
@@ -254,7 +304,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         select.init_callback(model)
         warm_goodput = select.evaluate(out_dir / "warm")
         t_train = time.time()
-        model.learn(cfg["total_timesteps"], callback=CallbackList([select, ProgressBarCallback()]))
+        model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
         train_s = time.time() - t_train
         model.save(out_dir / "model.zip")
         select.evaluate()
@@ -262,42 +312,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                             "eval/warm_validation_goodput_rps": warm_goodput})
         best_dir = out_dir / "best"
 
-        seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
-        summary: list[dict[str, Any]] = []
-        tables: list[str] = []
-        for sc in ev["scenarios"]:
-            scenario = load_scenario(_config_path(sc["scenario"], cfg["config_file"]))
-            rate = sc.get("rate")
-            named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
-            refs = list(sc.get("references", ["oracle"]))
-            named.update({r: r for r in refs})
-            named["warm start (clone)"] = partial(load_policy, str(out_dir / "warm"))
-            named["policy"] = partial(load_policy, str(best_dir))
-            cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
-            rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
-            pol = next(r for r in rows if r["controller"] == "policy")
-            best = next(r for r in rows if r["role"] == "best heuristic")
-            clone = next(r for r in rows if r["controller"] == "warm start (clone)")
-            vs_clone = ratio_ci(cmp.values("policy"), cmp.values("warm start (clone)"))
-            oracle = next((r for r in rows if r["controller"] == "oracle"), None)
-            gap = None
-            if oracle and oracle["goodput_rps"] > best["goodput_rps"]:
-                gap = (pol["goodput_rps"] - best["goodput_rps"]) / (oracle["goodput_rps"] - best["goodput_rps"])
-            label = f"{scenario.name} at {rate or 'its'} req/s" + (" (held out: never trained on)" if sc.get("held_out") else "")
-            summary.append({"scenario": scenario.name, "rate": rate, "held_out": bool(sc.get("held_out")),
-                            "best_baseline": best["controller"], "ratio": pol["ratio_vs_best"], "ci_low": pol["ratio_ci_low"],
-                            "ci_high": pol["ratio_ci_high"], "vs_clone": vs_clone[0], "vs_clone_low": vs_clone[1],
-                            "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
-                            "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap})
-            tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
-                          f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
-                          + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None else ""))
-            key = scenario.name.replace("/", "_")
-            mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
-                                f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
-                                f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
-            tqdm_write(tables[-1] + "\n")
-        report = "\n\n".join(tables)
+        summary, report = final_comparison(best_dir, out_dir / "warm", cfg, workers)
         mlflow.log_text(report, "comparison.md")
         mlflow.log_dict({"scenarios": summary, "validation": select.history}, "comparison.json")
         mlflow.log_artifacts(str(best_dir), "policy_files")
@@ -319,6 +334,48 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     return 0
 
 
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.knobs RUN_DIR``: judge a trained knob policy (``RUN_DIR/best`` against
+    ``RUN_DIR/warm``) on a config's evaluation scenarios again, e.g. with newly tuned baselines."""
+    import argparse
+
+    import mlflow
+    from sb3_contrib import MaskablePPO
+
+    from runtime.cli import OneLineParser
+    from training.common import REPO
+    from training.mlflow_sb3 import setup_tracking
+
+    p = OneLineParser(prog="python -m training.knobs", description=compare_main.__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path, help="a knob run's output directory (holds best/ and warm/)")
+    p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "knobs.yaml", help="config whose eval block to use")
+    p.add_argument("--eval-seeds", type=int, help="test seeds (default: the config's)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the repo's sqlite store)")
+    args: argparse.Namespace = p.parse_args(argv)
+    try:
+        for d in ("best", "warm"):
+            if not (args.run_dir / d / "policy.json").is_file():
+                raise ConfigError(f"{args.run_dir / d} holds no policy.json: pass the --out directory of a knob training run")
+        cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO)
+        cfg["config_file"] = str(args.config)
+        if args.eval_seeds is not None:
+            if args.eval_seeds < 2:
+                raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
+            cfg["eval"]["seeds"] = args.eval_seeds
+        uri = setup_tracking(args.tracking_uri, "specctl-policies")
+        with mlflow.start_run(run_name=f"compare-{args.run_dir.name}"):
+            mlflow.log_text(shlex.join([sys.executable, "-m", "training.knobs", *(argv or sys.argv[1:])]), "command.txt")
+            summary, report = final_comparison(args.run_dir / "best", args.run_dir / "warm", cfg, args.workers)
+            mlflow.log_text(report, "comparison.md")
+            mlflow.log_dict({"scenarios": summary}, "comparison.json")
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"MLflow: {uri}")
+    return 0
+
+
 def _config_path(name: str, config_file: str) -> str:
     """Scenario paths in a config are relative to the config file (names stay names)."""
     p = Path(name)
@@ -329,4 +386,7 @@ def _config_path(name: str, config_file: str) -> str:
     return name
 
 
-__all__: Sequence[str] = ["train_knobs", "load_knob_config", "warm_start", "validation_goodput"]
+if __name__ == "__main__":
+    raise SystemExit(compare_main())
+
+__all__: Sequence[str] = ["compare_main", "final_comparison", "train_knobs", "load_knob_config", "warm_start", "validation_goodput"]

@@ -57,10 +57,11 @@ def maximize(
     if missing:
         raise ValueError(f"defaults lack {missing}")
     import optuna
-    from tqdm import tqdm
+
+    from training.backend import progress_bar
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar says what matters
-    bar = tqdm(total=trials, desc=desc, unit="trial", disable=None if progress else True)
+    bar = progress_bar(trials, desc, "trial", leave=True, show=progress)
     points: list[Point] = []
 
     base = {k: defaults[k] for k in space}

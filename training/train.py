@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from runtime.scenario import deep_merge, read_yaml_mapping
-from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, tqdm_write  # noqa: F401
+from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.backend import add_ray_flag
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
@@ -198,8 +198,6 @@ def collect_clone_data(env: Any, obs: np.ndarray, n: int, gamma: float, desc: st
                        act: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> tuple[CloneData, np.ndarray]:
     """``n`` env steps from ``obs`` labelled with ``env.expert_action()``, and the next observation.
     The env follows the teacher, or ``act(obs, mask)`` (DAgger: the states the learner visits)."""
-    from tqdm import tqdm
-
     from policy_env.codec import block_period
 
     obs_buf = np.zeros((n, env.observation_space.shape[0]), dtype=np.float32)
@@ -207,7 +205,7 @@ def collect_clone_data(env: Any, obs: np.ndarray, n: int, gamma: float, desc: st
     mask_buf = np.zeros((n, int(env.action_space.nvec.sum())), dtype=bool)
     rew = np.zeros(n, dtype=np.float32)
     done = np.zeros(n, dtype=bool)
-    for i in tqdm(range(n), desc=desc, unit="step", leave=False, disable=None):
+    for i in progress(iterable=range(n), desc=desc, unit="step"):
         obs_buf[i], act_buf[i], mask_buf[i] = obs, env.expert_action(), env.action_masks()
         obs, rew[i], term, trunc, _ = env.step(act_buf[i] if act is None else act(obs_buf[i], mask_buf[i]))
         done[i] = term or trunc
@@ -229,8 +227,6 @@ def fit_clone(model: Any, data: CloneData, cfg: dict[str, Any], seed: int) -> tu
     """Fit the policy to the teacher's actions (masked log-likelihood, turn-aways weighted
     ``drop_weight``) and the value head to the discounted returns; (last nll, last value mse)."""
     import torch
-    from tqdm import tqdm
-
     policy = model.policy
     masked = "action_masks" in inspect.signature(policy.evaluate_actions).parameters
     opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
@@ -241,7 +237,7 @@ def fit_clone(model: Any, data: CloneData, cfg: dict[str, Any], seed: int) -> tu
     rng = np.random.default_rng(seed)
     policy.set_training_mode(True)
     nll = vloss = 0.0
-    for _ in tqdm(range(int(cfg["epochs"])), desc="fit clone", unit="epoch", leave=False, disable=None):
+    for _ in progress(iterable=range(int(cfg["epochs"])), desc="fit clone", unit="epoch"):
         for idx in np.array_split(rng.permutation(n), max(1, n // bs)):
             kw = {"action_masks": m[idx].numpy()} if masked else {}
             values, log_prob, _ = policy.evaluate_actions(o[idx], a[idx], **kw)
@@ -488,7 +484,7 @@ def train(args: argparse.Namespace) -> int:
 def train_per_request(args: argparse.Namespace) -> int:
     import mlflow
     import torch
-    from stable_baselines3.common.callbacks import CallbackList, ProgressBarCallback
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import Logger
 
     from controllers.policy import export_policy
@@ -559,7 +555,7 @@ def train_per_request(args: argparse.Namespace) -> int:
         interrupted = False
         t_train = time.time()
         try:
-            model.learn(cfg["total_timesteps"], callback=CallbackList([compare, ProgressBarCallback()]),
+            model.learn(cfg["total_timesteps"], callback=CallbackList([compare, progress_callback(cfg["total_timesteps"])]),
                         reset_num_timesteps=not args.resume)
         except KeyboardInterrupt:
             interrupted = True

@@ -186,12 +186,15 @@ class VerifyJob:
     draft: Draft | None = None  # None or empty: plain decode (or prefill)
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    logprobs: int | None = None  # also report each committed token's log-probability and this many top ones
 
 
 @dataclass
 class Verdict:
     accepted: int  # draft tokens accepted
     tokens: list[int]  # tokens to commit: accepted drafts + one correction/bonus token
+    #: Per committed token: its log-probability under the target (before temperature) and the top alternatives.
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 def verify_batch(model: Any, jobs: Sequence[VerifyJob]) -> list[Verdict]:
@@ -214,8 +217,16 @@ def verify_batch(model: Any, jobs: Sequence[VerifyJob]) -> list[Verdict]:
         else:
             v = _rejection_sample(rows, j.draft, j.temperature, j.generator, vocab)
         j.cache.crop(len(j.context) + v.accepted)  # keep committed tokens except the newest
+        if j.logprobs is not None:  # the rows are already here: a log-softmax is all it costs
+            v.logprobs = _logprobs(lg[: len(v.tokens)], v.tokens, j.logprobs)
         verdicts.append(v)
     return verdicts
+
+
+def _logprobs(rows: torch.Tensor, tokens: list[int], top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    lp = torch.log_softmax(rows, dim=-1)
+    vals, ids = lp.topk(min(top, lp.shape[-1]), dim=-1) if top > 0 else (lp[:, :0], lp[:, :0].long())
+    return [(float(lp[i, t]), list(zip(ids[i].tolist(), vals[i].tolist()))) for i, t in enumerate(tokens)]
 
 
 def _greedy(rows: torch.Tensor, draft: list[int]) -> Verdict:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import math
 import queue
 import subprocess
@@ -50,7 +51,7 @@ from runtime.contract import (
     fcfs_batch,
 )
 from runtime.latency import ProfileTable
-from runtime.metrics import Metrics, RequestRecord
+from runtime.metrics import KEYS, Metrics, RequestRecord
 from runtime.models import check_pair, load_model
 from runtime.real.deploy import Deployment
 from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
@@ -61,12 +62,18 @@ from runtime.real.transport import DraftResult, SiteClient, Transport
 #: "length", "stop", or "error: <why>".
 Listener = Callable[[list[int], str | None], None]
 
+#: One committed token's log-probability under the target and its ``top`` alternatives.
+TokenLogprob = tuple[float, list[tuple[int, float]]]
+
+log = logging.getLogger("specctl.sites")
+
 
 class RealRequest(RequestMixin):
     """A request in the real runtime; satisfies :class:`runtime.contract.RequestView`."""
 
     def __init__(self, rid: int, prompt: list[int], max_tokens: int, temperature: float, origin: str,
-                 slo: Any, arrival: float, listener: Listener | None, seed: int) -> None:
+                 slo: Any, arrival: float, listener: Listener | None, seed: int, spec_max_k: int | None = None,
+                 ignore_eos: bool = False, logprobs: int | None = None) -> None:
         self.rid = rid
         self.arrival = arrival
         self.origin = origin
@@ -84,7 +91,12 @@ class RealRequest(RequestMixin):
         self.ready_k = 0
         self.ready_site: str | None = None
         self.ready_since = arrival
+        self.spec_max_k = spec_max_k
         # internal
+        self.ignore_eos = ignore_eos
+        self.logprobs = logprobs  # top alternatives to report per token (None: no log-probabilities)
+        self.token_logprobs: list[TokenLogprob] = []  # one per output token when logprobs is set
+        self.site_rounds: collections.Counter[str] = collections.Counter()  # verified drafts per site
         self.temperature = temperature
         self.listener = listener
         self.context = list(prompt)
@@ -128,32 +140,106 @@ class OnlineLatency:
 
 
 class SiteProcesses:
-    """Drafter sites launched as local OS processes (each prints ``READY <port>`` when serving)."""
+    """Drafter sites launched as local OS processes (each prints ``READY <port>`` when serving).
 
-    def __init__(self) -> None:
+    A supervisor thread reaps a site that exits, logs it, and starts it again after a backoff
+    that doubles while restarts keep failing (``backoff_s`` up to ``max_backoff_s``; back to
+    ``backoff_s`` once a site has stayed up for ``stable_s``). The new process listens on a new
+    port; ``on_restart(name, address)`` tells the caller where.
+    """
+
+    def __init__(self, on_restart: Callable[[str, str], None] | None = None, backoff_s: float = 0.5,
+                 max_backoff_s: float = 30.0, stable_s: float = 10.0, ready_timeout_s: float = 90.0) -> None:
         self.procs: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
+        self.restarts: collections.Counter[str] = collections.Counter()
+        self.on_restart = on_restart
+        self.backoff_s, self.max_backoff_s, self.stable_s = backoff_s, max_backoff_s, stable_s
+        self.ready_timeout_s = ready_timeout_s
+        self._refs: dict[str, Any] = {}
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
-    def launch(self, sites: dict[str, Any], timeout_s: float = 90.0) -> dict[str, str]:
-        """Start one process per ``{name: ModelRef}`` (in parallel); returns their addresses."""
-        for name, ref in sites.items():
-            cmd = [sys.executable, "-m", "runtime.real.site", "--name", name, "--model", ref.path,
-                   "--device", ref.device, "--dtype", ref.dtype, "--exit-with-parent"]
-            self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + timeout_s
+    def launch(self, sites: dict[str, Any], timeout_s: float | None = None) -> dict[str, str]:
+        """Start one process per ``{name: ModelRef}`` (in parallel) and supervise them; returns their addresses."""
+        self._refs.update(sites)
         for name in sites:
-            proc = self.procs[name]
-            line: list[str] = []
-            reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-            reader.start()
-            reader.join(max(deadline - time.monotonic(), 0.1))
-            if not line or not line[0].startswith("READY "):
+            self._spawn(name)
+        deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
+        for name in sites:
+            addr = self._await_ready(name, deadline)
+            if addr is None:
+                code = self.procs[name].poll()
                 self.stop()
-                raise RuntimeError(f"drafter site {name} did not start (exit code {proc.poll()}); see its error above")
-            self.addresses[name] = f"127.0.0.1:{int(line[0].split()[1])}"
+                raise RuntimeError(f"drafter site {name} did not start (exit code {code}); see its error above")
+            self.addresses[name] = addr
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, name="specctl-sites", daemon=True)
+            self._supervisor.start()
         return dict(self.addresses)
 
+    def _spawn(self, name: str) -> None:
+        ref = self._refs[name]
+        cmd = [sys.executable, "-m", "runtime.real.site", "--name", name, "--model", ref.path,
+               "--device", ref.device, "--dtype", ref.dtype, "--exit-with-parent"]
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            self._started[name] = time.monotonic()
+
+    def _await_ready(self, name: str, deadline: float) -> str | None:
+        """The site's address once it prints ``READY <port>``; None if it exits or misses ``deadline``."""
+        proc = self.procs.get(name)
+        if proc is None or proc.stdout is None:
+            return None
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(max(deadline - time.monotonic(), 0.1))
+        if not line or not line[0].startswith("READY "):
+            return None
+        return f"127.0.0.1:{int(line[0].split()[1])}"
+
+    def _supervise(self) -> None:
+        backoff = dict.fromkeys(self._refs, self.backoff_s)
+        while not self._stopping.wait(0.2):
+            for name in list(self.procs):
+                proc = self.procs[name]
+                code = proc.poll()  # reaps it: no zombie
+                if code is None:
+                    continue
+                if proc.stdout is not None:
+                    proc.stdout.close()
+                uptime = time.monotonic() - self._started[name]
+                backoff[name] = self.backoff_s if uptime >= self.stable_s else backoff[name]
+                log.warning("drafter site %s (pid %d) exited with code %s after %.1f s; restarting in %.1f s",
+                            name, proc.pid, code, uptime, backoff[name])
+                if self._stopping.wait(backoff[name]):
+                    return
+                wait, backoff[name] = backoff[name], min(backoff[name] * 2, self.max_backoff_s)
+                self._spawn(name)
+                addr = self._await_ready(name, time.monotonic() + self.ready_timeout_s)
+                if self._stopping.is_set():
+                    return
+                if addr is None:
+                    log.error("drafter site %s did not restart (exit code %s); next try in %.1f s",
+                              name, self.procs[name].poll(), backoff[name])
+                    if self.procs[name].poll() is None:
+                        self.procs[name].kill()
+                    continue
+                self.addresses[name] = addr
+                self.restarts[name] += 1
+                log.info("drafter site %s restarted at %s (pid %d) after a %.1f s backoff",
+                         name, addr, self.procs[name].pid, wait)
+                if self.on_restart is not None:
+                    self.on_restart(name, addr)
+
     def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
         for p in self.procs.values():
             if p.poll() is None:
                 p.terminate()
@@ -165,6 +251,8 @@ class SiteProcesses:
                 p.wait()
             if p.stdout is not None:
                 p.stdout.close()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=5)
 
 
 @dataclass
@@ -205,7 +293,7 @@ class RealRuntime:
         if local_ref is not None:
             self.local_model, dtok = load_model(local_ref.path, local_ref.device, local_ref.dtype)
             check_pair(self.tokenizer, dtok, ref.path, local_ref.path)
-        self.processes = SiteProcesses()
+        self.processes = SiteProcesses(on_restart=self._on_site_restart)
         self.clients: dict[str, SiteClient] = {}
         self._launch_sites = launch_sites
         self.target_lat: Any = (ProfileTable.from_csv(sc.target.profiles[sc.spec.target_model])
@@ -239,6 +327,10 @@ class RealRuntime:
         self.transport_overhead_s: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=100_000))
         self.started = False
+        #: Observers called on the driver thread (the server's Prometheus metrics): after every
+        #: verification forward, and when a request completes (not on errors).
+        self.on_batch: Callable[[BatchResult], None] | None = None
+        self.on_finish: Callable[[RealRequest], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "RealRuntime":
@@ -260,6 +352,12 @@ class RealRuntime:
         self._t0 = time.perf_counter()
         self.started = True
         return self
+
+    def _on_site_restart(self, name: str, address: str) -> None:
+        """A supervised site came back on a new port: point its client there (it is up once health checks pass)."""
+        client = self.clients.get(name)
+        if client is not None and hasattr(self, "transport"):
+            self.transport.call(client.reconnect(address))
 
     def close(self) -> None:
         """Stop the transport and any site processes this runtime launched."""
@@ -296,10 +394,14 @@ class RealRuntime:
 
     def submit(self, prompt: Sequence[int], max_tokens: int, temperature: float = 0.0, *,
                origin: str | None = None, slo_class: str | None = None, listener: Listener | None = None,
-               at: float | None = None, seed: int | None = None) -> RealRequest:
+               at: float | None = None, seed: int | None = None, spec_max_k: int | None = None,
+               ignore_eos: bool = False, logprobs: int | None = None) -> RealRequest:
         """Queue a request (thread-safe); ``at`` schedules it at that runtime time (replays).
 
-        ``seed`` makes a sampled request reproducible (its target and drafter random streams)."""
+        ``seed`` makes a sampled request reproducible (its target and drafter random streams).
+        ``spec_max_k`` caps this request's draft length whatever the controller plans (0: plain
+        decoding only); ``ignore_eos`` generates exactly ``max_tokens``; ``logprobs`` records each
+        output token's target log-probability and that many top alternatives."""
         if self.closed:
             raise RuntimeError("the runtime is shutting down")
         self.validate(prompt, max_tokens)
@@ -311,8 +413,11 @@ class RealRuntime:
         if slo is None:
             raise ValueError(f"unknown slo_class {slo_class!r}; valid: {[c.name for c in classes]}")
         rid = next(self._rids)
+        if spec_max_k is not None and spec_max_k < 0:
+            raise ValueError("spec_max_k must be >= 0")
         req = RealRequest(rid, list(prompt), max_tokens, temperature, origin, slo, -1.0, listener,
-                          seed=self.seed * 1_000_003 + rid if seed is None else seed)
+                          seed=self.seed * 1_000_003 + rid if seed is None else seed, spec_max_k=spec_max_k,
+                          ignore_eos=ignore_eos, logprobs=logprobs)
         if at is None:
             self._events.put((self._on_arrival, req))
         else:
@@ -320,9 +425,10 @@ class RealRuntime:
             self._events.put((self._schedule, (at, self._on_scheduled_arrival, req)))
         return req
 
-    def cancel(self, req: RealRequest) -> None:
-        """The client went away: stop working on ``req`` (thread-safe; it ends with an error)."""
-        self._events.put((self._on_cancel, req))
+    def cancel(self, req: RealRequest, reason: str = "error: cancelled by the client") -> None:
+        """Stop working on ``req`` (thread-safe). The default reason (the client went away) counts it
+        as dropped; ``"stop"`` (the caller found a stop string) as completed."""
+        self._events.put((self._on_cancel, (req, reason)))
 
     @property
     def backlog(self) -> int:
@@ -445,6 +551,25 @@ class RealRuntime:
             m.sim_time = self.now
         return m.summary()
 
+    def totals(self) -> dict[str, tuple[str, float]]:
+        """Cumulative counts since start, ``{name: (meaning, value)}``: cheap enough for every scrape."""
+        m = self.metrics
+        return {
+            "requests_arrived": (KEYS["requests_arrived"], m.arrived),
+            "requests_completed": (KEYS["requests_completed"], len(m.records)),
+            "requests_dropped": (KEYS["requests_dropped"], m.dropped),
+            "generation_tokens": ("output tokens committed", m.tokens_committed),
+            "draft_tokens": (KEYS["draft_tokens"], m.draft_tokens),
+            "wasted_rejected_tokens": (KEYS["wasted_rejected_tokens"], m.wasted_rejected),
+            "wasted_redundant_tokens": (KEYS["wasted_redundant_tokens"], m.wasted_redundant),
+            "target_draft_forward_passes": (KEYS["target_draft_forward_passes"], m.target_draft_passes),
+            "target_draft_seconds": (KEYS["target_draft_gpu_s"], m.target_draft_gpu_s),
+            "target_verify_forward_passes": (KEYS["target_verify_forward_passes"], m.target_verify_passes),
+            "target_verify_seconds": (KEYS["target_verify_gpu_s"], m.target_verify_gpu_s),
+            "remote_draft_forward_passes": (KEYS["remote_draft_forward_passes"], round(self._remote_passes)),
+            "wan_bytes": (KEYS["wan_bytes"], sum(c.bytes_sent for c in self.clients.values())),
+        }
+
     # ------------------------------------------------------------------ events and timers
     def _post(self, fn: Callable[[Any], None], arg: Any) -> None:
         self._events.put((fn, arg))
@@ -476,11 +601,13 @@ class RealRuntime:
         self.closed = True
         self._grace_deadline = min(self._grace_deadline, self.now + grace_s)
 
-    def _on_cancel(self, req: RealRequest) -> None:
+    def _on_cancel(self, arg: tuple[RealRequest, str]) -> None:
+        req, reason = arg
         if req.rid in self.requests:
-            self.metrics.dropped += 1
+            if reason.startswith("error"):
+                self.metrics.dropped += 1
             req.listener = None  # nobody is listening any more
-            self._finish_request(req, "error: cancelled by the client")
+            self._finish_request(req, reason)
 
     def _on_scheduled_arrival(self, req: RealRequest) -> None:
         self._expected -= 1
@@ -498,7 +625,7 @@ class RealRuntime:
 
     # ------------------------------------------------------------------ speculation rounds
     def _start_round(self, req: RealRequest, plan: RoundPlan) -> None:
-        k = plan.k
+        k = plan.k if req.spec_max_k is None else min(plan.k, req.spec_max_k)  # the request's own cap
         req.round_id += 1
         req.pending.clear()
         req.round_open = False
@@ -650,7 +777,7 @@ class RealRuntime:
         for r in rids:
             del self.ready[r]
         ctx = sum(r.context_tokens for r in batch if r.phase != "prefill")
-        jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator) for r in batch]
+        jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator, r.logprobs) for r in batch]
         t0 = time.perf_counter()
         self._busy = True
         try:
@@ -673,15 +800,19 @@ class RealRuntime:
             ks.append(k)
             sites.append(req.ready_site)
             accs.append(v.accepted if k else 0)
-            self._commit(req, v.tokens, v.accepted, k, now)
-        self._feedback.append(BatchResult(now, dur, rids, ks, accs, new, ctx, sites))
+            self._commit(req, v.tokens, v.accepted, k, now, v.logprobs)
+        result = BatchResult(now, dur, rids, ks, accs, new, ctx, sites)
+        self._feedback.append(result)
+        if self.on_batch is not None:
+            self.on_batch(result)
 
-    def _commit(self, req: RealRequest, tokens: list[int], accepted: int, k: int, now: float) -> None:
+    def _commit(self, req: RealRequest, tokens: list[int], accepted: int, k: int, now: float,
+                logprobs: list[TokenLogprob] | None = None) -> None:
         m = self.metrics
         toks = tokens[: req.tokens_left]
         reason = "length" if len(toks) == req.tokens_left else None
         for i, t in enumerate(toks):
-            if t in self.stop_ids:
+            if t in self.stop_ids and not req.ignore_eos:
                 toks = toks[: i + 1]
                 reason = "stop"
                 break
@@ -692,6 +823,7 @@ class RealRuntime:
             req.rounds += 1
             req.drafted += k
             req.accepted += accepted
+            req.site_rounds[req.ready_site or self.target_name] += 1
             if accepted < k:
                 req.rejected_rounds += 1
             m.spec_rounds += 1
@@ -703,6 +835,8 @@ class RealRuntime:
         req.last_accepted = accepted
         req.context.extend(toks)
         req.output.extend(toks)
+        if logprobs is not None:
+            req.token_logprobs.extend(logprobs[: len(toks)])
         req.generated += len(toks)
         m.tokens_committed += len(toks)
         req.ready_draft = None
@@ -726,6 +860,8 @@ class RealRuntime:
             self.metrics.records.append(RequestRecord(
                 req.arrival, req.first_token_time, req.finish_time, req.generated, req.ttft_slo, req.tpot_slo,
                 req.slo_class))
+            if self.on_finish is not None:
+                self.on_finish(req)
         for site in req.synced:
             if site in self.clients:
                 self.transport.call(self.clients[site].release([req.rid]))

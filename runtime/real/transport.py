@@ -66,6 +66,14 @@ class SiteClient:
         self.channel = grpc.aio.insecure_channel(self.address)
         self.stub = pb_grpc.DrafterSiteStub(self.channel)
 
+    async def reconnect(self, address: str) -> None:
+        """The site restarted at ``address``: a fresh channel (the old one's calls fail; health checks mark it up)."""
+        old = self.channel
+        self.address = address
+        self.connect()
+        if old is not None:
+            await old.close()
+
     async def _hop(self, nbytes: int) -> None:
         self.bytes_sent += nbytes
         if self.link is not None:
