@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from tests.helpers import local_ray_instance
-
 from training import evaluate
 from training.backend import Backend, BackendError, map_jobs, resolve_ray, use_ray
 from training.evaluate import Job, execute

@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 from tests.helpers import local_ray_instance
-
-from training.sweep import load_sweep, override
 from training.common import ConfigError
+from training.sweep import load_sweep, override
 from training.train import main
 
 TINY = {
@@ -42,10 +41,10 @@ def test_sweep_file_is_checked_and_overrides_win_in_every_block(tmp_path):
     cfg = override(s.base, {"n_epochs": 2, "env_kwargs.rate": 9.0})
     assert cfg["default"]["n_epochs"] == 2 and cfg["specctl/DraftLength-v0"]["n_epochs"] == 2
     assert cfg["default"]["env_kwargs"]["rate"] == 9.0 and cfg["default"]["env_kwargs"]["n_slots"] == 8
-    for bad, match in ((dict(space={"n_epochs": {"choices": [2, 3]}}), "does not contain the base value 1"),
-                       (dict(space={"gamma": {"low": 0.9, "high": 0.99}}), "has no 'gamma'; give the space entry a 'default'"),
-                       (dict(seeds=[]), "seeds must be a non-empty list"),
-                       (dict(trails=3), r"unknown key\(s\) \['trails'\]")):
+    for bad, match in (({"space": {"n_epochs": {"choices": [2, 3]}}}, "does not contain the base value 1"),
+                       ({"space": {"gamma": {"low": 0.9, "high": 0.99}}}, "has no 'gamma'; give the space entry a 'default'"),
+                       ({"seeds": []}, "seeds must be a non-empty list"),
+                       ({"trails": 3}, r"unknown key\(s\) \['trails'\]")):
         with pytest.raises(ConfigError, match=match):
             load_sweep(_files(tmp_path, **bad), None, 0)
 

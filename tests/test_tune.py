@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import local_ray_instance
-
 from controllers import REGISTRY, make_controller
+from tests.helpers import local_ray_instance
 from training.tune import SPACES, TuneResult, main, search_space, spec_of, tune_controller, validation_seeds
 
 SEEDS = validation_seeds(2)

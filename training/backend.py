@@ -137,7 +137,7 @@ class Backend:
     def __enter__(self) -> "Backend":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

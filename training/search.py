@@ -70,7 +70,9 @@ def maximize(
         point = Point(len(points), params, score, default=params == base and not any(p.default for p in points))
         points.append(point)
         shown = {"best": f"{max(p.score for p in points):.4g}"}
-        shown.update({"defaults": f"{p.score:.4g}" for p in points if p.default})
+        default = next((p for p in points if p.default), None)
+        if default is not None:
+            shown["defaults"] = f"{default.score:.4g}"
         bar.set_postfix(shown)
         bar.update()
         if on_trial is not None:
@@ -123,15 +125,25 @@ def _ray_tune(objective: Callable[[dict[str, Any]], float], space: Mapping[str, 
         tune.report({SCORE: float(objective(dict(config)))})
 
     class Finished(tune.Callback):
+        """Tells this process of every finished trial. Tune pickles its callbacks with the
+        experiment state; the hook (and the progress bar behind it) stays out of that."""
+
+        def __init__(self, hook: Callable[[dict[str, Any], float], None], keys: list[str]) -> None:
+            self.hook, self.keys = hook, keys
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"hook": None, "keys": self.keys}
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            finished({k: trial.config[k] for k in space}, float(trial.last_result[SCORE]))
+            self.hook({k: trial.config[k] for k in self.keys}, float(trial.last_result[SCORE]))
 
     searcher = OptunaSearch(dict(space), metric=SCORE, mode="max", points_to_evaluate=[dict(defaults)], seed=seed)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency or max(cpus, 1)),
-        run_config=tune.RunConfig(name=f"specctl-{desc.replace(' ', '-')}", verbose=0, callbacks=[Finished()], failure_config=tune.FailureConfig(max_failures=2)),
+        run_config=tune.RunConfig(name=f"specctl-{desc.replace(' ', '-')}", verbose=0, callbacks=[Finished(finished, list(space))],
+                                  failure_config=tune.FailureConfig(max_failures=2)),  # a trial whose worker died runs again
     )
     grid = tuner.fit()
     if grid.num_errors:

@@ -215,7 +215,7 @@ class _Trial:
             cmd = [sys.executable, "-m", "training.train", *self.flags, "--config", cfg_file, "--seed", str(seed),
                    "--run-name", name, "--experiment", self.experiment, "--tracking-uri", self.uri]
             cmd += ["--out", str(Path(self.out) / name)] if self.out else []
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # its exit code is checked below
         finally:
             Path(cfg_file).unlink(missing_ok=True)
         if done.returncode != 0:

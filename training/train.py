@@ -35,8 +35,8 @@ import numpy as np
 import yaml
 
 from runtime.scenario import deep_merge, read_yaml_mapping
-from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.backend import add_ray_flag
+from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -640,7 +640,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controllers import ControllerError
     from runtime.distribution import DistributionError
     from runtime.scenario import ScenarioError
-
     from training.backend import BackendError, use_ray
 
     parser = build_parser()

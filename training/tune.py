@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -256,22 +257,14 @@ def tune_controller(
             if logger is not None:
                 logger.trial(trial)
 
-        with logger or _nothing():
+        with logger or nullcontext():
             maximize(run, space, defaults, trials=trials, seed=seed, ray=address, on_trial=on_trial, progress=progress,
                      desc=f"tune {name}")
+            if result.default_score >= result.best_score:  # ties go to the defaults (fewer parameters to explain)
+                result.best_spec, result.best_score = result.default_spec, result.default_score
             if logger is not None:
                 logger.finish()
-    if result.default_score >= result.best_score:  # ties go to the defaults (fewer parameters to explain)
-        result.best_spec, result.best_score = result.default_spec, result.default_score
     return result
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 class _MlflowTrials:
@@ -313,14 +306,12 @@ class _MlflowTrials:
         import mlflow
 
         r = self.result
-        default = r.default_score
-        best_spec, best = (r.default_spec, default) if default >= r.best_score else (r.best_spec, r.best_score)
-        mlflow.log_metrics({"best_goodput_rps": best, "default_goodput_rps": default, "gain": best / default if default > 0 else 0.0})
-        mlflow.set_tags({"best_spec": best_spec, "default_spec": r.default_spec})
-        mlflow.log_text(best_spec + "\n", "best_spec.txt")
+        mlflow.log_metrics({"best_goodput_rps": r.best_score, "default_goodput_rps": r.default_score, "gain": r.gain})
+        mlflow.set_tags({"best_spec": r.best_spec, "default_spec": r.default_spec})
+        mlflow.log_text(r.best_spec + "\n", "best_spec.txt")
         r.mlflow_run_id = self.run.info.run_id
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         import mlflow
 
         mlflow.end_run("FAILED" if exc[0] is not None else "FINISHED")
