@@ -16,6 +16,7 @@ from runtime.contract import Controller, compose
 from controllers.admission import InflightCap
 from controllers.basic import NoSpec, Static
 from controllers.centralized import Centralized
+from controllers.dynamic_k import BanditK, VllmDynamicK
 from controllers.knobs import KnobController
 from controllers.oracle import Oracle
 from controllers.sled import Sled
@@ -35,6 +36,8 @@ REGISTRY: dict[str, Callable[..., Controller]] = {
     "sled": Sled,
     "wanspec": WanSpec,
     "wisp": Wisp,
+    "vllm-dynamic-k": VllmDynamicK,
+    "bandit-k": BanditK,
     "oracle": Oracle,
     "inflight-cap": InflightCap,
     "knobs": KnobController,

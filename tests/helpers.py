@@ -40,3 +40,14 @@ def one_request_trace(tmp_path: Path, prompt: int, output: int) -> str:
     path = tmp_path / "one.csv"
     path.write_text(f"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00.0000000,{prompt},{output}\n")
     return str(path)
+
+
+def local_ray_instance() -> Any:
+    """A fresh local Ray (2 CPUs, no dashboard) for one test module; the caller shuts it down.
+    Skips where the ``ray`` extra is not installed."""
+    import pytest
+
+    pytest.importorskip("ray")
+    from training.backend import connect
+
+    return connect("local", num_cpus=2)

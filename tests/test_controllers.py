@@ -20,7 +20,7 @@ from runtime.scenario import load_scenario, shipped_scenarios
 from runtime.sim import Simulator
 
 HEURISTICS = ["no-spec", "static", "centralized", "sled", "wanspec", "wisp"]
-OURS = ["centralized", "sled", "wanspec", "wisp", "oracle"]
+OURS = ["centralized", "sled", "wanspec", "wisp", "vllm-dynamic-k", "bandit-k", "oracle"]
 
 
 def run(scenario: str, spec: str, seed: int = 0, duration: float = 10.0, rate: float | None = None) -> dict:
@@ -263,3 +263,62 @@ def test_oracle_goodput_bounds_every_heuristic_over_the_grid():
         if good[cell] is not None and good[cell] > good[(cell[0], "oracle", cell[2], cell[3])] + 1e-9
     ]
     assert not failures
+
+
+# -- the engines' adaptive draft lengths ----------------------------------------------------------
+def test_vllm_dynamic_k_looks_k_up_by_batch_size_and_validates_its_table():
+    c = make_controller("vllm-dynamic-k:sizes=1/8/32,ks=5/3/0")
+    assert [c.k_for(n) for n in (1, 7, 8, 31, 32, 64)] == [5, 5, 3, 3, 0, 0]
+    assert make_controller("vllm-dynamic-k:sizes=1,ks=6").k_for(50) == 6  # one entry: a fixed k
+    with pytest.raises(ControllerError, match="start at 1 and increase"):
+        make_controller("vllm-dynamic-k:sizes=4/2,ks=3/1")
+    with pytest.raises(ControllerError, match="as many entries"):
+        make_controller("vllm-dynamic-k:sizes=1/8,ks=3")
+    # a loaded server verifies bigger batches, so the table drafts shorter
+    light = run("colocated", "vllm-dynamic-k", duration=20.0, rate=4.0)
+    loaded = run("colocated", "vllm-dynamic-k", duration=20.0, rate=16.0)
+    assert loaded["mean_tokens_per_round"] < light["mean_tokens_per_round"]
+
+
+class _BanditSys:
+    """Verification costs 10 ms + 0.1 ms per token; each draft pass 3 ms."""
+
+    def __init__(self, info):
+        self.info, self.last_batch_size = info, 4
+
+    def estimate_verify_time(self, n, new, ctx):
+        return 0.010 + 1e-4 * new
+
+    def estimate_draft_time(self, site, n, k, ctx):
+        return 0.003 * k
+
+
+def test_bandit_k_learns_the_draft_length_with_the_most_tokens_per_second():
+    import random
+
+    from runtime.contract import DecisionPoint
+
+    info = _info(max_batch_size=4)
+    alpha, n = 0.7, 4
+    truth = {k: n * expected_tokens([alpha], k) / (0.010 + 1e-4 * n * (k + 1) + 0.003 * k) for k in range(7)}
+    best = max(truth, key=truth.get)
+    bandit = make_controller("bandit-k:max_k=6")
+    bandit.bind(info)
+    sys, rng = _BanditSys(info), random.Random(0)
+    picks = []
+    for t in range(3000):
+        reqs = [_Req(4 * t + i, 1.0) for i in range(n)]
+        bandit.prepare(DecisionPoint("plan", 0.0, sys, plan=reqs))
+        k = bandit.draft_length(reqs[0], sys, "dc")
+        picks.append(k)
+        accepted = []
+        for _ in reqs:
+            a = 0
+            while a < k and rng.random() < alpha:
+                a += 1
+            accepted.append(a)
+        new = n * (k + 1)
+        bandit.on_batch_done(BatchResult(0.0, 0.010 + 1e-4 * new, [r.rid for r in reqs], [k] * n, accepted, new, 0, ["dc"] * n))
+    late = picks[-1000:]
+    assert max(set(late), key=late.count) == best
+    assert late.count(best) > 0.6 * len(late)

@@ -8,10 +8,7 @@ row's goodput against the best heuristic with a paired bootstrap CI.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
-from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,22 +48,11 @@ def _job(args: tuple[str, Any, Any, int, float, float | None]) -> tuple[str, int
 
 
 def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, desc: str = "runs") -> list[Any]:
-    """``[fn(job) for job in jobs]`` in ``workers`` spawned processes, in order, with a progress bar."""
-    from tqdm import tqdm
+    """``[fn(job) for job in jobs]`` in ``workers`` spawned processes, or as Ray tasks when
+    ``--ray``/``RAY_ADDRESS`` asks for them (``training.backend``), in order, with a progress bar."""
+    from training.backend import map_jobs
 
-    out: list[Any] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False, disable=None)
-    with get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
-        indexed = list(enumerate(jobs))
-        for i, res in pool.imap_unordered(partial(_indexed, fn), indexed) if pool else map(partial(_indexed, fn), indexed):
-            out[i] = res
-            bar.update()
-    bar.close()
-    return out
-
-
-def _indexed(fn: Callable[[Any], Any], item: tuple[int, Any]) -> tuple[int, Any]:
-    return item[0], fn(item[1])
+    return map_jobs(fn, jobs, workers=max(workers, 1), desc=desc, unit="run", leave=False)
 
 
 def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:

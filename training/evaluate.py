@@ -4,6 +4,7 @@
     python -m training.evaluate --controllers static:k=6 policy:checkpoints/<run>/best --seeds 0 1 2 --load 2
     python -m training.evaluate --capacity --markdown results/eval/results.md
     python -m training.evaluate --scenarios wan-4region --controllers static centralized wanspec --rtt-sweep 5 20 80 150
+    python -m training.evaluate --capacity --seeds 0 1 2 3 4 5 6 7 --ray auto    # as Ray tasks on a cluster
 
 Every (scenario, controller, seed) runs in the simulator at the scenario's own arrival rate
 times ``--load`` (or ``--rate``) and reports goodput and the other ``runtime.metrics`` keys;
@@ -11,8 +12,10 @@ times ``--load`` (or ``--rate``) and reports goodput and the other ``runtime.met
 or above ``--target-slo`` (DESIGN section 5). Controllers are any ``controllers.make_controller``
 spec, including ``policy:<checkpoint>``; one that does not apply to a scenario (it raises at
 ``bind``) is reported as n/a with its reason. Means come with Student-t 95% confidence
-intervals over seeds. Results go to ``--out`` (runs.csv, summary.csv, results.md, plots) and to
-MLflow (one run per invocation, the files as artifacts).
+intervals over seeds. Jobs run in a pool of ``--workers`` processes, or as Ray tasks with
+``--ray [ADDRESS]`` or ``RAY_ADDRESS`` (``training.backend``; the same rows either way).
+Results go to ``--out`` (runs.csv, summary.csv, results.md, plots) and to MLflow (one run per
+invocation, the files as artifacts).
 
 ``--rtt-sweep`` also reruns every scenario with remote sites with each remote site's RTT to the
 target set to each given value (variants written to ``<out>/rtt/``), to show where drafting
@@ -25,7 +28,6 @@ import copy
 import math
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -36,6 +38,7 @@ import yaml
 from scipy import stats
 
 from runtime.cli import OneLineParser, positive, positive_float
+from training.backend import add_ray_flag
 
 #: Metrics summarized per (scenario, controller), in table order.
 SUMMARY_METRICS: tuple[str, ...] = (
@@ -138,26 +141,12 @@ def execute(job: Job) -> dict[str, Any]:
     return row
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, progress: bool = True) -> list[dict[str, Any]]:
-    """Run jobs on ``workers`` processes (1: in this process), with a progress bar."""
-    from tqdm import tqdm
+def run_jobs(jobs: Sequence[Job], workers: int, progress: bool = True, ray: str | None = None) -> list[dict[str, Any]]:
+    """Run jobs on ``workers`` processes (1: in this process) or as Ray tasks (``ray``: an
+    address, see ``training.backend``), with a progress bar; rows in job order either way."""
+    from training.backend import map_jobs
 
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="job", disable=not progress or None)
-    rows: list[dict[str, Any]] = []
-    try:
-        if workers <= 1:
-            for job in jobs:
-                rows.append(execute(job))
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(execute, job) for job in jobs]
-                for f in as_completed(futures):
-                    rows.append(f.result())
-                    bar.update()
-    finally:
-        bar.close()
-    return rows
+    return map_jobs(execute, jobs, workers=workers, ray=ray, desc="evaluate", progress=progress)
 
 
 def applicability(scenarios: Iterable[str], controllers: Iterable[str]) -> dict[tuple[str, str], str | None]:
@@ -536,6 +525,7 @@ def build_parser() -> OneLineParser:
                    "same rate; writes rtt/<scenario>-rtt<MS>.yaml, rtt_sweep.csv, rtt_sweep.png and an 'RTT "
                    "sweep' Markdown section. The normal grid runs too, in the same worker pool")
     p.add_argument("--workers", type=int, default=2, help="worker processes (default: 2; 1 runs in this process)")
+    add_ray_flag(p)
     p.add_argument("--out", type=Path, default=Path("results/eval"), help="output folder (default: results/eval)")
     p.add_argument("--markdown", type=Path, help="also write the Markdown results to this file")
     p.add_argument("--tracking-uri",
@@ -592,8 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for (path, ctrl), reason in sweep_na.items():
             if reason is None:
                 jobs += [Job("run", path, ctrl, seed, args.duration, variant_rate[path]) for seed in args.seeds]
-        rows = run_jobs(jobs, args.workers, progress=not args.quiet)
-    except (ScenarioError, ControllerError, InvalidDecision, ValueError) as e:
+        rows = run_jobs(jobs, args.workers, progress=not args.quiet, ray=args.ray)
+    except (ScenarioError, ControllerError, InvalidDecision, ValueError) as e:  # BackendError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

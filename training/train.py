@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from runtime.scenario import deep_merge, read_yaml_mapping
+from training.backend import add_ray_flag
 from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
@@ -365,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", metavar="NAME", help="register the best policy as an MLflow model NAME with alias 'champion'")
     p.add_argument("--out", type=Path, help="local directory for checkpoints (default: checkpoints/<run-name>)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for the final baseline runs (default: 2)")
+    add_ray_flag(p)  # the evaluations' runs as Ray tasks (training.backend)
+    p.add_argument("--sweep", type=Path, metavar="FILE",
+                   help="sweep seeds and hyperparameters (a YAML, see training/sweep.py): one training run per trial, the best "
+                   "picked on validation seeds, all nested under one MLflow run; with --ray, as Ray Tune trials")
     return p
 
 
@@ -635,13 +640,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from controllers import ControllerError
     from runtime.distribution import DistributionError
     from runtime.scenario import ScenarioError
+    from training.backend import BackendError, use_ray
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = use_ray(args.ray)
     try:
+        if args.sweep:
+            from training.sweep import sweep
+
+            return sweep(args, parser)
         return train(args)
-    except (ConfigError, ScenarioError, ControllerError, DistributionError) as e:
+    except (ConfigError, ScenarioError, ControllerError, DistributionError, BackendError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        use_ray(previous)
 
 
 if __name__ == "__main__":
