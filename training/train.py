@@ -174,7 +174,9 @@ def baseline_specs(eval_cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     refs = [r for r in eval_cfg["reference"] if r.split(":")[0] in REGISTRY]
     out: list[str] = []
     for spec in eval_cfg["baselines"]:
-        names = [n for n in REGISTRY if n not in {r.split(":")[0] for r in refs}] if spec == "all" else [spec]
+        # "all": every heuristic, not the building blocks (an admission cap alone, the knob controller)
+        skip = {r.split(":")[0] for r in refs} | {"inflight-cap", "knobs"}
+        names = [n for n in REGISTRY if n not in skip] if spec == "all" else [spec]
         out += [n for n in names if n not in out]
     return out, refs
 

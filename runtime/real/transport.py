@@ -167,8 +167,17 @@ class Transport:
 
     def submit(self, coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None]) -> None:
         """Run ``coro`` on the loop; ``done(result, error)`` is called there when it finishes."""
-        fut = self.call(coro)
-        fut.add_done_callback(lambda f: done(None, f.exception()) if f.exception() else done(f.result(), None))
+        def finished(f: Future) -> None:
+            # a cancelled call (channels closed at shutdown) is an error too; asking a cancelled
+            # future for its exception would raise CancelledError inside this callback
+            if f.cancelled():
+                done(None, asyncio.CancelledError("transport call cancelled"))
+            elif f.exception() is not None:
+                done(None, f.exception())
+            else:
+                done(f.result(), None)
+
+        self.call(coro).add_done_callback(finished)
 
     async def _health_loop(self) -> None:
         while True:
