@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import local_ray_instance
 from training import evaluate
 from training.backend import Backend, BackendError, map_jobs, resolve_ray, use_ray
 from training.evaluate import Job, execute
@@ -71,13 +70,6 @@ def test_bad_ray_address_is_one_line_naming_the_fix(address, capsys):
 
 
 # -- a local Ray instance ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = local_ray_instance()
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_evaluate_with_ray_gives_the_same_rows_as_the_pool(local_ray, tmp_path):
     assert evaluate.main([*GRID, "--workers", "2", "--out", str(tmp_path / "pool")]) == 0

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import local_ray_instance
 from training.common import ConfigError
 from training.sweep import load_sweep, override
 from training.train import main
@@ -73,13 +72,6 @@ def test_sweep_runs_nested_trials_and_never_loses_to_the_base_config(tmp_path, c
     assert trials["metrics.eval/goodput_rps"].notna().all()  # each trial is a whole train.py run
     assert parent.iloc[0]["metrics.best_score"] >= parent.iloc[0]["metrics.base_score"] > 0
     assert len(list((tmp_path / "ck").iterdir())) == 2  # --out: one folder per trial
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = local_ray_instance()
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow

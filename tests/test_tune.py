@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from controllers import REGISTRY, make_controller
-from tests.helpers import local_ray_instance
 from training.tune import SPACES, TuneResult, main, search_space, spec_of, tune_controller, validation_seeds
 
 SEEDS = validation_seeds(2)
@@ -85,13 +84,6 @@ def test_tuning_on_a_tiny_budget_keeps_the_defaults_or_beats_them_and_logs_to_ml
     assert main(["--scenario", "colocated", "--rate", "16", "--controller", "static", "--trials", "3", "--duration", "5",
                  "--seeds", *map(str, SEEDS), "--no-mlflow", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == result.best_spec
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = local_ray_instance()
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.slow

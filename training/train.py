@@ -375,23 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    if args.algo == "dqn":
-        raise ConfigError("dqn needs a Discrete action space, and specctl envs act per request slot (MultiDiscrete); use maskable_ppo, ppo or a2c")
-    path = args.config or CONFIG_DIR / f"{args.algo}.yaml"
-    cfg = load_config(path, args.env, args.algo)
-    if args.scenario:
-        cfg["env_kwargs"]["scenario"] = args.scenario
+def apply_run_flags(cfg: dict[str, Any], args: argparse.Namespace) -> None:
+    """The flags both recipes share (rate, env count and kind, budget, evaluation), checked."""
     if args.rate is not None:
         if not args.rate > 0:
             raise ConfigError(f"--rate must be > 0 requests/s, got {args.rate}")
         cfg["env_kwargs"]["rate"] = args.rate
-    for flag, key in (("n_envs", "n_envs"), ("total_timesteps", "total_timesteps"), ("vec_env", "vec_env")):
+    for flag in ("n_envs", "total_timesteps", "vec_env"):
         v = getattr(args, flag)
         if v is not None:
             if isinstance(v, int) and v < 1:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
-            cfg[key] = v
+            cfg[flag] = v
     if args.eval_freq is not None:
         if args.eval_freq < 0:
             raise ConfigError(f"--eval-freq must be >= 0, got {args.eval_freq}")
@@ -400,6 +395,16 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         if args.eval_seeds < 2:
             raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
         cfg["eval"]["seeds"] = args.eval_seeds
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    if args.algo == "dqn":
+        raise ConfigError("dqn needs a Discrete action space, and specctl envs act per request slot (MultiDiscrete); use maskable_ppo, ppo or a2c")
+    path = args.config or CONFIG_DIR / f"{args.algo}.yaml"
+    cfg = load_config(path, args.env, args.algo)
+    if args.scenario:
+        cfg["env_kwargs"]["scenario"] = args.scenario
+    apply_run_flags(cfg, args)
     hyperparams(cfg, RUN_KEYS)  # fail on bad values now, not after the baselines ran
     pre = cfg["pretrain"]
     if pre["admission_teacher"] is not None:
@@ -444,22 +449,7 @@ def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_knob_config(path, args.algo, algorithms()[args.algo])
     if args.scenario:  # one scenario instead of the distribution
         cfg["env_kwargs"] = {**cfg["env_kwargs"], "scenario": args.scenario, "distribution": None}
-    if args.rate is not None:
-        if not args.rate > 0:
-            raise ConfigError(f"--rate must be > 0 requests/s, got {args.rate}")
-        cfg["env_kwargs"]["rate"] = args.rate
-    for flag in ("n_envs", "total_timesteps", "vec_env"):
-        v = getattr(args, flag)
-        if v is not None:
-            if isinstance(v, int) and v < 1:
-                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
-            cfg[flag] = v
-    if args.eval_freq is not None:
-        cfg["eval"]["every"] = max(0, args.eval_freq)
-    if args.eval_seeds is not None:
-        if args.eval_seeds < 2:
-            raise ConfigError(f"--eval-seeds must be >= 2 (a confidence interval needs two), got {args.eval_seeds}")
-        cfg["eval"]["seeds"] = args.eval_seeds
+    apply_run_flags(cfg, args)
     dist = cfg["env_kwargs"].get("distribution")
     if dist:
         cfg["env_kwargs"]["distribution"] = str(_relative_to(dist, path))
