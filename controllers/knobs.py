@@ -32,10 +32,8 @@ from runtime.contract import (
     Controller,
     Decision,
     DecisionPoint,
-    NO_REDUNDANCY,
     Redundancy,
     RequestView,
-    RoundPlan,
     RuntimeInfo,
     SystemView,
 )
@@ -312,15 +310,7 @@ class KnobController(Controller):
         cap = CAP_LEVELS[self.knobs.cap] * self.info.max_batch_size  # type: ignore[union-attr]
         return sys.in_flight <= cap and self._active.admit(req, sys)
 
-    def plan_round(self, req: RequestView, sys: SystemView) -> RoundPlan:
-        active = self._active
-        site = active.drafter_site(req, sys)
-        k = min(active.draft_length(req, sys, site), K_CAP_LEVELS[self.knobs.k_cap])
-        red = active.redundancy(req, sys, site, k) if k > 0 else NO_REDUNDANCY
-        if not self.knobs.hedge and red.backups:
-            red = replace(red, backups=())
-        return RoundPlan(k, site, red)
-
+    # plan_round: Controller's, over the three methods below
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
         return self._active.drafter_site(req, sys)
 
@@ -328,7 +318,8 @@ class KnobController(Controller):
         return min(self._active.draft_length(req, sys, site), K_CAP_LEVELS[self.knobs.k_cap])
 
     def redundancy(self, req: RequestView, sys: SystemView, site: str, k: int) -> Redundancy:
-        return self.plan_round(req, sys).redundancy
+        red = self._active.redundancy(req, sys, site, k)
+        return red if self.knobs.hedge or not red.backups else replace(red, backups=())
 
     def select_batch(self, ready: Sequence[RequestView], sys: SystemView) -> list[int]:
         return self._active.select_batch(ready, sys)

@@ -17,7 +17,6 @@ from runtime.sim import Simulator
 
 from policy_env.codec import AGENT_DECISIONS, Codec
 from policy_env.control import build_controller
-from policy_env.teachers import make_teacher
 
 #: Reward terms and their default weights (see the class docstring).
 DEFAULT_REWARD: dict[str, float] = {
@@ -110,7 +109,7 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Version history
     * v0: initial version (codec version 1); codec version 2 adds admission (the accept bit at
       plan points, the ``arrivals`` and ``awaiting admission`` features). ``admission_teacher``
-      (a controller spec, or ``inflight-cap:max_inflight=N`` from :mod:`policy_env.teachers`)
+      (any controller spec, e.g. ``inflight-cap:max_inflight=N`` from :mod:`controllers.admission`)
       labels arrivals in :meth:`expert_action` instead of ``base``: cloning data only.
       Codec version 3 adds the ``ahead`` slot feature and draft-ahead remote rounds.
     """
@@ -145,7 +144,7 @@ class SpecControlEnv(gym.Env[np.ndarray, np.ndarray]):
         self.weights = {**DEFAULT_REWARD, **(reward or {})}
         self.heuristic: Controller = make_controller(base)
         self.admission_teacher_spec = admission_teacher
-        self.teacher: Controller | None = make_teacher(admission_teacher) if admission_teacher else None
+        self.teacher: Controller | None = make_controller(admission_teacher) if admission_teacher else None
         self.make_runtime = make_runtime or _simulator
         probe = Simulator(self.scenario, 0, duration, rate=rate)
         self.codec = Codec.for_runtime(probe.info, owns, n_slots)

@@ -99,8 +99,7 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         self.sim_seed = int(self.np_random.integers(0, TRAIN_SEED_MAX))
         if options and "sim_seed" in options:
             self.sim_seed = int(options["sim_seed"])
-        if self.distribution is not None:
-            self.episode_scenario, self.episode_rate = self.distribution.sample(random.Random(self.sim_seed))
+        self.episode_scenario, self.episode_rate = self.draw(self.sim_seed)
         self.sim = Simulator(self.episode_scenario, self.sim_seed, self.duration, rate=self.episode_rate)
         self.controller.knobs = Knobs()
         self.controller.bind(self.sim.info)
@@ -108,6 +107,12 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         self._point = None
         self._advance()
         return self._observe(), self._info()
+
+    def draw(self, sim_seed: int) -> tuple[Scenario, float | None]:
+        """The episode's system for ``sim_seed``: a draw from the distribution, else the scenario."""
+        if self.distribution is None:
+            return self.scenario, self.rate
+        return self.distribution.sample(random.Random(sim_seed))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         sim, ctl = self.sim, self.controller

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.scenario import Scenario, ScenarioError, build_scenario, format_validation_error, load_scenario, read_yaml_mapping
+from runtime.scenario import Scenario, ScenarioError, beside, build_scenario, format_validation_error, load_scenario, read_yaml_mapping
 
 
 class DistributionError(ValueError):
@@ -101,7 +101,7 @@ class ScenarioDistribution:
         self.raws: list[dict[str, Any]] = []
         for entry in spec.scenarios:
             try:
-                base = load_scenario(_relative(entry.scenario, source))
+                base = load_scenario(beside(entry.scenario, source))
             except ScenarioError as e:
                 raise DistributionError(f"{source}: scenarios: {e}") from None
             if base.spec.workload.arrivals.kind == "trace":
@@ -176,16 +176,6 @@ class ScenarioDistribution:
             return build_scenario(raw, source=f"{base.source} ~ {self.source}"), rate
         except ScenarioError as e:  # a range that produced an invalid system
             raise DistributionError(f"{self.source}: a sample of {base.name} is invalid ({e}); narrow the ranges") from None
-
-
-def _relative(name: str, source: str) -> str:
-    """A scenario path in a distribution file is relative to that file; names stay names."""
-    p = Path(name)
-    if p.suffix and not p.is_absolute() and source != "<dict>":
-        q = Path(source).parent / p
-        if q.exists():
-            return str(q)
-    return name
 
 
 def _scaled_load(load: Any, k: float) -> dict[str, Any]:

@@ -327,6 +327,18 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
     return build_scenario(raw, source=str(path))
 
 
+def beside(name: str, source: str) -> str:
+    """A path named in a config file, resolved against that file's folder when it exists there;
+    anything else (a shipped name without a suffix, an absolute path, a path relative to the
+    working directory) is returned as given."""
+    p = Path(name)
+    if p.suffix and not p.is_absolute() and source != "<dict>":
+        q = Path(source).parent / p
+        if q.exists():
+            return str(q)
+    return name
+
+
 def read_yaml_mapping(path: Path, what: str, error: type[ValueError], expected: str, empty_ok: bool = False) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping; every problem is one ``error`` line naming the file."""
     try:

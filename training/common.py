@@ -70,8 +70,6 @@ def tqdm_write(msg: str) -> None:
     tqdm.write(msg)
 
 
-
-
 def progress(total: int | None = None, desc: str = "", unit: str = "it", iterable: Any = None, leave: bool = False) -> Any:
     """A tqdm bar with an ETA that also shows in logs: on a terminal it redraws in place; when
     stderr is a file or pipe (CI, nohup, ``| tee``) it writes a line every 30 s instead of

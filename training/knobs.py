@@ -158,10 +158,10 @@ def _validation_episode(job: tuple[str, dict[str, Any], int]) -> float:
     from training.common import VALIDATION_OFFSET
 
     policy_dir, env_kwargs, i = job
-    env = SpecKnobsEnv(**env_kwargs)  # draws the validation system exactly as training draws its own
+    env = SpecKnobsEnv(**env_kwargs)
     seed = TRAIN_SEED_MAX + VALIDATION_OFFSET + i
-    env.reset(options={"sim_seed": seed})
-    sim = Simulator(env.episode_scenario, seed, env.duration, rate=env.episode_rate)
+    scenario, rate = env.draw(seed)  # the validation system, drawn as training draws its own
+    sim = Simulator(scenario, seed, env.duration, rate=rate)
     return float(sim.run(make_controller(f"policy:{policy_dir}"))["goodput_rps"])
 
 
@@ -172,7 +172,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
     import mlflow
 
     from policy_env import TRAIN_SEED_MAX
-    from runtime.scenario import load_scenario
+    from runtime.scenario import beside, load_scenario
     from training.common import tqdm_write
 
     ev = cfg["eval"]
@@ -180,7 +180,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
     summary: list[dict[str, Any]] = []
     tables: list[str] = []
     for sc in ev["scenarios"]:
-        scenario = load_scenario(_config_path(sc["scenario"], cfg["config_file"]))
+        scenario = load_scenario(beside(sc["scenario"], cfg["config_file"]))
         rate = sc.get("rate")
         named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
         refs = list(sc.get("references", ["oracle"]))
@@ -374,16 +374,6 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"MLflow: {uri}")
     return 0
-
-
-def _config_path(name: str, config_file: str) -> str:
-    """Scenario paths in a config are relative to the config file (names stay names)."""
-    p = Path(name)
-    if p.suffix and not p.is_absolute():
-        q = Path(config_file).parent / p
-        if q.exists():
-            return str(q)
-    return name
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import yaml
 
-from runtime.scenario import deep_merge, read_yaml_mapping
+from runtime.scenario import beside, deep_merge, read_yaml_mapping
 from training.backend import add_ray_flag
 from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
@@ -148,10 +148,9 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any]) -> Any:
 def teacher_controller(base: str, teacher: str) -> Any:
     """The cloning target as a controller: ``base`` with ``teacher``'s admission (a reference row)."""
     from controllers import make_controller
-    from policy_env.teachers import make_teacher
     from runtime.contract import compose
 
-    return compose(make_controller(base), admission=make_teacher(teacher))
+    return compose(make_controller(base), admission=make_controller(teacher))
 
 
 def load_policy(policy_dir: str) -> Any:
@@ -408,11 +407,11 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     hyperparams(cfg, RUN_KEYS)  # fail on bad values now, not after the baselines ran
     pre = cfg["pretrain"]
     if pre["admission_teacher"] is not None:
-        from policy_env.teachers import make_teacher
+        from controllers import make_controller
 
         if not isinstance(pre["admission_teacher"], str):
             raise ConfigError(f"pretrain.admission_teacher must be a controller spec string, got {pre['admission_teacher']!r}")
-        make_teacher(pre["admission_teacher"])  # ControllerError: one line naming the problem
+        make_controller(pre["admission_teacher"])  # ControllerError: one line naming the problem
     if isinstance(pre["dagger"], bool) or not isinstance(pre["dagger"], int) or pre["dagger"] < 0:
         raise ConfigError(f"pretrain.dagger must be a whole number of rounds >= 0, got {pre['dagger']!r}")
     if not isinstance(pre["drop_weight"], (int, float)) or not pre["drop_weight"] > 0:
@@ -439,7 +438,7 @@ def load_checkpoint(ref: str, algo_cls: Any, env: Any) -> Any:
 
 def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     """The knob recipe's config (``training/configs/knobs.yaml`` unless ``--config``), with flags applied."""
-    from training.knobs import load_knob_config
+    from training.knobs import KNOB_RUN_KEYS, load_knob_config
 
     if args.algo not in ("maskable_ppo", "ppo"):
         raise ConfigError(f"--algo {args.algo}: the knob env trains with maskable_ppo (the default) or ppo")
@@ -452,15 +451,10 @@ def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     apply_run_flags(cfg, args)
     dist = cfg["env_kwargs"].get("distribution")
     if dist:
-        cfg["env_kwargs"]["distribution"] = str(_relative_to(dist, path))
-    hyperparams(cfg, set(cfg) & {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start"})
+        cfg["env_kwargs"]["distribution"] = beside(dist, str(path))
+    hyperparams(cfg, KNOB_RUN_KEYS)  # fail on bad values now
     cfg["config_file"] = str(path)
     return cfg
-
-
-def _relative_to(name: str, config: Path) -> Path:
-    p = Path(name)
-    return p if p.is_absolute() or p.exists() else config.parent / p
 
 
 def train(args: argparse.Namespace) -> int:
