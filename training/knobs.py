@@ -205,7 +205,8 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                         "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap})
         tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
                       f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
-                      + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None else ""))
+                      + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None and gap >= 0 else
+                         "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else ""))
         key = scenario.name.replace("/", "_")
         mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
                             f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
