@@ -475,7 +475,7 @@ async def _stream(gen: _Generation, base: dict[str, Any], chat: bool, include_us
 
 # ---------------------------------------------------------------------- command line
 def build_parser() -> Any:
-    from runtime.cli import OneLineParser, positive_float
+    from runtime.flags import OneLineParser, positive_float
 
     p = OneLineParser(prog="python -m runtime.serve", description=__doc__.split("\n")[0])
     p.add_argument("--scenario", help="scenario name or YAML (default: the deployment's, else tiny-local)")
@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from controllers import ControllerError, make_controller
     from runtime.contract import InvalidDecision
-    from runtime.models import ModelError
+    from runtime.real.models import ModelError
     from runtime.real.deploy import load_deployment
     from runtime.scenario import ScenarioError
 
@@ -556,7 +556,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _serve_site(dep: Any, site: str, host: str, port: int) -> int:
-    from runtime.models import load_model
+    from runtime.real.models import load_model
     from runtime.real.site import serve_site
 
     names = [s.name for s in dep.scenario.sites]

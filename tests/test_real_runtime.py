@@ -11,7 +11,7 @@ import pytest
 
 from controllers import make_controller
 from runtime.contract import Controller, Redundancy, drive
-from runtime.models import tiny_prompts
+from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
 from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401

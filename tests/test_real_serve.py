@@ -323,7 +323,7 @@ def test_policy_checkpoint_for_another_scenario_fails_at_start_up(tiny_dir, tmp_
 
 def test_policy_checkpoint_in_the_slot_stays_lossless(tiny_dir, tmp_path, tiny_models):
     from runtime.contract import drive
-    from runtime.models import tiny_prompts
+    from runtime.real.models import tiny_prompts
 
     dep = load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir)
     controller = make_controller(f"policy:{_random_policy(tmp_path, dep.scenario)}")

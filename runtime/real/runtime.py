@@ -52,7 +52,7 @@ from runtime.contract import (
 )
 from runtime.latency import ProfileTable
 from runtime.metrics import KEYS, Metrics, RequestRecord
-from runtime.models import check_pair, load_model
+from runtime.real.models import check_pair, load_model
 from runtime.real.deploy import Deployment
 from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
 from runtime.real.site import SWITCH_INTERVAL_S
