@@ -208,7 +208,7 @@ class PolicyController(Controller):
 
     def __init__(self, spec: dict[str, Any], net: PolicyNet, source: str = "") -> None:
         super().__init__()
-        from controllers import make_controller
+        from controllers.registry import make_controller
         from policy_env.codec import Codec
         from policy_env.control import build_controller
 
