@@ -122,12 +122,13 @@ class DraftStream:
     the site's view, updated only when the target's messages arrive there.
     """
 
-    __slots__ = ("req", "site", "epoch", "arrived", "consumed", "closed",
+    __slots__ = ("req", "site", "home", "epoch", "arrived", "consumed", "closed",
                  "s_epoch", "s_drafted", "s_known", "s_catchup", "at_site")
 
-    def __init__(self, req: SimRequest, site: str) -> None:
+    def __init__(self, req: SimRequest, site: "SimSite") -> None:
         self.req = req
-        self.site = site
+        self.site = site.name
+        self.home = site  # the site's state and link, without a lookup by name on the hot path
         self.epoch = 0
         self.arrived = 0  # this epoch's tokens at the target
         self.consumed = 0  # this epoch's tokens the target verified (or matched by a bonus token)
@@ -239,6 +240,10 @@ class Simulator:
         self._hold_until = -1.0
         self._feedback: list[BatchResult] = []
         self._pending: DecisionPoint | None = None
+        # Nothing moves while a point is pending (until apply()): controllers ask every site's
+        # state and load once per point, not once per request and site (the hot path).
+        self._states: dict[str, SiteState] = {}
+        self._slows: dict[str, float] = {}
         self._next_rid = 0
         self._arrivals_done = False
         self._to_arrive = 0  # created but not yet at the target
@@ -270,12 +275,25 @@ class Simulator:
         return self._target_busy
 
     def site_state(self, name: str) -> SiteState:
-        s = self.sites[name]
-        queue = len(s.queue) if s is not self.target else len(self._local_q)
-        return SiteState(name, s.load.level(self.now), queue, s.free == 0 if s is not self.target else self._target_busy, s.rtt_ewma)
+        state = self._states.get(name) if self._pending is not None else None
+        if state is None:
+            s = self.sites[name]
+            queue = len(s.queue) if s is not self.target else len(self._local_q)
+            state = SiteState(name, s.load.level(self.now), queue, s.free == 0 if s is not self.target else self._target_busy, s.rtt_ewma)
+            if self._pending is not None:
+                self._states[name] = state
+        return state
+
+    def _slowdown(self, site: SimSite) -> float:
+        slow = self._slows.get(site.name) if self._pending is not None else None
+        if slow is None:
+            slow = site.load.slowdown(self.now)
+            if self._pending is not None:
+                self._slows[site.name] = slow
+        return slow
 
     def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
-        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self.target.load.slowdown(self.now)
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self.target)
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
         s = self.sites[site]
@@ -283,7 +301,7 @@ class Simulator:
         if lat is None or k <= 0:
             return 0.0
         step = lat.forward_time(n_seqs, n_seqs, context_tokens)
-        return step * k * s.load.slowdown(self.now)
+        return step * k * self._slowdown(s)
 
     # ---------------------------------------------------------- clairvoyant hooks (oracle)
     def peek_run_length(self, req: SimRequest, site: str) -> int:
@@ -342,6 +360,8 @@ class Simulator:
         if point is None:
             raise RuntimeError("apply() called without a pending decision point")
         self._pending = None
+        self._states.clear()
+        self._slows.clear()
         if point.kind == "plan":
             if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
                 raise InvalidDecision(
@@ -508,15 +528,15 @@ class Simulator:
 
     # ---- draft-ahead streams
     def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
-        st = req.stream = DraftStream(req, site_name)
+        st = req.stream = DraftStream(req, self.sites[site_name])
         st.s_catchup, nbytes = self._catchup(req, site_name)
-        self._push(self.now + self.sites[site_name].link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
+        self._push(self.now + st.home.link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
         return st
 
     def _on_stream_open(self, st: DraftStream) -> None:
         if st.closed:
             return
-        site = self.sites[st.site]
+        site = st.home
         st.at_site = True
         site.streams.append(st)
         self._kick(site)
@@ -526,13 +546,12 @@ class Simulator:
         st.closed = True
         st.req.stream = None
         self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
-        site = self.sites[st.site]
-        self._push(self.now + site.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
+        self._push(self.now + st.home.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
 
     def _on_stream_closed(self, st: DraftStream) -> None:
         if st.at_site:
             st.at_site = False
-            self.sites[st.site].streams.remove(st)
+            st.home.streams.remove(st)
 
     def _message_stream(self, st: DraftStream, valid: bool) -> None:
         """After a verification: an acknowledgement, or a correction that starts a new epoch."""
@@ -540,9 +559,9 @@ class Simulator:
             self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
             st.epoch += 1
             st.arrived = st.consumed = 0
-        site = self.sites[st.site]
-        d = site.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
-        self._push(self.now + d, self._on_stream_message, (st, st.epoch, st.consumed))
+        d = st.home.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_message, (st, st.epoch, st.consumed)))
 
     def _on_stream_message(self, arg: tuple[DraftStream, int, int]) -> None:
         st, epoch, consumed = arg
@@ -552,8 +571,11 @@ class Simulator:
             st.s_epoch = epoch
             st.s_drafted = 0
             st.s_catchup = 1
-        st.s_known = max(st.s_known, consumed)
-        self._kick(self.sites[st.site])
+        if consumed > st.s_known:
+            st.s_known = consumed
+        site = st.home
+        if site.free > 0:  # _kick's test, inlined: most acks reach a site that is busy drafting
+            self._kick(site)
 
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
@@ -568,7 +590,8 @@ class Simulator:
         for st in run:
             new += st.s_catchup or 1
             st.s_catchup = 0
-            ctx += st.req.prompt_tokens + st.req.generated
+            req = st.req
+            ctx += req.prompt_tokens + req.generated
         dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(self.now)  # type: ignore[union-attr]
         site.free -= 1
         site.streaming = True
@@ -580,10 +603,9 @@ class Simulator:
         site, run = arg
         site.free += 1
         site.streaming = False
-        sent: list[tuple[DraftStream, int]] = []
         for st in run:
             st.s_drafted += 1
-            sent.append((st, st.s_epoch))
+        sent = [(st, st.s_epoch) for st in run]
         per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
         nbytes = self.net.header_bytes + len(sent) * per_tok
         d = site.link.send(nbytes)  # type: ignore[union-attr]
