@@ -39,7 +39,7 @@ class ModelRef(_Strict):
 
 
 class SiteDeploy(_Strict):
-    address: str | None = None  # host:port of a site started elsewhere (`python -m runtime.serve --site`)
+    address: str | None = None  # host:port of a site started elsewhere (`python -m runtime.real.serve --site`)
     device: str | None = None
     dtype: str | None = None
 

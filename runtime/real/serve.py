@@ -1,8 +1,8 @@
-"""``python -m runtime.serve``: an OpenAI-compatible server over the real runtime.
+"""``python -m runtime.real.serve``: an OpenAI-compatible server over the real runtime.
 
-    python -m runtime.serve --scenario tiny-local --controller static:k=4 --port 8000
-    python -m runtime.serve --deploy my-deploy.yaml --controller policy:runs:/<id>/policy
-    python -m runtime.serve --deploy my-deploy.yaml --site near --host 0.0.0.0 --port 50061
+    python -m runtime.real.serve --scenario tiny-local --controller static:k=4 --port 8000
+    python -m runtime.real.serve --deploy my-deploy.yaml --controller policy:runs:/<id>/policy
+    python -m runtime.real.serve --deploy my-deploy.yaml --site near --host 0.0.0.0 --port 50061
 
 The first two start the target site (HTTP API, controller, target model) and launch every
 drafter site of the scenario without an address as a supervised local process; ``--site NAME``
@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.contract import Controller, drive
-from runtime.openai_api import (
+from runtime.real.openai_api import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
@@ -47,7 +47,7 @@ from runtime.openai_api import (
     unavailable,
 )
 from runtime.real.runtime import RealRequest, RealRuntime, TokenLogprob
-from runtime.serve_metrics import HTTPOutcomes, ServeMetrics
+from runtime.real.serve_metrics import HTTPOutcomes, ServeMetrics
 
 log = logging.getLogger("specctl.serve")
 
@@ -477,7 +477,7 @@ async def _stream(gen: _Generation, base: dict[str, Any], chat: bool, include_us
 def build_parser() -> Any:
     from runtime.flags import OneLineParser, positive_float
 
-    p = OneLineParser(prog="python -m runtime.serve", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m runtime.real.serve", description=__doc__.split("\n")[0])
     p.add_argument("--scenario", help="scenario name or YAML (default: the deployment's, else tiny-local)")
     p.add_argument("--deploy", help="deployment YAML: checkpoints, site addresses, WAN emulation (runtime/real/deploy.py)")
     p.add_argument("--controller", default="static", help="NAME[:key=value,...] or policy:<path|runs:/...|models:/name@alias>")
