@@ -21,6 +21,7 @@ import random
 from typing import Any, Callable, Iterator
 
 from runtime.acceptance import AcceptanceState
+from runtime.core import DecisionLoop, check_plan, drafting_sites
 from runtime.contract import (
     BatchResult,
     Controller,
@@ -170,7 +171,7 @@ def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
     return Roofline(model, site.gpu, tp=tp)
 
 
-class Simulator:
+class Simulator(DecisionLoop):
     """Simulated runtime for one scenario, seed and arrival window.
 
     ``duration`` is the arrival window in simulated seconds; afterwards the simulator drains
@@ -224,11 +225,7 @@ class Simulator:
             clairvoyant=self,
             draft_ahead=True,
         )
-        self._allowed: dict[str, frozenset[str]] = {}
-        for o in set(scenario.origins):
-            self._allowed[o] = frozenset(
-                s.name for s in scenario.sites if s.drafter is not None and (s.role != "edge" or s.name == o)
-            )
+        self._allowed = drafting_sites(scenario)
 
         # request state
         self.requests: dict[int, SimRequest] = {}  # admitted or awaiting admission, unfinished
@@ -262,18 +259,6 @@ class Simulator:
             self._bar_t = 0
 
     # ------------------------------------------------------------------ SystemView
-    @property
-    def verify_queue(self) -> int:
-        return len(self.ready)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.requests)
-
-    @property
-    def verifier_busy(self) -> bool:
-        return self._target_busy
-
     def site_state(self, name: str) -> SiteState:
         state = self._states.get(name) if self._pending is not None else None
         if state is None:
@@ -324,19 +309,13 @@ class Simulator:
         pop = heapq.heappop
         while True:
             if self._admit_q or self._plan_q:
-                point = DecisionPoint("plan", self.now, self, admit=self._admit_q, plan=self._plan_q, feedback=self._feedback)
-                self._admit_q, self._plan_q, self._feedback = [], [], []
-                self._pending = point
-                return point
+                return self._plan_point(self.now)
             if not self._target_busy:
                 if self._local_q:
                     self._start_local_drafts()
                     continue
                 if self.ready and self.now >= self._hold_until:
-                    point = DecisionPoint("batch", self.now, self, ready=list(self.ready.values()), feedback=self._feedback)
-                    self._feedback = []
-                    self._pending = point
-                    return point
+                    return self._batch_point(self.now)
             if not heap or (self._arrivals_done and not self.requests and not self._to_arrive):
                 self._finish()
                 return None
@@ -356,27 +335,9 @@ class Simulator:
                     self._bar_t += step
 
     def apply(self, decision: Decision) -> None:
-        point = self._pending
-        if point is None:
-            raise RuntimeError("apply() called without a pending decision point")
-        self._pending = None
         self._states.clear()
         self._slows.clear()
-        if point.kind == "plan":
-            if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
-                raise InvalidDecision(
-                    f"decision answers {len(decision.admit)} admissions and {len(decision.plans)} plans; "
-                    f"the point asked {len(point.admit)} and {len(point.plan)}"
-                )
-            for req, ok in zip(point.admit, decision.admit):
-                if ok:
-                    self._admit(req)
-                else:
-                    self._drop(req)
-            for req, plan in zip(point.plan, decision.plans):
-                self._start_round(req, plan)  # type: ignore[arg-type]
-        else:
-            self._start_verify(decision.batch)
+        super().apply(decision)
 
     def run(self, controller: Controller) -> dict[str, float | int]:
         """Drive the whole run with ``controller``; returns the metrics summary."""
@@ -427,7 +388,7 @@ class Simulator:
         self.ready[req.rid] = req
         self._hold_until = -1.0
 
-    def _drop(self, req: SimRequest) -> None:
+    def _reject(self, req: SimRequest) -> None:
         self.requests.pop(req.rid, None)
         self.metrics.dropped += 1
 
@@ -442,20 +403,9 @@ class Simulator:
         if k <= 0:
             self._make_ready(req, 0, None)
             return
-        lim = self.limits
-        allowed = self._allowed[req.origin]
-        if k > lim.max_k:
-            raise InvalidDecision(f"request {req.rid}: k={k} exceeds limits.max_k={lim.max_k}")
+        check_plan(req.rid, k, plan, self.limits, self._allowed[req.origin])
         site = plan.site
-        if site not in allowed:
-            raise InvalidDecision(f"request {req.rid}: site {site!r} cannot draft for it; allowed: {sorted(allowed)}")
         red = plan.redundancy
-        if red.backups:
-            if len(red.backups) + 1 > lim.max_redundancy:
-                raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
-            for b in red.backups:
-                if b not in allowed or b == site or red.backups.count(b) > 1:
-                    raise InvalidDecision(f"request {req.rid}: backup site {b!r} must be distinct from {site!r} and one of {sorted(allowed)}")
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
