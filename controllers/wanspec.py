@@ -105,9 +105,6 @@ class WanSpec(Controller):
             if site is not None:
                 self._backlog[site] -= 1
 
-    def _delivery(self, sys: SystemView, site: str, k: int, ctx: int) -> float:
-        return delivery_time(sys, site, k, ctx, backlog=self._backlog.get(site, 0))
-
     def _k(self, req: RequestView, sys: SystemView) -> int:
         return max(min(self.k, sys.info.max_k, req.tokens_left - 1), 0)
 
@@ -120,7 +117,8 @@ class WanSpec(Controller):
             options = self._options[req.origin] = [s for s in info.allowed_sites(req) if s in self._remote]
         if not options:
             return info.target_site
-        delivery = {s: self._delivery(sys, s, k, ctx) for s in options}
+        backlog = self._backlog
+        delivery = {s: delivery_time(sys, s, k, ctx, backlog.get(s, 0)) for s in options}
         site = min(options, key=delivery.__getitem__)
         predicted = delivery[site]
         current = req.drafter_site

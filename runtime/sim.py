@@ -721,6 +721,7 @@ class Simulator(DecisionLoop):
         self.last_batch_size = len(batch)
         now = self.now
         m = self.metrics
+        by_name = self.sites
         ks: list[int] = []
         accs: list[int] = []
         sites: list[str | None] = []
@@ -739,10 +740,10 @@ class Simulator(DecisionLoop):
                 a = 0
                 st = req.stream
                 if k > 0:
-                    model = self.sites[site].drafter  # type: ignore[index]
+                    model = by_name[site].drafter  # type: ignore[index]
                     L = self._run_length(req, model)  # type: ignore[arg-type]
                     a = k if L >= k else L
-                    if st is not None and (st.site == site or model == self.sites[st.site].drafter):
+                    if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
                         # token, i.e. that token would have been accepted (run lengths are capped
                         # at max_k, which then counts as "at least"). A backup running the same
