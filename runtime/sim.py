@@ -403,9 +403,11 @@ class Simulator(DecisionLoop):
         if k <= 0:
             self._make_ready(req, 0, None)
             return
-        check_plan(req.rid, k, plan, self.limits, self._allowed[req.origin])
         site = plan.site
         red = plan.redundancy
+        allowed = self._allowed[req.origin]
+        if k > self.limits.max_k or site not in allowed or red.backups:  # the hot path skips the call
+            check_plan(req.rid, k, plan, self.limits, allowed)
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
