@@ -1,5 +1,5 @@
-"""The protocol core both backends share: decision points, applying decisions, checking plans,
-the allowed drafting sites and the request counters of the system view.
+"""The protocol core both backends share: decision points, applying decisions, checking round
+plans and verification batches, the allowed drafting sites and the system view's request counters.
 
 Issue 10 moves the request lifecycle (rounds, draft-ahead streams, redundancy races, commits)
 here piece by piece, so the simulator (``runtime/sim.py``) and the real runtime
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.contract import Decision, DecisionPoint, InvalidDecision, RoundPlan
+from runtime.contract import Decision, DecisionPoint, InvalidDecision, RoundPlan, batch_tokens
 from runtime.scenario import LimitsSpec, Scenario
 
 
@@ -102,6 +102,33 @@ class DecisionLoop:
                 self._start_round(req, plan)
         else:
             self._start_verify(decision.batch)
+
+    def _take_verify_batch(self, rids: list[int], limits: LimitsSpec) -> tuple[list[Any], int, int]:
+        """Check a verification batch against the limits and take its requests out of ``ready``:
+        ``(requests, new tokens, context tokens)``. A rejected batch leaves ``ready`` as it was."""
+        if len(rids) > limits.max_batch_size:
+            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={limits.max_batch_size}")
+        batch: list[Any] = []
+        new = ctx = 0
+        ready = self.ready
+        for rid in rids:
+            req = ready.pop(rid, None)
+            if req is None:
+                twice = any(r.rid == rid for r in batch)
+                for r in batch:  # put back what we took: the decision is rejected whole
+                    ready[r.rid] = r
+                if twice:
+                    raise InvalidDecision(f"batch {rids} names request {rid} twice")
+                raise InvalidDecision(f"request {rid} is not ready for verification (ready: {sorted(ready)[:10]}...)")
+            batch.append(req)
+            new += batch_tokens(req)
+            if req.phase != "prefill":
+                ctx += req.prompt_tokens + req.generated
+        if new > limits.max_batch_tokens and len(batch) > 1:
+            for r in batch:
+                ready[r.rid] = r
+            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={limits.max_batch_tokens}")
+        return batch, new, ctx
 
     # ---- what a backend implements
     def _admit(self, req: Any) -> None:

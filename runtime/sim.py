@@ -33,7 +33,6 @@ from runtime.contract import (
     RuntimeInfo,
     SiteInfo,
     SiteState,
-    batch_tokens,
     drive,
     fcfs_batch,
 )
@@ -688,26 +687,7 @@ class Simulator(DecisionLoop):
             self._hold_until = self.now + self.limits.batch_wait_s
             self._push(self._hold_until, _noop, None)
             return
-        lim = self.limits
-        if len(rids) > lim.max_batch_size:
-            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
-        batch: list[SimRequest] = []
-        new = ctx = 0
-        ready = self.ready
-        for rid in rids:
-            req = ready.pop(rid, None)
-            if req is None:
-                for r in batch:  # put back what we took: the decision is rejected whole
-                    ready[r.rid] = r
-                raise InvalidDecision(f"request {rid} is not ready for verification (ready: {sorted(ready)[:10]}...)")
-            batch.append(req)
-            new += batch_tokens(req)
-            if req.phase != "prefill":
-                ctx += req.prompt_tokens + req.generated
-        if new > lim.max_batch_tokens and len(batch) > 1:
-            for r in batch:
-                ready[r.rid] = r
-            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
+        batch, new, ctx = self._take_verify_batch(rids, self.limits)
         dur = self.target_lat.forward_time(len(batch), new, ctx) * self.target.load.slowdown(self.now)
         self._target_busy = True
         m = self.metrics

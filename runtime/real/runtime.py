@@ -46,7 +46,6 @@ from runtime.contract import (
     RuntimeInfo,
     SiteInfo,
     SiteState,
-    batch_tokens,
     fcfs_batch,
 )
 from runtime.core import DecisionLoop, check_plan, drafting_sites
@@ -717,20 +716,7 @@ class RealRuntime(DecisionLoop):
         if not rids:  # the controller chose to wait
             self._hold_until = self.now + lim.batch_wait_s
             return
-        if len(rids) > lim.max_batch_size:
-            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
-        if len(set(rids)) != len(rids):
-            raise InvalidDecision(f"batch {rids} names a request twice")
-        missing = [r for r in rids if r not in self.ready]
-        if missing:
-            raise InvalidDecision(f"request(s) {missing} are not ready for verification (ready: {sorted(self.ready)[:10]})")
-        batch = [self.ready[r] for r in rids]
-        new = sum(batch_tokens(r) for r in batch)
-        if new > lim.max_batch_tokens and len(batch) > 1:
-            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
-        for r in rids:
-            del self.ready[r]
-        ctx = sum(r.context_tokens for r in batch if r.phase != "prefill")
+        batch, new, ctx = self._take_verify_batch(rids, lim)
         jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator, r.logprobs) for r in batch]
         t0 = time.perf_counter()
         self._target_busy = True
