@@ -247,7 +247,8 @@ class Simulator(DecisionLoop):
         self.last_batch_size = 0
         self._finished = False
 
-        self._arrivals: Iterator[Arrival] = arrivals(scenario, seed, duration, trace=trace, rate=rate)
+        # materialised (a list iterator) so a simulator can be deep-copied mid-run (rollouts)
+        self._arrivals: Iterator[Arrival] = iter(list(arrivals(scenario, seed, duration, trace=trace, rate=rate)))
         self._schedule_next_arrival()
         self._drain_end = duration + lim.drain_s
         self._bar = None

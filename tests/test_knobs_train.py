@@ -20,6 +20,7 @@ TINY = {
     "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0,
     "env_kwargs": {"distribution": str(REPO / "training" / "configs" / "scenario-mix.yaml"), "duration": 5.0},
     "warm_start": {"episodes": 1, "epochs": 5},
+    "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5},
     "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 1, "every": 20, "scenarios": [
         {"scenario": "wan-4region", "rate": 20.0, "baselines": ["wanspec", "wanspec+inflight-cap:max_inflight=100"], "references": []},
         {"scenario": str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"), "rate": 8.0, "held_out": True,
@@ -38,6 +39,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"n_stepz": 3}, r"unknown key\(s\) \['n_stepz'\]"),
     ({"gamma": 0.9}, "gamma comes from half_life_s"),
     ({"half_life_s": 0}, "half_life_s must be > 0"),
+    ({"rollouts": {"horizon": 3}}, r"unknown rollouts key\(s\) \['horizon'\]"),
+    ({"rollouts": {"caps": []}}, "rollouts needs caps and at_s"),
+    ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps: cap=1.2 is not a level; choose one of"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])
@@ -62,6 +66,7 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warm start (clone)" in out.stdout and "(held out)" in out.stdout and "vs warm start" in out.stdout
+    assert "rollouts 1/1: 1 states labelled" in out.stdout and (tmp_path / "ck" / "rollout-labels.npz").is_file()
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
 
     import mlflow

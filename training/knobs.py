@@ -38,8 +38,10 @@ import yaml
 
 from training.common import ConfigError, progress, progress_callback
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
+from training.rollouts import ROLLOUT_DEFAULTS, cap_level
 
-KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "config_file"}
+KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
+                 "config_file"}
 WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
                                  "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}}
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
@@ -65,9 +67,22 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     cfg.setdefault("env_kwargs", {})
     cfg["warm_start"] = {**WARM_DEFAULTS, **(cfg.get("warm_start") or {})}
     cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
-    for key in ("n_envs", "total_timesteps"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"config {path}: {key} must be a positive integer, got {cfg[key]!r}")
+    cfg["rollouts"] = {**ROLLOUT_DEFAULTS, **(cfg.get("rollouts") or {})}
+    bad = sorted(set(cfg["rollouts"]) - set(ROLLOUT_DEFAULTS))
+    if bad:
+        raise ConfigError(f"config {path}: unknown rollouts key(s) {bad}; valid: {sorted(ROLLOUT_DEFAULTS)}")
+    for key, least in (("n_envs", 1), ("total_timesteps", 0)):
+        if not isinstance(cfg[key], int) or cfg[key] < least:
+            raise ConfigError(f"config {path}: {key} must be an integer >= {least}, got {cfg[key]!r}")
+    ro = cfg["rollouts"]
+    if not (isinstance(ro["iterations"], int) and ro["iterations"] >= 0 and isinstance(ro["systems"], int) and ro["systems"] >= 1):
+        raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
+    if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
+        raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
+    try:
+        [cap_level(c) for c in ro["caps"]]
+    except ValueError as e:
+        raise ConfigError(f"config {path}: rollouts.caps: {e}") from None
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
         raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
     for i, sc in enumerate(cfg["eval"]["scenarios"]):
@@ -92,8 +107,8 @@ def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
 
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
     """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns."""
-    import torch
     from policy_env.knobs_env import SpecKnobsEnv
+    from training.rollouts import fit
 
     env = SpecKnobsEnv(**env_kwargs)
     obs_l, act_l, mask_l, ret_l = [], [], [], []
@@ -114,32 +129,9 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
             acc = r + gamma * acc
             rets.append(acc)
         ret_l += rets[::-1]
-    o = torch.as_tensor(np.asarray(obs_l, dtype=np.float32))
-    a = torch.as_tensor(np.asarray(act_l, dtype=np.int64))
-    m = np.asarray(mask_l, dtype=bool)
-    r = torch.as_tensor(np.asarray(ret_l, dtype=np.float32))
-    policy = model.policy
-    opt = torch.optim.Adam(policy.parameters(), lr=float(cfg["learning_rate"]))
-    policy.set_training_mode(True)
-    nll = vloss = 0.0
-    # stop at ``confidence`` per knob (geometric mean probability of the teacher's level): a clone
-    # that is sure of every knob leaves PPO nothing to explore (its updates vanish)
-    target = math.log(float(cfg["confidence"])) * a.shape[1]
-    fitted = False
-    for _ in progress(iterable=range(int(cfg["epochs"])), desc="warm start: fit", unit="epoch"):
-        values, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
-        v = torch.nn.functional.mse_loss(values.flatten(), r)
-        fitted = fitted or log_prob.mean().item() >= target
-        loss = (0.0 if fitted else -log_prob.mean()) + 0.5 * v
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        nll, vloss = -log_prob.mean().item(), v.item()
-    policy.set_training_mode(False)
-    pred = model.predict(o.numpy(), deterministic=True, action_masks=m)[0]
-    agree = float((pred == a.numpy()).all(1).mean())
-    return {"warm/nll": nll, "warm/value_mse": vloss, "warm/agreement": agree, "warm/steps": float(len(o)),
-            "warm/confidence": float(math.exp(-nll / a.shape[1]))}
+    stats = fit(model, np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l), np.asarray(ret_l), np.ones(len(act_l)),
+                int(cfg["epochs"]), float(cfg["learning_rate"]), confidence=float(cfg["confidence"]), desc="warm start: fit")
+    return {f"warm/{k}": v for k, v in stats.items()}
 
 
 # ------------------------------------------------------------------------------ validation
@@ -229,7 +221,9 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     from stable_baselines3.common.logger import Logger
 
     from controllers.policy import export_policy
+    from policy_env import TRAIN_SEED_MAX
     from policy_env.knobs_env import SpecKnobsEnv, gamma_for
+    from training.rollouts import improve, save_labels
     from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
     from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
 
@@ -270,7 +264,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
 
         stats = warm_start(model, env_kwargs, warm, args.seed, gamma)
         mlflow.log_metrics(stats, step=0)
-        print(f"warm start: cloned the fixed knobs {warm['knobs']} from {int(stats['warm/steps'])} steps "
+        print(f"warm start: cloned the fixed knobs {warm['knobs']} from {int(stats['warm/samples'])} steps "
               f"({stats['warm/agreement']:.0%} agreement)")
         export(out_dir / "warm")
         workers = args.workers
@@ -305,10 +299,23 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         select.init_callback(model)
         warm_goodput = select.evaluate(out_dir / "warm")
         t_train = time.time()
-        model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
+        ro, data, current = cfg["rollouts"], [], out_dir / "warm"
+        for it in range(ro["iterations"]):
+            # training systems only (below TRAIN_SEED_MAX); a new set each iteration
+            seeds = [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])]
+            stats = improve(model, current, env_kwargs, ro, seeds, data, workers)
+            mlflow.log_metrics(stats, step=it + 1)
+            mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
+            current = export(out_dir / f"rollouts-{it + 1}")
+            tqdm_write(f"rollouts {it + 1}/{ro['iterations']}: {int(stats['rollouts/states'])} states labelled, "
+                       f"{stats['rollouts/relabelled_share']:.0%} relabelled (mean best-candidate gain "
+                       f"{stats['rollouts/mean_gain']:+.1%}), fit agreement {stats['rollouts/agreement']:.0%}")
+            select.evaluate(current)
+        if cfg["total_timesteps"]:
+            model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
+            select.evaluate()
         train_s = time.time() - t_train
         model.save(out_dir / "model.zip")
-        select.evaluate()
         mlflow.log_metrics({"train/wall_s": train_s, "train/env_steps_per_s": model.num_timesteps / max(train_s, 1e-9),
                             "eval/warm_validation_goodput_rps": warm_goodput})
         best_dir = out_dir / "best"

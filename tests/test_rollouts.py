@@ -1,0 +1,91 @@
+"""Policy improvement by rollouts (training/rollouts.py): exact copies, labels, targets."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_env.knobs_env import SpecKnobsEnv
+from training.rollouts import (
+    ROLLOUT_DEFAULTS,
+    Labelled,
+    candidate_actions,
+    in_flight_credit,
+    label_episode,
+    rollout_value,
+    targets,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MIX = str(REPO / "training" / "configs" / "scenario-mix.yaml")
+
+
+def test_a_copied_env_replays_its_original_exactly() -> None:
+    """Rollouts compare candidates from one state: a copy must see the same future as the original."""
+    env = SpecKnobsEnv(distribution=MIX, duration=20.0)
+    env.reset(seed=4)
+    act = np.array([0, 3, 5, 1])
+    for _ in range(5):
+        env.step(act)
+    copies = [copy.deepcopy(env) for _ in range(2)]
+    values = [rollout_value(e, act, 6) for e in (*copies, env)]
+    assert values[0] == values[1] == values[2] and values[0] > 0
+
+
+def test_candidates_move_one_knob_at_a_time() -> None:
+    cands = candidate_actions(np.array([0, 3, 2, 0]), [1.0, 3.0], [True, False, True])
+    pairs = {(int(a[0]), int(a[1])) for a in cands}
+    assert pairs == {(0, 3), (2, 3), (0, 0), (0, 5)}  # modes at the current cap; caps 1.0, 3.0 at mode 0
+    assert len(cands) == len(pairs) and all(a[2] == 5 and a[3] == 1 for a in cands)  # largest k cap, hedging on
+    with pytest.raises(ValueError, match="cap"):
+        candidate_actions(np.array([0, 3, 5, 1]), [1.234], [True])
+
+
+def test_labels_are_deterministic_and_mask_modes_that_cannot_run(tmp_path: Path) -> None:
+    from controllers.policy import export_policy
+    from sb3_contrib import MaskablePPO
+
+    env = SpecKnobsEnv(scenario="colocated", duration=6.0)  # no remote sites: wanspec cannot run
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "p", {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    cfg = {**ROLLOUT_DEFAULTS, "at_s": [1.0, 3.0], "horizon_s": 2.0, "caps": [1.5, 3.0], "explore": 1.0}
+    job = (str(tmp_path / "p"), {"scenario": "colocated", "rate": 6.0, "duration": 6.0}, 7, cfg)
+    first, again = label_episode(job), label_episode(job)
+    assert len(first) == 2 and [d.time_s for d in first] == [d.time_s for d in again]
+    for a, b in zip(first, again):
+        assert np.array_equal(a.values, b.values) and np.array_equal(a.obs, b.obs)
+    for d in first:  # wanspec (mode 0) is never a candidate; every value is a real rollout
+        assert 0 not in d.actions[:, 0] and len(d.actions) == len(d.values) and np.all(np.isfinite(d.values))
+
+
+def _lab(values: list[float], current_value: float) -> Labelled:
+    actions = np.array([[0, 0, 5, 1], [1, 3, 5, 1], [2, 3, 5, 1]])[: len(values)]
+    return Labelled(np.zeros(3, np.float32), np.ones(4, bool), np.array([0, 3, 5, 1]), current_value, actions,
+                    np.array(values, float), 0, 0.0)
+
+
+def test_targets_relabel_only_clear_gains_and_weigh_them() -> None:
+    data = [_lab([10.0, 20.0, 12.0], 10.0),  # wisp doubles the value: relabel
+            _lab([10.1, 9.0, 9.5], 10.0),  # 1% better: below min_gain, keep the current action
+            _lab([5.0, 6.0], 6.0)]  # the current action is as good as the best
+    actions, weights, best = targets(data, min_gain=0.03)
+    assert actions[0].tolist() == [1, 3, 5, 1]
+    assert actions[1].tolist() == [0, 3, 5, 1] and actions[2].tolist() == [0, 3, 5, 1]
+    assert weights[0] > weights[1] == weights[2] == 1.0
+    assert best == pytest.approx([20.0, 10.1, 6.0])
+
+
+def test_in_flight_credit_counts_on_track_requests_by_progress() -> None:
+    env = SpecKnobsEnv(scenario="wan-4region", rate=20.0, duration=10.0)
+    env.reset(seed=1)
+    for _ in range(4):
+        env.step(np.array([0, 3, 5, 1]))
+    credit = in_flight_credit(env)
+    reqs = list(env.sim.requests.values())
+    assert reqs and 0 < credit <= len(reqs) / env.reward_scale
+    for r in reqs:  # every request now far past its TTFT SLO and not started: no credit
+        r.first_token_time = -1.0
+    assert in_flight_credit(env) == 0.0

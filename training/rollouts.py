@@ -1,0 +1,239 @@
+"""Policy improvement by simulated rollouts: learn which heuristic and knobs fit each moment.
+
+PPO from a clone learns little at a few thousand control steps: one episode is one noisy sample
+of a workload, and the gain of a better knob is a few percent of it. The simulator offers more
+than samples: it can be copied mid-run. At chosen moments of episodes that the current policy
+runs, the env is deep-copied once per candidate (:func:`candidate_actions`: the policy's action
+with its mode or its admission cap changed); each copy holds its candidate for ``horizon_s``
+simulated seconds, then counts the requests still in flight and on track. Every copy sees the
+same arrivals and random draws (common random numbers), so the difference between two
+candidates is their effect, not the workload's noise.
+
+The policy is then fitted to the best candidate of each state (:func:`improve`) as
+cost-sensitive classification: a state weighs more when the choice matters more, and where no
+candidate beats the policy's own action by ``min_gain`` the label stays that action. This is
+approximate policy iteration with rollouts (Lagoudakis & Parr 2003) and rollout with several
+base heuristics (Bertsekas et al. 1997): state by state, the rollout choice is at least as good
+as holding any candidate, so its distillation can beat every fixed setting where the best one
+changes with the system or over time (load flips, bursts). States come from the policy being
+improved (with random detours, so it also learns to leave knobs it would not have set) and are
+aggregated over iterations (DAgger).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROLLOUT_DEFAULTS: dict[str, Any] = {
+    "iterations": 1,  # label-then-fit rounds; each labels states the newest policy visits
+    "systems": 8,  # training systems (episodes of the distribution) per iteration
+    "at_s": [5.0, 20.0, 35.0, 50.0],  # moments of each episode to label, in simulated seconds
+    "horizon_s": 15.0,  # how long each candidate is held in its rollout
+    "caps": [1.0, 1.5, 2.0, 3.0],  # admission caps tried (x max batch) at the current mode
+    "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
+    "explore": 0.5,  # chance to hold a random candidate for explore_s before a labelled moment
+    "explore_s": 4.0,
+    "epochs": 300,
+    "learning_rate": 3e-3,
+}
+
+
+@dataclass
+class Labelled:
+    """One labelled state: what the policy saw and could set, the action it took and that
+    action's rollout value, and the candidates it was compared with and their values."""
+
+    obs: np.ndarray
+    mask: np.ndarray
+    current: np.ndarray
+    current_value: float
+    actions: np.ndarray  # (candidates, 4) knob level indices
+    values: np.ndarray  # (candidates,)
+    seed: int
+    time_s: float
+
+
+def save_labels(data: Sequence[Labelled], path: Path) -> Path:
+    """The labelled states as ``.npz`` (obs, masks, current actions and values, candidates and
+    their values padded with -1 / NaN, seeds, times): what the policy was fitted to."""
+    n = max(len(d.values) for d in data)
+    acts = np.full((len(data), n, 4), -1, dtype=np.int64)
+    vals = np.full((len(data), n), np.nan)
+    for i, d in enumerate(data):
+        acts[i, : len(d.values)] = d.actions
+        vals[i, : len(d.values)] = d.values
+    np.savez_compressed(path, obs=np.stack([d.obs for d in data]), mask=np.stack([d.mask for d in data]),
+                        current=np.stack([d.current for d in data]), current_value=np.array([d.current_value for d in data]),
+                        actions=acts, values=vals, seed=np.array([d.seed for d in data]), time_s=np.array([d.time_s for d in data]))
+    return path
+
+
+def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequence[bool]) -> np.ndarray:
+    """One knob moved at a time from ``current``: every mode that runs here at the current cap,
+    and the current mode at every cap in ``caps`` (k cap at its largest, hedging on: the caps and
+    modes are where the tuned baselines differ). Coordinate-wise, so a state costs modes + caps
+    rollouts, not modes x caps; the iterations move the other coordinate."""
+    from controllers.knobs import K_CAP_LEVELS
+
+    k, mode, cap = len(K_CAP_LEVELS) - 1, int(current[0]), int(current[1])
+    levels = [cap_level(c) for c in caps]
+    out = [(m, cap) for m in range(len(valid)) if valid[m]] + [(mode, c) for c in levels if valid[mode]]
+    return np.array([[m, c, k, 1] for m, c in dict.fromkeys(out)], dtype=np.int64)
+
+
+def rollout_value(env: Any, action: np.ndarray, steps: int) -> float:
+    """SLO-met completions (in reward units) of holding ``action`` for ``steps`` control steps
+    from ``env``'s state, plus :func:`in_flight_credit` at the end.
+
+    Undiscounted, because the objective is goodput over the run: discounting the rollout (as
+    PPO's half-life does) rewards draining the system now over admitting what completes later,
+    and measured on edge-fleet it ranked the lowest admission cap first while the highest wins
+    over a whole run. The credit stops the horizon from doing the same."""
+    total = 0.0
+    for _ in range(steps):
+        _, r, term, _, _ = env.step(action)
+        total += r
+        if term:
+            return total
+    return total + in_flight_credit(env)
+
+
+def in_flight_credit(env: Any) -> float:
+    """Requests still in flight at a rollout's end, counted as met by their share of tokens
+    generated when they are on track for their SLOs (TTFT met, TPOT so far within its SLO)."""
+    sim = env.sim
+    credit = 0.0
+    for req in sim.requests.values():
+        first = req.first_token_time
+        if (first >= 0 and first - req.arrival <= req.ttft_slo
+                and (sim.now - first) / max(req.generated - 1, 1) <= req.tpot_slo):
+            credit += req.generated / max(req.max_tokens, 1)
+    return credit / env.reward_scale
+
+
+def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[Labelled]:
+    """Run the policy in ``policy_dir`` on the system of ``sim_seed`` and label the states at
+    ``cfg["at_s"]`` by rollouts of every candidate (one worker process's job)."""
+    from controllers.knobs import K_CAP_LEVELS
+    from controllers.policy import load_policy_dir
+    from policy_env.knobs_env import SpecKnobsEnv
+
+    policy_dir, env_kwargs, sim_seed, cfg = job
+    _, net = load_policy_dir(Path(policy_dir))
+    env = SpecKnobsEnv(**env_kwargs)
+    obs, _ = env.reset(options={"sim_seed": sim_seed})
+    steps = max(1, round(float(cfg["horizon_s"]) / env.interval_s))
+    todo = sorted(float(t) for t in cfg["at_s"])
+    # before some labelled moments, hold a random candidate for explore_s: the policy's own past
+    # knobs are features, and it must answer states its current self would not visit too
+    rng = np.random.default_rng([sim_seed, 0xE4])
+    runnable = [m for m, ok in enumerate(env.controller.valid) if ok]
+    detours = [np.array([rng.choice(runnable), cap_level(rng.choice(cfg["caps"])), len(K_CAP_LEVELS) - 1, 1])
+               if rng.random() < float(cfg["explore"]) else None for _ in todo]
+    out: list[Labelled] = []
+    t = 0.0
+    while todo:
+        mask = env.action_masks()
+        action = np.asarray(net(obs, mask), dtype=np.int64)
+        detour = detours[len(detours) - len(todo)]
+        if detour is not None and todo[0] - float(cfg["explore_s"]) <= t < todo[0]:
+            action = detour
+        if t >= todo[0]:
+            todo.pop(0)
+            cands = candidate_actions(action, cfg["caps"], env.controller.valid)
+            values = np.array([rollout_value(copy.deepcopy(env), a, steps) for a in cands])
+            cur = rollout_value(copy.deepcopy(env), action, steps)
+            out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t))
+        obs, _, term, _, info = env.step(action)
+        t = float(info["sim_time"])
+        if term:
+            break
+    return out
+
+
+def targets(data: Sequence[Labelled], min_gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per state: the action to fit (the best candidate, or the current action where no candidate
+    beats it by ``min_gain`` of the best value), its weight (1 + that gain relative to the
+    dataset's mean gain), and the best value (for the critic)."""
+    actions, gains, best_v = [], [], []
+    for d in data:
+        i = int(np.argmax(d.values))
+        gain = _loss_share(d.values[i], d.current_value)
+        take = gain > min_gain
+        actions.append(d.actions[i] if take else d.current)
+        gains.append(gain if take else 0.0)
+        best_v.append(max(d.values[i], d.current_value))
+    g = np.asarray(gains)
+    weights = 1.0 + g / (g.mean() if g.mean() > 0 else 1.0)
+    return np.asarray(actions, dtype=np.int64), weights.astype(np.float32), np.asarray(best_v, dtype=np.float32)
+
+
+def cap_level(cap: float | str | None) -> int:
+    """The :data:`controllers.knobs.CAP_LEVELS` index of a cap (``none``: no cap); ValueError names the levels."""
+    from controllers.knobs import CAP_LEVELS, _level
+
+    return _level(CAP_LEVELS, math.inf if cap in (None, "none") else float(cap), "cap")
+
+
+def _loss_share(best: float, current: float) -> float:
+    """The share of the best candidate's value that the current action loses (0 when it is best)."""
+    return max(best - current, 0.0) / max(abs(best), 1e-9)
+
+
+def fit(model: Any, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray, values: np.ndarray, weights: np.ndarray,
+        epochs: int, learning_rate: float, confidence: float | None = None, desc: str = "fit") -> dict[str, float]:
+    """Fit a MaskablePPO policy's actor to ``actions`` (weighted log-likelihood) and its critic
+    to ``values``. With ``confidence``, the actor stops once the geometric-mean probability of
+    the target per knob reaches it (a clone sure of everything leaves PPO nothing to explore)."""
+    import torch
+
+    from training.common import progress
+
+    o = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+    a = torch.as_tensor(np.asarray(actions, dtype=np.int64))
+    v_t = torch.as_tensor(np.asarray(values, dtype=np.float32))
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    m = np.asarray(masks, dtype=bool)
+    policy = model.policy
+    opt = torch.optim.Adam(policy.parameters(), lr=learning_rate)
+    policy.set_training_mode(True)
+    target = None if confidence is None else math.log(confidence) * a.shape[1]
+    fitted = False
+    nll = vloss = 0.0
+    for _ in progress(iterable=range(int(epochs)), desc=desc, unit="epoch"):
+        v, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
+        vl = torch.nn.functional.mse_loss(v.flatten(), v_t)
+        fitted = fitted or (target is not None and log_prob.mean().item() >= target)
+        loss = (0.0 if fitted else -(w * log_prob).sum() / w.sum()) + 0.5 * vl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nll, vloss = -log_prob.mean().item(), vl.item()
+    policy.set_training_mode(False)
+    pred = model.predict(o.numpy(), deterministic=True, action_masks=m)[0]
+    return {"nll": nll, "value_mse": vloss, "agreement": float((pred == a.numpy()).all(1).mean()),
+            "samples": float(len(o)), "confidence": float(math.exp(-nll / a.shape[1]))}
+
+
+def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[str, Any], seeds: Sequence[int],
+            data: list[Labelled], workers: int) -> dict[str, float]:
+    """One iteration: label the states the policy in ``policy_dir`` visits on the systems of
+    ``seeds``, add them to ``data``, and fit ``model`` to the aggregate. Returns statistics."""
+    from training.compare import pool_map
+
+    jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
+    for labelled in pool_map(label_episode, jobs, workers, desc="rollouts: label states"):
+        data.extend(labelled)
+    actions, weights, values = targets(data, float(cfg["min_gain"]))
+    relabelled = float(np.mean([not np.array_equal(a, d.current) for a, d in zip(actions, data)]))
+    gains = [_loss_share(d.values.max(), d.current_value) for d in data]
+    stats = fit(model, np.stack([d.obs for d in data]), actions, np.stack([d.mask for d in data]), values, weights,
+                int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit")
+    return {**{f"rollouts/{k}": v for k, v in stats.items()}, "rollouts/relabelled_share": relabelled,
+            "rollouts/mean_gain": float(np.mean(gains)), "rollouts/states": float(len(data))}
