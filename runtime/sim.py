@@ -65,14 +65,7 @@ class SimRequest(RequestMixin):
         self.tpot_slo = a.tpot_s
         self.prompt_tokens = a.prompt_tokens
         self.max_tokens = a.output_tokens
-        self.generated = 0
-        self.phase = "prefill"
-        self.first_token_time = -1.0
-        self.drafter_site: str | None = None
-        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
-        self.last_k = self.last_accepted = 0
-        self.ready_k = 0
-        self.ready_site: str | None = None
+        self._start_progress()
         self.ready_since = 0.0
         self.spec_max_k: int | None = None
         self.acc: dict[str, AcceptanceState] = {}

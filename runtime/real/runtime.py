@@ -81,14 +81,7 @@ class RealRequest(RequestMixin):
         self.tpot_slo = slo.tpot_s
         self.prompt_tokens = len(prompt)
         self.max_tokens = max_tokens
-        self.generated = 0
-        self.phase = "prefill"
-        self.first_token_time = -1.0
-        self.drafter_site: str | None = None
-        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
-        self.last_k = self.last_accepted = 0
-        self.ready_k = 0
-        self.ready_site: str | None = None
+        self._start_progress()
         self.ready_since = arrival
         self.spec_max_k = spec_max_k
         # internal
