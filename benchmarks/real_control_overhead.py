@@ -20,7 +20,7 @@ import torch
 
 from controllers import make_controller
 from runtime.contract import Controller, Decision, DecisionPoint, drive
-from runtime.models import tiny_prompts
+from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
 

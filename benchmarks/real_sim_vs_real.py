@@ -19,7 +19,7 @@ import tempfile
 import torch
 
 from controllers import make_controller
-from runtime.profile import profile
+from runtime.real.profile import profile
 from runtime.real.deploy import load_deployment
 from runtime.real.replay import calibrated_scenario, mean_tpot, replay, with_rate
 from runtime.real.runtime import RealRuntime, SiteProcesses

@@ -142,7 +142,7 @@ class KnobController(Controller):
         act: KnobAct | None = None,
     ) -> None:
         super().__init__()
-        from controllers import make_controller
+        from controllers.registry import make_controller
 
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0 seconds, got {interval_s}")

@@ -129,9 +129,9 @@ def resolve_ref(ref: str) -> Path:
     if ref.startswith(("runs:/", "models:/")):
         import mlflow
 
-        from training.mlflow_sb3 import default_tracking_uri
+        from training.tracking import resolve_tracking_uri
 
-        mlflow.set_tracking_uri(default_tracking_uri())
+        mlflow.set_tracking_uri(resolve_tracking_uri())
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
         except Exception as e:  # MLflow raises many types for a bad ref
@@ -208,7 +208,7 @@ class PolicyController(Controller):
 
     def __init__(self, spec: dict[str, Any], net: PolicyNet, source: str = "") -> None:
         super().__init__()
-        from controllers import make_controller
+        from controllers.registry import make_controller
         from policy_env.codec import Codec
         from policy_env.control import build_controller
 

@@ -91,6 +91,10 @@ class WanSpec(Controller):
         self._prior = sum(info.prior_alpha.values()) / len(info.prior_alpha) if info.prior_alpha else 0.7
         self._backlog = {s: 0 for s in self._remote}  # our rounds drafting there, not yet verified
         self._round_site: dict[int, str] = {}
+        self._options: dict[str, list[str]] = {}
+        # the draft-ahead answers, built once (they are immutable): most rounds get one of them
+        self._ahead = Redundancy(ahead=True)
+        self._ahead_hedged = Redundancy(backups=(info.target_site,), hedge_after_s=0.0, ahead=True)
 
     def prepare(self, point: DecisionPoint) -> None:
         self._predicted.clear()
@@ -101,9 +105,6 @@ class WanSpec(Controller):
             if site is not None:
                 self._backlog[site] -= 1
 
-    def _delivery(self, sys: SystemView, site: str, k: int, ctx: int) -> float:
-        return delivery_time(sys, site, k, ctx, backlog=self._backlog.get(site, 0))
-
     def _k(self, req: RequestView, sys: SystemView) -> int:
         return max(min(self.k, sys.info.max_k, req.tokens_left - 1), 0)
 
@@ -111,14 +112,18 @@ class WanSpec(Controller):
         info = sys.info
         k = max(self._k(req, sys), 1)
         ctx = req.context_tokens
-        options = [s for s in info.allowed_sites(req) if s in self._remote]
+        options = self._options.get(req.origin)
+        if options is None:  # the allowed sites depend only on where the request comes from
+            options = self._options[req.origin] = [s for s in info.allowed_sites(req) if s in self._remote]
         if not options:
             return info.target_site
-        site = min(options, key=lambda s: self._delivery(sys, s, k, ctx))
-        predicted = self._delivery(sys, site, k, ctx)
+        backlog = self._backlog
+        delivery = {s: delivery_time(sys, s, k, ctx, backlog.get(s, 0)) for s in options}
+        site = min(options, key=delivery.__getitem__)
+        predicted = delivery[site]
         current = req.drafter_site
         if current in options and current != site:
-            staying = self._delivery(sys, current, k, ctx)
+            staying = delivery[current]
             if staying <= predicted * self.switch_gain:  # moving costs a context transfer
                 site, predicted = current, staying
         if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
@@ -147,9 +152,7 @@ class WanSpec(Controller):
         if site == sys.info.target_site:
             return NO_REDUNDANCY
         if self._stream:
-            if self._hedge and req.ahead_tokens == 0:
-                return Redundancy(backups=(sys.info.target_site,), hedge_after_s=0.0, ahead=True)
-            return Redundancy(ahead=True)
+            return self._ahead_hedged if self._hedge and req.ahead_tokens == 0 else self._ahead
         if not self._hedge or predicted is None:
             return NO_REDUNDANCY
         return Redundancy(backups=(sys.info.target_site,), hedge_after_s=predicted)

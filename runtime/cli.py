@@ -15,33 +15,9 @@ import json
 import math
 import sys
 import time
-from typing import Callable, NoReturn, Sequence
+from typing import Sequence
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad flags in one line instead of a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
-def positive(what: str) -> Callable[[str], float]:
-    """argparse type for a finite number > 0; ``what`` names it in the error (with its unit)."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not v > 0 or math.isinf(v):
-            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text}")
-        return v
-
-    parse.__name__ = what  # argparse names the type in "invalid <type> value" messages
-    return parse
-
-
-positive_float = positive("number of seconds")
+from runtime.flags import OneLineParser, positive, positive_float
 
 
 def build_parser() -> OneLineParser:
@@ -61,7 +37,7 @@ def build_parser() -> OneLineParser:
     c = sub.add_parser("check", help="validate a scenario file")
     c.add_argument("scenario")
 
-    from runtime.profile import add_parser as add_profile_parser
+    from runtime.real.profile import add_parser as add_profile_parser
 
     add_profile_parser(sub)
     return p
@@ -123,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:<14} {len(sc.sites):>3} sites  {sc.spec.description.strip().splitlines()[0][:90]}")
             return 0
         if args.command == "profile":
-            from runtime.profile import cmd_profile
+            from runtime.real.profile import cmd_profile
 
             return cmd_profile(args)
         if args.command == "check":

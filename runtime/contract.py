@@ -148,6 +148,18 @@ class RequestMixin:
     accepted: int
     rejected_rounds: int
 
+    def _start_progress(self) -> None:
+        """A new request's progress and round counters, alike on every backend: nothing generated,
+        no round verified, nothing ready."""
+        self.generated = 0
+        self.phase = "prefill"
+        self.first_token_time = -1.0
+        self.drafter_site: str | None = None
+        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
+        self.last_k = self.last_accepted = 0
+        self.ready_k = 0
+        self.ready_site: str | None = None
+
     @property
     def context_tokens(self) -> int:
         return self.prompt_tokens + self.generated

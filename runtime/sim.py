@@ -21,6 +21,7 @@ import random
 from typing import Any, Callable, Iterator
 
 from runtime.acceptance import AcceptanceState
+from runtime.core import DecisionLoop, check_plan, drafting_sites
 from runtime.contract import (
     BatchResult,
     Controller,
@@ -32,7 +33,6 @@ from runtime.contract import (
     RuntimeInfo,
     SiteInfo,
     SiteState,
-    batch_tokens,
     drive,
     fcfs_batch,
 )
@@ -65,14 +65,7 @@ class SimRequest(RequestMixin):
         self.tpot_slo = a.tpot_s
         self.prompt_tokens = a.prompt_tokens
         self.max_tokens = a.output_tokens
-        self.generated = 0
-        self.phase = "prefill"
-        self.first_token_time = -1.0
-        self.drafter_site: str | None = None
-        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
-        self.last_k = self.last_accepted = 0
-        self.ready_k = 0
-        self.ready_site: str | None = None
+        self._start_progress()
         self.ready_since = 0.0
         self.spec_max_k: int | None = None
         self.acc: dict[str, AcceptanceState] = {}
@@ -122,12 +115,13 @@ class DraftStream:
     the site's view, updated only when the target's messages arrive there.
     """
 
-    __slots__ = ("req", "site", "epoch", "arrived", "consumed", "closed",
+    __slots__ = ("req", "site", "home", "epoch", "arrived", "consumed", "closed",
                  "s_epoch", "s_drafted", "s_known", "s_catchup", "at_site")
 
-    def __init__(self, req: SimRequest, site: str) -> None:
+    def __init__(self, req: SimRequest, site: "SimSite") -> None:
         self.req = req
-        self.site = site
+        self.site = site.name
+        self.home = site  # the site's state and link, without a lookup by name on the hot path
         self.epoch = 0
         self.arrived = 0  # this epoch's tokens at the target
         self.consumed = 0  # this epoch's tokens the target verified (or matched by a bonus token)
@@ -169,7 +163,7 @@ def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
     return Roofline(model, site.gpu, tp=tp)
 
 
-class Simulator:
+class Simulator(DecisionLoop):
     """Simulated runtime for one scenario, seed and arrival window.
 
     ``duration`` is the arrival window in simulated seconds; afterwards the simulator drains
@@ -223,11 +217,7 @@ class Simulator:
             clairvoyant=self,
             draft_ahead=True,
         )
-        self._allowed: dict[str, frozenset[str]] = {}
-        for o in set(scenario.origins):
-            self._allowed[o] = frozenset(
-                s.name for s in scenario.sites if s.drafter is not None and (s.role != "edge" or s.name == o)
-            )
+        self._allowed = drafting_sites(scenario)
 
         # request state
         self.requests: dict[int, SimRequest] = {}  # admitted or awaiting admission, unfinished
@@ -239,6 +229,10 @@ class Simulator:
         self._hold_until = -1.0
         self._feedback: list[BatchResult] = []
         self._pending: DecisionPoint | None = None
+        # Nothing moves while a point is pending (until apply()): controllers ask every site's
+        # state and load once per point, not once per request and site (the hot path).
+        self._states: dict[str, SiteState] = {}
+        self._slows: dict[str, float] = {}
         self._next_rid = 0
         self._arrivals_done = False
         self._to_arrive = 0  # created but not yet at the target
@@ -258,25 +252,26 @@ class Simulator:
             self._bar_t = 0
 
     # ------------------------------------------------------------------ SystemView
-    @property
-    def verify_queue(self) -> int:
-        return len(self.ready)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.requests)
-
-    @property
-    def verifier_busy(self) -> bool:
-        return self._target_busy
-
     def site_state(self, name: str) -> SiteState:
-        s = self.sites[name]
-        queue = len(s.queue) if s is not self.target else len(self._local_q)
-        return SiteState(name, s.load.level(self.now), queue, s.free == 0 if s is not self.target else self._target_busy, s.rtt_ewma)
+        state = self._states.get(name) if self._pending is not None else None
+        if state is None:
+            s = self.sites[name]
+            queue = len(s.queue) if s is not self.target else len(self._local_q)
+            state = SiteState(name, s.load.level(self.now), queue, s.free == 0 if s is not self.target else self._target_busy, s.rtt_ewma)
+            if self._pending is not None:
+                self._states[name] = state
+        return state
+
+    def _slowdown(self, site: SimSite) -> float:
+        slow = self._slows.get(site.name) if self._pending is not None else None
+        if slow is None:
+            slow = site.load.slowdown(self.now)
+            if self._pending is not None:
+                self._slows[site.name] = slow
+        return slow
 
     def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
-        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self.target.load.slowdown(self.now)
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self.target)
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
         s = self.sites[site]
@@ -284,7 +279,7 @@ class Simulator:
         if lat is None or k <= 0:
             return 0.0
         step = lat.forward_time(n_seqs, n_seqs, context_tokens)
-        return step * k * s.load.slowdown(self.now)
+        return step * k * self._slowdown(s)
 
     # ---------------------------------------------------------- clairvoyant hooks (oracle)
     def peek_run_length(self, req: SimRequest, site: str) -> int:
@@ -307,19 +302,13 @@ class Simulator:
         pop = heapq.heappop
         while True:
             if self._admit_q or self._plan_q:
-                point = DecisionPoint("plan", self.now, self, admit=self._admit_q, plan=self._plan_q, feedback=self._feedback)
-                self._admit_q, self._plan_q, self._feedback = [], [], []
-                self._pending = point
-                return point
+                return self._plan_point(self.now)
             if not self._target_busy:
                 if self._local_q:
                     self._start_local_drafts()
                     continue
                 if self.ready and self.now >= self._hold_until:
-                    point = DecisionPoint("batch", self.now, self, ready=list(self.ready.values()), feedback=self._feedback)
-                    self._feedback = []
-                    self._pending = point
-                    return point
+                    return self._batch_point(self.now)
             if not heap or (self._arrivals_done and not self.requests and not self._to_arrive):
                 self._finish()
                 return None
@@ -339,25 +328,9 @@ class Simulator:
                     self._bar_t += step
 
     def apply(self, decision: Decision) -> None:
-        point = self._pending
-        if point is None:
-            raise RuntimeError("apply() called without a pending decision point")
-        self._pending = None
-        if point.kind == "plan":
-            if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
-                raise InvalidDecision(
-                    f"decision answers {len(decision.admit)} admissions and {len(decision.plans)} plans; "
-                    f"the point asked {len(point.admit)} and {len(point.plan)}"
-                )
-            for req, ok in zip(point.admit, decision.admit):
-                if ok:
-                    self._admit(req)
-                else:
-                    self._drop(req)
-            for req, plan in zip(point.plan, decision.plans):
-                self._start_round(req, plan)  # type: ignore[arg-type]
-        else:
-            self._start_verify(decision.batch)
+        self._states.clear()
+        self._slows.clear()
+        super().apply(decision)
 
     def run(self, controller: Controller) -> dict[str, float | int]:
         """Drive the whole run with ``controller``; returns the metrics summary."""
@@ -408,7 +381,7 @@ class Simulator:
         self.ready[req.rid] = req
         self._hold_until = -1.0
 
-    def _drop(self, req: SimRequest) -> None:
+    def _reject(self, req: SimRequest) -> None:
         self.requests.pop(req.rid, None)
         self.metrics.dropped += 1
 
@@ -423,20 +396,11 @@ class Simulator:
         if k <= 0:
             self._make_ready(req, 0, None)
             return
-        lim = self.limits
-        allowed = self._allowed[req.origin]
-        if k > lim.max_k:
-            raise InvalidDecision(f"request {req.rid}: k={k} exceeds limits.max_k={lim.max_k}")
         site = plan.site
-        if site not in allowed:
-            raise InvalidDecision(f"request {req.rid}: site {site!r} cannot draft for it; allowed: {sorted(allowed)}")
         red = plan.redundancy
-        if red.backups:
-            if len(red.backups) + 1 > lim.max_redundancy:
-                raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
-            for b in red.backups:
-                if b not in allowed or b == site or red.backups.count(b) > 1:
-                    raise InvalidDecision(f"request {req.rid}: backup site {b!r} must be distinct from {site!r} and one of {sorted(allowed)}")
+        allowed = self._allowed[req.origin]
+        if k > self.limits.max_k or site not in allowed or red.backups:  # the hot path skips the call
+            check_plan(req.rid, k, plan, self.limits, allowed)
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
@@ -509,15 +473,15 @@ class Simulator:
 
     # ---- draft-ahead streams
     def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
-        st = req.stream = DraftStream(req, site_name)
+        st = req.stream = DraftStream(req, self.sites[site_name])
         st.s_catchup, nbytes = self._catchup(req, site_name)
-        self._push(self.now + self.sites[site_name].link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
+        self._push(self.now + st.home.link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
         return st
 
     def _on_stream_open(self, st: DraftStream) -> None:
         if st.closed:
             return
-        site = self.sites[st.site]
+        site = st.home
         st.at_site = True
         site.streams.append(st)
         self._kick(site)
@@ -527,13 +491,12 @@ class Simulator:
         st.closed = True
         st.req.stream = None
         self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
-        site = self.sites[st.site]
-        self._push(self.now + site.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
+        self._push(self.now + st.home.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
 
     def _on_stream_closed(self, st: DraftStream) -> None:
         if st.at_site:
             st.at_site = False
-            self.sites[st.site].streams.remove(st)
+            st.home.streams.remove(st)
 
     def _message_stream(self, st: DraftStream, valid: bool) -> None:
         """After a verification: an acknowledgement, or a correction that starts a new epoch."""
@@ -541,9 +504,9 @@ class Simulator:
             self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
             st.epoch += 1
             st.arrived = st.consumed = 0
-        site = self.sites[st.site]
-        d = site.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
-        self._push(self.now + d, self._on_stream_message, (st, st.epoch, st.consumed))
+        d = st.home.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_message, (st, st.epoch, st.consumed)))
 
     def _on_stream_message(self, arg: tuple[DraftStream, int, int]) -> None:
         st, epoch, consumed = arg
@@ -553,8 +516,11 @@ class Simulator:
             st.s_epoch = epoch
             st.s_drafted = 0
             st.s_catchup = 1
-        st.s_known = max(st.s_known, consumed)
-        self._kick(self.sites[st.site])
+        if consumed > st.s_known:
+            st.s_known = consumed
+        site = st.home
+        if site.free > 0:  # _kick's test, inlined: most acks reach a site that is busy drafting
+            self._kick(site)
 
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
@@ -569,7 +535,8 @@ class Simulator:
         for st in run:
             new += st.s_catchup or 1
             st.s_catchup = 0
-            ctx += st.req.prompt_tokens + st.req.generated
+            req = st.req
+            ctx += req.prompt_tokens + req.generated
         dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(self.now)  # type: ignore[union-attr]
         site.free -= 1
         site.streaming = True
@@ -581,10 +548,9 @@ class Simulator:
         site, run = arg
         site.free += 1
         site.streaming = False
-        sent: list[tuple[DraftStream, int]] = []
         for st in run:
             st.s_drafted += 1
-            sent.append((st, st.s_epoch))
+        sent = [(st, st.s_epoch) for st in run]
         per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
         nbytes = self.net.header_bytes + len(sent) * per_tok
         d = site.link.send(nbytes)  # type: ignore[union-attr]
@@ -715,26 +681,7 @@ class Simulator:
             self._hold_until = self.now + self.limits.batch_wait_s
             self._push(self._hold_until, _noop, None)
             return
-        lim = self.limits
-        if len(rids) > lim.max_batch_size:
-            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
-        batch: list[SimRequest] = []
-        new = ctx = 0
-        ready = self.ready
-        for rid in rids:
-            req = ready.pop(rid, None)
-            if req is None:
-                for r in batch:  # put back what we took: the decision is rejected whole
-                    ready[r.rid] = r
-                raise InvalidDecision(f"request {rid} is not ready for verification (ready: {sorted(ready)[:10]}...)")
-            batch.append(req)
-            new += batch_tokens(req)
-            if req.phase != "prefill":
-                ctx += req.prompt_tokens + req.generated
-        if new > lim.max_batch_tokens and len(batch) > 1:
-            for r in batch:
-                ready[r.rid] = r
-            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
+        batch, new, ctx = self._take_verify_batch(rids, self.limits)
         dur = self.target_lat.forward_time(len(batch), new, ctx) * self.target.load.slowdown(self.now)
         self._target_busy = True
         m = self.metrics
@@ -750,6 +697,7 @@ class Simulator:
         self.last_batch_size = len(batch)
         now = self.now
         m = self.metrics
+        by_name = self.sites
         ks: list[int] = []
         accs: list[int] = []
         sites: list[str | None] = []
@@ -768,10 +716,10 @@ class Simulator:
                 a = 0
                 st = req.stream
                 if k > 0:
-                    model = self.sites[site].drafter  # type: ignore[index]
+                    model = by_name[site].drafter  # type: ignore[index]
                     L = self._run_length(req, model)  # type: ignore[arg-type]
                     a = k if L >= k else L
-                    if st is not None and (st.site == site or model == self.sites[st.site].drafter):
+                    if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
                         # token, i.e. that token would have been accepted (run lengths are capped
                         # at max_k, which then counts as "at least"). A backup running the same

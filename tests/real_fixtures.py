@@ -15,7 +15,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
-    from runtime.models import ensure_tiny
+    from runtime.real.models import ensure_tiny
 
     torch.set_num_threads(1)
     return ensure_tiny()
@@ -24,7 +24,7 @@ def tiny_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_dir: Path) -> tuple[Any, Any, Any]:
     """``(target, draft, tokenizer)`` in float32 on the CPU."""
-    from runtime.models import load_model
+    from runtime.real.models import load_model
 
     target, tok = load_model(tiny_dir / "target", "cpu", "float32")
     draft, _ = load_model(tiny_dir / "draft", "cpu", "float32")

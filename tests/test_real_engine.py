@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from runtime.models import tiny_prompts
+from runtime.real.models import tiny_prompts
 from runtime.real.engine import (
     DraftJob, SeqCache, VerifyJob, batched_forward, draft_batch, speculative_accept, verify_batch,
 )

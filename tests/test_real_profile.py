@@ -9,7 +9,7 @@ import pytest
 
 from controllers import make_controller
 from runtime.latency import ProfileTable
-from runtime.profile import profile, verify_seqs
+from runtime.real.profile import profile, verify_seqs
 from runtime.real.deploy import load_deployment
 from runtime.real.replay import calibrated_scenario, mean_tpot, replay
 from runtime.real.runtime import RealRuntime

@@ -11,7 +11,7 @@ import pytest
 
 from controllers import make_controller
 from runtime.contract import Controller, Redundancy, drive
-from runtime.models import tiny_prompts
+from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
 from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401
@@ -205,12 +205,12 @@ def test_shutdown_fails_what_cannot_finish_within_the_grace_period(tiny_dir, tmp
 
 
 def test_a_site_started_on_its_own_serves_a_runtime_that_names_its_address(tiny_dir, references, tmp_path):
-    """What two hosts do: `python -m runtime.serve --site near` here, the target elsewhere."""
+    """What two hosts do: `python -m runtime.real.serve --site near` here, the target elsewhere."""
     import subprocess
     import sys
 
     prompts, refs = references
-    cmd = [sys.executable, "-m", "runtime.serve", "--scenario", "tiny-local", "--models", str(tiny_dir), "--site", "near",
+    cmd = [sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--models", str(tiny_dir), "--site", "near",
            "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
@@ -240,6 +240,6 @@ def test_serve_refuses_bad_deployments_in_one_line(args, needle, tiny_dir):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "runtime.serve", "--models", str(tiny_dir), *args],
+    p = subprocess.run([sys.executable, "-m", "runtime.real.serve", "--models", str(tiny_dir), *args],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

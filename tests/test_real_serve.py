@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controllers import make_controller
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime
-from runtime.serve import Server, create_app, max_output_tokens
+from runtime.real.serve import Server, create_app, max_output_tokens
 from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401
 from tests.test_real_runtime import _target_only
 
@@ -284,7 +284,7 @@ def test_client_disconnect_cancels_the_stream(served):
 @pytest.mark.parametrize("controller, needle", [("nope", "unknown controller 'nope'"),
                                                  ("policy:/no/such/checkpoint", "error:")])
 def test_bad_controller_fails_at_start_up_with_one_line(controller, needle, tiny_dir):
-    p = subprocess.run([sys.executable, "-m", "runtime.serve", "--controller", controller, "--models", str(tiny_dir)],
+    p = subprocess.run([sys.executable, "-m", "runtime.real.serve", "--controller", controller, "--models", str(tiny_dir)],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
@@ -316,14 +316,14 @@ def test_policy_checkpoint_for_another_scenario_fails_at_start_up(tiny_dir, tmp_
     from runtime.scenario import load_scenario
 
     ref = _random_policy(tmp_path, load_scenario("wan-4region"))
-    p = subprocess.run([sys.executable, "-m", "runtime.serve", "--scenario", "tiny-local", "--controller", f"policy:{ref}",
+    p = subprocess.run([sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--controller", f"policy:{ref}",
                         "--models", str(tiny_dir)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 def test_policy_checkpoint_in_the_slot_stays_lossless(tiny_dir, tmp_path, tiny_models):
     from runtime.contract import drive
-    from runtime.models import tiny_prompts
+    from runtime.real.models import tiny_prompts
 
     dep = load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir)
     controller = make_controller(f"policy:{_random_policy(tmp_path, dep.scenario)}")
@@ -342,10 +342,10 @@ def test_policy_checkpoint_in_the_slot_stays_lossless(tiny_dir, tmp_path, tiny_m
 # ---------------------------------------------------------------------- the multi-process server
 @contextlib.contextmanager
 def _live_server(tiny_dir, grace: float = 2.0) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python -m runtime.serve --scenario tiny-local`` (two launched drafter sites), once every site is up."""
+    """``python -m runtime.real.serve --scenario tiny-local`` (two launched drafter sites), once every site is up."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.serve", "--scenario", "tiny-local", "--controller", "wanspec",
+        [sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--controller", "wanspec",
          "--models", str(tiny_dir), "--port", str(port), "--grace", str(grace)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

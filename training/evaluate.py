@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from runtime.cli import OneLineParser, positive, positive_float
+from runtime.flags import OneLineParser, positive, positive_float
 from training.backend import add_ray_flag
 
 #: Metrics summarized per (scenario, controller), in table order.

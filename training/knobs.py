@@ -350,7 +350,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     import mlflow
     from sb3_contrib import MaskablePPO
 
-    from runtime.cli import OneLineParser
+    from runtime.flags import OneLineParser
     from training.common import REPO
     from training.mlflow_sb3 import setup_tracking
 

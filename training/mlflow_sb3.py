@@ -22,13 +22,6 @@ from stable_baselines3.common.logger import KVWriter
 PYFUNC_MODEL_CODE = Path(__file__).resolve().parents[1] / "policy_env" / "mlflow_model.py"
 
 
-def default_tracking_uri() -> str:
-    """The store in use without a flag: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<repo>/mlflow.db``."""
-    from training.tracking import resolve_tracking_uri
-
-    return resolve_tracking_uri(None)
-
-
 def setup_tracking(uri: str | None, experiment: str) -> str:
     """Point MLflow at ``uri`` (else ``MLFLOW_TRACKING_URI``, else the embedded store) and make
     ``experiment`` the active one (the shared ``training.tracking`` helper creates it, with

@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -289,15 +289,8 @@ def sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.sweep FILE [train.py flags]``: the same as ``train.py --sweep FILE``."""
-    from training.train import main as train_main
+if __name__ == "__main__":  # ``python -m training.sweep FILE [train.py flags]``: ``train.py --sweep FILE``
+    from training.train import main as train_main  # here, not in a function: train.py imports this module
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--sweep", *argv]
-    return train_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    argv = sys.argv[1:]
+    sys.exit(train_main(["--sweep", *argv] if argv and not argv[0].startswith("-") else argv))

@@ -346,7 +346,7 @@ def make_eval_callback(**kwargs: Any) -> Any:
 
 # ------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
-    from runtime.cli import OneLineParser
+    from runtime.flags import OneLineParser
 
     p = OneLineParser(prog="python training/train.py", description=__doc__.split("\n")[0])
     p.add_argument("--algo", default=DEFAULT_ALGO, choices=ALGO_NAMES, help=f"algorithm (default: {DEFAULT_ALGO})")

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from runtime.cli import OneLineParser, positive, positive_float
+from runtime.flags import OneLineParser, positive, positive_float
 from training.backend import add_ray_flag
 
 #: Search space per controller: parameter -> Optuna distribution. Each controller's own default

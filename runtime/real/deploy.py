@@ -12,7 +12,7 @@ Kept separate so the simulator's schema carries no host names or file paths::
       us-east-2: {address: 10.0.1.7:50061}
     emulate_wan: false               # real WAN between hosts: no emulated delay
 
-Unset models default to the tiny pair (``python -m runtime.models build-tiny``).
+Unset models default to the tiny pair (``python -m runtime.real.models build-tiny``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ModelRef(_Strict):
 
 
 class SiteDeploy(_Strict):
-    address: str | None = None  # host:port of a site started elsewhere (`python -m runtime.serve --site`)
+    address: str | None = None  # host:port of a site started elsewhere (`python -m runtime.real.serve --site`)
     device: str | None = None
     dtype: str | None = None
 
@@ -72,7 +72,7 @@ class Deployment:
         self._models_dir = models_dir
 
     def _tiny(self, which: str) -> ModelRef:
-        from runtime.models import ensure_tiny
+        from runtime.real.models import ensure_tiny
 
         return ModelRef(path=str(ensure_tiny(self._models_dir) / which), device="auto", dtype="auto")
 

@@ -36,7 +36,7 @@ def replay(runtime: RealRuntime, controller: Controller, duration: float, seed: 
 def submit_workload(runtime: RealRuntime, duration: float, seed: int = 0, texts: list[str] | None = None,
                     temperature: float = 0.0) -> list[RealRequest]:
     """Schedule the scenario's arrivals (same draws as the simulator's) and close the workload."""
-    from runtime.models import tiny_prompts
+    from runtime.real.models import tiny_prompts
 
     arr = list(arrivals(runtime.scenario, seed, duration))
     limit = runtime.max_context - runtime.limits.max_k - 2

@@ -39,7 +39,6 @@ import torch
 
 from runtime.contract import (
     BatchResult,
-    Decision,
     DecisionPoint,
     InvalidDecision,
     RequestMixin,
@@ -47,12 +46,12 @@ from runtime.contract import (
     RuntimeInfo,
     SiteInfo,
     SiteState,
-    batch_tokens,
     fcfs_batch,
 )
+from runtime.core import DecisionLoop, check_plan, drafting_sites
 from runtime.latency import ProfileTable
 from runtime.metrics import KEYS, Metrics, RequestRecord
-from runtime.models import check_pair, load_model
+from runtime.real.models import check_pair, load_model
 from runtime.real.deploy import Deployment
 from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
 from runtime.real.site import SWITCH_INTERVAL_S
@@ -82,14 +81,7 @@ class RealRequest(RequestMixin):
         self.tpot_slo = slo.tpot_s
         self.prompt_tokens = len(prompt)
         self.max_tokens = max_tokens
-        self.generated = 0
-        self.phase = "prefill"
-        self.first_token_time = -1.0
-        self.drafter_site: str | None = None
-        self.rounds = self.drafted = self.accepted = self.rejected_rounds = 0
-        self.last_k = self.last_accepted = 0
-        self.ready_k = 0
-        self.ready_site: str | None = None
+        self._start_progress()
         self.ready_since = arrival
         self.spec_max_k = spec_max_k
         # internal
@@ -262,7 +254,7 @@ class _LocalTask:
     k: int
 
 
-class RealRuntime:
+class RealRuntime(DecisionLoop):
     """Wall-clock runtime over real models and site processes (see the module docstring)."""
 
     def __init__(self, deployment: Deployment, seed: int = 0, launch_sites: bool = True, ignore_eos: bool = False) -> None:
@@ -278,10 +270,7 @@ class RealRuntime:
             max_batch_tokens=self.limits.max_batch_tokens, max_redundancy=self.limits.max_redundancy,
             prior_alpha={n: _prior_alpha(d.acceptance) for n, d in sc.spec.drafters.items()},
         )
-        self._allowed = {
-            s.name: frozenset(x.name for x in sc.sites if x.drafter is not None and (x.role != "edge" or x.name == s.name))
-            for s in sc.sites
-        }
+        self._allowed = drafting_sites(sc)
         ref = deployment.target
         self.model, self.tokenizer = load_model(ref.path, ref.device, ref.dtype)
         #: Tokens that end a request (the tokenizer's EOS and the generation config's, e.g. Llama-3's
@@ -314,7 +303,7 @@ class RealRuntime:
         self._feedback: list[BatchResult] = []
         self._pending: DecisionPoint | None = None
         self._hold_until = -1.0
-        self._busy = False
+        self._target_busy = False
         self.verify_time_ewma = 0.0
         self.last_batch_size = 0
         self._expected = 0  # scheduled arrivals not yet arrived
@@ -448,21 +437,9 @@ class RealRuntime:
     def system(self) -> "RealRuntime":
         return self
 
-    @property
-    def verify_queue(self) -> int:
-        return len(self.ready)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.requests)
-
-    @property
-    def verifier_busy(self) -> bool:
-        return self._busy
-
     def site_state(self, name: str) -> SiteState:
         if name == self.target_name:
-            return SiteState(name, 0.0, len(self._local_q), self._busy, 0.0)
+            return SiteState(name, 0.0, len(self._local_q), self._target_busy, 0.0)
         c = self.clients.get(name)
         if c is None:
             s = self.scenario.site(name)
@@ -497,19 +474,13 @@ class RealRuntime:
                     self._finish_request(req, "error: server shut down before the request finished")
                 self._local_q.clear()
             if self._admit_q or self._plan_q:
-                point = DecisionPoint("plan", self.now, self, admit=self._admit_q, plan=self._plan_q, feedback=self._feedback)
-                self._admit_q, self._plan_q, self._feedback = [], [], []
-                self._pending = point
-                return point
+                return self._plan_point(self.now)
             if self._local_q:
                 self._run_local_drafts()
                 continue
             now = self.now
             if self.ready and now >= self._hold_until:
-                point = DecisionPoint("batch", now, self, ready=list(self.ready.values()), feedback=self._feedback)
-                self._feedback = []
-                self._pending = point
-                return point
+                return self._batch_point(now)
             if self.closed and not self.requests and not self._expected and not self._admit_q:
                 self._finish()
                 return None
@@ -520,27 +491,12 @@ class RealRuntime:
                 wake = min(wake, self._grace_deadline)
             self._drain(block_s=max(wake - now, 0.0))
 
-    def apply(self, decision: Decision) -> None:
-        point = self._pending
-        if point is None:
-            raise RuntimeError("apply() called without a pending decision point")
-        self._pending = None
-        if point.kind == "plan":
-            if len(decision.admit) != len(point.admit) or len(decision.plans) != len(point.plan):
-                raise InvalidDecision(
-                    f"decision answers {len(decision.admit)} admissions and {len(decision.plans)} plans; "
-                    f"the point asked {len(point.admit)} and {len(point.plan)}"
-                )
-            for req, ok in zip(point.admit, decision.admit):
-                if ok:
-                    self._make_ready(req, None, None)  # type: ignore[arg-type]
-                else:
-                    self.metrics.dropped += 1
-                    self._finish_request(req, "error: rejected by admission control")  # type: ignore[arg-type]
-            for req, plan in zip(point.plan, decision.plans):
-                self._start_round(req, plan)  # type: ignore[arg-type]
-        else:
-            self._verify(decision.batch)
+    def _admit(self, req: RealRequest) -> None:
+        self._make_ready(req, None, None)
+
+    def _reject(self, req: RealRequest) -> None:
+        self.metrics.dropped += 1
+        self._finish_request(req, "error: rejected by admission control")
 
     def summary(self) -> dict[str, float | int]:
         m = self.metrics
@@ -632,21 +588,11 @@ class RealRuntime:
         if k <= 0:
             self._make_ready(req, None, None)
             return
-        lim = self.limits
-        allowed = self._allowed[req.origin]
-        if k > lim.max_k:
-            raise InvalidDecision(f"request {req.rid}: k={k} exceeds limits.max_k={lim.max_k}")
-        if plan.site not in allowed:
-            raise InvalidDecision(f"request {req.rid}: site {plan.site!r} cannot draft for it; allowed: {sorted(allowed)}")
+        check_plan(req.rid, k, plan, self.limits, self._allowed[req.origin])
         red = plan.redundancy
         if red.ahead:
             raise InvalidDecision(f"request {req.rid}: the real runtime drafts round by round (RuntimeInfo.draft_ahead "
                                   f"is False); plan Redundancy(ahead=False)")
-        if len(red.backups) + 1 > lim.max_redundancy:
-            raise InvalidDecision(f"request {req.rid}: redundancy {len(red.backups) + 1} exceeds limits.max_redundancy={lim.max_redundancy}")
-        for b in red.backups:
-            if b not in allowed or b == plan.site or red.backups.count(b) > 1:
-                raise InvalidDecision(f"request {req.rid}: backup site {b!r} must be distinct from {plan.site!r} and one of {sorted(allowed)}")
         live = [s for s in (plan.site, *red.backups) if self.site_up(s)]
         if not live:  # every named site is down: a plain decode step keeps the request moving
             self._make_ready(req, None, None)
@@ -731,11 +677,11 @@ class RealRuntime:
         tasks = tasks[: self.limits.max_batch_size]
         jobs = [DraftJob(t.req.local_cache, t.req.context, t.k, t.req.temperature, t.req.generator) for t in tasks]
         t0 = time.perf_counter()
-        self._busy = True
+        self._target_busy = True
         try:
             drafts = draft_batch(self.local_model, jobs)
         finally:
-            self._busy = False
+            self._target_busy = False
         dur = time.perf_counter() - t0
         m = self.metrics
         m.target_draft_passes += max(t.k for t in tasks)
@@ -755,7 +701,7 @@ class RealRuntime:
         self._hold_until = -1.0
 
     # ------------------------------------------------------------------ verification
-    def _verify(self, rids: list[int]) -> None:
+    def _start_verify(self, rids: list[int]) -> None:
         lim = self.limits
         if not rids and len(self.ready) >= len(self.requests) and not self._local_q:
             # every request is waiting for verification, so no draft can arrive: waiting cannot help
@@ -763,27 +709,14 @@ class RealRuntime:
         if not rids:  # the controller chose to wait
             self._hold_until = self.now + lim.batch_wait_s
             return
-        if len(rids) > lim.max_batch_size:
-            raise InvalidDecision(f"batch of {len(rids)} exceeds limits.max_batch_size={lim.max_batch_size}")
-        if len(set(rids)) != len(rids):
-            raise InvalidDecision(f"batch {rids} names a request twice")
-        missing = [r for r in rids if r not in self.ready]
-        if missing:
-            raise InvalidDecision(f"request(s) {missing} are not ready for verification (ready: {sorted(self.ready)[:10]})")
-        batch = [self.ready[r] for r in rids]
-        new = sum(batch_tokens(r) for r in batch)
-        if new > lim.max_batch_tokens and len(batch) > 1:
-            raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={lim.max_batch_tokens}")
-        for r in rids:
-            del self.ready[r]
-        ctx = sum(r.context_tokens for r in batch if r.phase != "prefill")
+        batch, new, ctx = self._take_verify_batch(rids, lim)
         jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator, r.logprobs) for r in batch]
         t0 = time.perf_counter()
-        self._busy = True
+        self._target_busy = True
         try:
             verdicts = verify_batch(self.model, jobs)
         finally:
-            self._busy = False
+            self._target_busy = False
         dur = time.perf_counter() - t0
         if isinstance(self.target_lat, OnlineLatency):
             self.target_lat.observe(new, ctx, dur)

@@ -169,8 +169,8 @@ async def _watch_parent(server: grpc.aio.Server, parent: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from runtime.cli import OneLineParser
-    from runtime.models import ModelError, load_model
+    from runtime.flags import OneLineParser
+    from runtime.real.models import ModelError, load_model
 
     p = OneLineParser(prog="python -m runtime.real.site", description="run one drafter site (gRPC server)")
     p.add_argument("--name", required=True, help="site name (as in the scenario)")

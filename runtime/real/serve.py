@@ -1,8 +1,8 @@
-"""``python -m runtime.serve``: an OpenAI-compatible server over the real runtime.
+"""``python -m runtime.real.serve``: an OpenAI-compatible server over the real runtime.
 
-    python -m runtime.serve --scenario tiny-local --controller static:k=4 --port 8000
-    python -m runtime.serve --deploy my-deploy.yaml --controller policy:runs:/<id>/policy
-    python -m runtime.serve --deploy my-deploy.yaml --site near --host 0.0.0.0 --port 50061
+    python -m runtime.real.serve --scenario tiny-local --controller static:k=4 --port 8000
+    python -m runtime.real.serve --deploy my-deploy.yaml --controller policy:runs:/<id>/policy
+    python -m runtime.real.serve --deploy my-deploy.yaml --site near --host 0.0.0.0 --port 50061
 
 The first two start the target site (HTTP API, controller, target model) and launch every
 drafter site of the scenario without an address as a supervised local process; ``--site NAME``
@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.contract import Controller, drive
-from runtime.openai_api import (
+from runtime.real.openai_api import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
@@ -47,7 +47,7 @@ from runtime.openai_api import (
     unavailable,
 )
 from runtime.real.runtime import RealRequest, RealRuntime, TokenLogprob
-from runtime.serve_metrics import HTTPOutcomes, ServeMetrics
+from runtime.real.serve_metrics import HTTPOutcomes, ServeMetrics
 
 log = logging.getLogger("specctl.serve")
 
@@ -475,9 +475,9 @@ async def _stream(gen: _Generation, base: dict[str, Any], chat: bool, include_us
 
 # ---------------------------------------------------------------------- command line
 def build_parser() -> Any:
-    from runtime.cli import OneLineParser, positive_float
+    from runtime.flags import OneLineParser, positive_float
 
-    p = OneLineParser(prog="python -m runtime.serve", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m runtime.real.serve", description=__doc__.split("\n")[0])
     p.add_argument("--scenario", help="scenario name or YAML (default: the deployment's, else tiny-local)")
     p.add_argument("--deploy", help="deployment YAML: checkpoints, site addresses, WAN emulation (runtime/real/deploy.py)")
     p.add_argument("--controller", default="static", help="NAME[:key=value,...] or policy:<path|runs:/...|models:/name@alias>")
@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from controllers import ControllerError, make_controller
     from runtime.contract import InvalidDecision
-    from runtime.models import ModelError
+    from runtime.real.models import ModelError
     from runtime.real.deploy import load_deployment
     from runtime.scenario import ScenarioError
 
@@ -556,7 +556,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _serve_site(dep: Any, site: str, host: str, port: int) -> int:
-    from runtime.models import load_model
+    from runtime.real.models import load_model
     from runtime.real.site import serve_site
 
     names = [s.name for s in dep.scenario.sites]

@@ -1,14 +1,14 @@
 """Models for the real runtime: local Hugging Face checkpoints, and tiny ones built here.
 
 Nothing is downloaded from a model hub. For tests and the default demo the project builds its
-own pair of standard HF checkpoint directories (``python -m runtime.models build-tiny --out
+own pair of standard HF checkpoint directories (``python -m runtime.real.models build-tiny --out
 DIR``): a word-level tokenizer, a small Llama target and a smaller Llama drafter, both trained
 on a corpus generated from a seeded grammar. The grammar mixes easy local structure (which the
 drafter learns) with copying and counting (which mostly only the target learns), so the pair
 has real, non-trivial acceptance. Choices are Zipf-weighted so greedy argmaxes are not ties.
 
-    python -m runtime.models build-tiny --out ~/.cache/specctl/tiny
-    python -m runtime.models check --target DIR/target --draft DIR/draft
+    python -m runtime.real.models build-tiny --out ~/.cache/specctl/tiny
+    python -m runtime.real.models check --target DIR/target --draft DIR/draft
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto") -> t
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
         raise ModelError(f"{p} is not a Hugging Face checkpoint directory (no config.json); "
-                         f"build tiny ones with `python -m runtime.models build-tiny --out DIR`")
+                         f"build tiny ones with `python -m runtime.real.models build-tiny --out DIR`")
     dev = resolve_device(device)
     if dtype == "auto":
         dt = torch.bfloat16 if dev.startswith("cuda") else torch.float32
@@ -251,9 +251,9 @@ def check_pair(target_tok: Any, draft_tok: Any, target_path: str = "target", dra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from runtime.cli import OneLineParser
+    from runtime.flags import OneLineParser
 
-    p = OneLineParser(prog="python -m runtime.models", description="build or check models for the real runtime")
+    p = OneLineParser(prog="python -m runtime.real.models", description="build or check models for the real runtime")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     b = sub.add_parser("build-tiny", help="train a tiny target + drafter pair and write HF checkpoint dirs")
     b.add_argument("--out", default=str(DEFAULT_TINY_DIR), help=f"output directory (default: {DEFAULT_TINY_DIR})")

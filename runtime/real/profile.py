@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch and transformers load only when profiling, not for `python -m runtime --help`
     import torch
@@ -121,7 +121,7 @@ def profile(deployment: Any, out: str | Path, repeats: int = 3, max_context: int
     """Profile the deployment's target and target-site drafter; returns {model name: csv path}."""
     import torch
 
-    from runtime.models import load_model
+    from runtime.real.models import load_model
 
     sc = deployment.scenario
     out = Path(out)
@@ -180,8 +180,3 @@ def cmd_profile(args: Any) -> int:
     profile(dep, args.out, args.repeats, args.max_context)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from runtime.cli import main as cli_main
-
-    return cli_main(["profile", *(argv or [])])

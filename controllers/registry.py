@@ -1,0 +1,114 @@
+"""The controller registry: build any controller by name (``static:k=4``, ``A+B``, ``policy:<ref>``).
+
+A module of its own that imports only controllers which build nothing by name, so the two
+that do (the knob controller builds its modes, a trained policy its heuristic) import it
+without an import cycle; :mod:`controllers` registers those two when the package loads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable
+
+from runtime.contract import Controller, compose
+
+from controllers.admission import InflightCap
+from controllers.basic import NoSpec, Static
+from controllers.centralized import Centralized
+from controllers.dynamic_k import BanditK, VllmDynamicK
+from controllers.oracle import Oracle
+from controllers.sled import Sled
+from controllers.wanspec import WanSpec
+from controllers.wisp import Wisp
+
+
+class ControllerError(ValueError):
+    """Bad controller name or parameter; the message lists what is valid."""
+
+
+#: name -> factory. Other modules add themselves with :func:`register`.
+REGISTRY: dict[str, Callable[..., Controller]] = {
+    "no-spec": NoSpec,
+    "static": Static,
+    "centralized": Centralized,
+    "sled": Sled,
+    "wanspec": WanSpec,
+    "wisp": Wisp,
+    "vllm-dynamic-k": VllmDynamicK,
+    "bandit-k": BanditK,
+    "oracle": Oracle,
+    "inflight-cap": InflightCap,
+}
+#: Controllers named by a reference instead of parameters (``policy:<checkpoint>``): name ->
+#: ``loader(ref)``. :mod:`controllers` adds ``policy``, whose code imports this module.
+LOADERS: dict[str, Callable[[str], Controller]] = {}
+
+
+def register(name: str, factory: Callable[..., Controller]) -> None:
+    REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY) + ["policy:<checkpoint>"]
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"static:k=6"`` -> ("static", {"k": 6}); values are parsed as YAML scalars."""
+    import yaml
+
+    if spec.startswith("policy:"):
+        return "policy", {"ref": spec.removeprefix("policy:")}
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ControllerError(f"controller {spec!r}: parameter {item!r} needs the form key=value")
+        params[key.strip()] = yaml.safe_load(value)
+    return name, params
+
+
+def split_composite(spec: str) -> list[str]:
+    """``"wanspec:k=5+inflight-cap:max_inflight=9"`` -> its parts. Only a ``+`` followed by a
+    registered name splits, so values (``1e+3``) and checkpoint paths keep theirs."""
+    cuts = [m.start() for m in re.finditer(r"\+([A-Za-z][\w-]*)", spec) if m.group(1) in REGISTRY]
+    bounds = [0, *cuts, len(spec)]
+    return [spec[a:b].lstrip("+").strip() for a, b in zip(bounds, bounds[1:])]
+
+
+def make_controller(spec: str, **params: Any) -> Controller:
+    """Build a controller from ``NAME[:key=value,...]``, ``policy:<checkpoint>`` or ``A+B+...``
+    (``A`` answers what the later parts do not own; ``params`` go to ``A``)."""
+    parts = split_composite(spec)
+    if len(parts) > 1:
+        base = make_controller(parts[0], **params)
+        owners: dict[str, Controller] = {}
+        for part in parts[1:]:
+            c = make_controller(part)
+            if not c.owns:
+                raise ControllerError(f"controller {part!r} in {spec!r} owns no decision to compose")
+            clash = sorted(set(owners) & set(c.owns))
+            if clash:
+                raise ControllerError(f"controllers in {spec!r} both own {clash}; give each decision one owner")
+            owners.update({d: c for d in c.owns})
+        return compose(base, **owners)
+    name, parsed = parse_spec(spec)
+    parsed.update(params)
+    loader = LOADERS.get(name)
+    if loader is not None:
+        return loader(**parsed)
+    factory = REGISTRY.get(name)
+    if factory is None:
+        raise ControllerError(f"unknown controller {name!r}; valid: {', '.join(available())}")
+    sig = inspect.signature(factory)
+    valid = [p for p in sig.parameters if p not in ("self",)]
+    bad = [p for p in parsed if p not in valid]
+    if bad:
+        raise ControllerError(
+            f"controller {name!r} has no parameter(s) {bad}; valid: {valid or 'none'}"
+        )
+    try:
+        return factory(**parsed)
+    except (TypeError, ValueError) as e:
+        raise ControllerError(f"controller {name!r}: {e}") from None

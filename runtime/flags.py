@@ -1,0 +1,38 @@
+"""argparse helpers every command line of the project shares.
+
+A leaf module (it imports nothing of the project), so any CLI, including the real backend's
+``python -m runtime.real.models``, can use it without importing ``runtime.cli`` and what that
+registers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable, NoReturn
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def positive(what: str) -> Callable[[str], float]:
+    """argparse type for a finite number > 0; ``what`` names it in the error (with its unit)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0 or math.isinf(v):
+            raise argparse.ArgumentTypeError(f"must be a positive {what}, got {text}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in "invalid <type> value" messages
+    return parse
+
+
+positive_float = positive("number of seconds")
