@@ -1,21 +1,22 @@
 """Train a knob policy (``specctl/SpecKnobs-v0``) over a scenario distribution and judge it held out.
 
-    python training/train.py                                          # the default (this recipe, ~10 min)
-    python training/train.py --config training/configs/knobs-full.yaml  # the full recipe (more steps and envs)
+    python training/train.py                                          # the default (this recipe, ~5-10 min)
+    python training/train.py --config training/configs/knobs-full.yaml  # the full recipe (3x the labelled states)
 
 The recipe, and why:
 
 1. **Warm start**: clone a fixed knob setting (``warm_start.knobs``, e.g. the first mode that
    runs, with an in-flight cap of 2x the max batch) from ``warm_start.episodes`` episodes of the
-   distribution. The clone is an ablation row of the final table: RL must beat it.
-2. **PPO at the control interval** (MaskablePPO: modes that cannot run are masked). A step is
-   ``interval_s`` simulated seconds, and ``half_life_s`` sets the discount per simulated second
-   (``gamma = 0.5 ** (interval_s / half_life_s)``): credit reaches as far as admission and site
-   choices play out, not half a second. One scalar reward per step is honest here: the agent
-   sets a few knobs, not 16 requests x 4 answers.
-3. **Model selection on validation episodes** of the training distribution (seeds
+   distribution. The clone is an ablation row of the final table: learning must beat it.
+2. **Policy improvement by rollouts** (``rollouts:``; :mod:`training.rollouts`): label states the
+   policy visits by holding each candidate knob setting in a copy of the simulator, fit the
+   policy to the clear winners, repeat. PPO from the clone did not move it in 3,000 steps.
+3. **PPO at the control interval** for ``total_timesteps`` (0 in the shipped configs;
+   MaskablePPO: modes that cannot run are masked). ``half_life_s`` sets the discount per
+   simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``).
+4. **Model selection on validation episodes** of the training distribution (seeds
    ``TRAIN_SEED_MAX + 1000..``): the evaluation scenarios are never looked at before the end.
-4. **Final comparison** on each ``eval.scenarios`` entry (scenario, rate and the baselines tuned
+5. **Final comparison** on each ``eval.scenarios`` entry (scenario, rate and the baselines tuned
    for it on validation seeds with ``python -m training.tune``) over test seeds
    ``TRAIN_SEED_MAX + i``: the policy, the clone, every baseline and the oracle, with paired
    bootstrap CIs of the goodput ratio against the best baseline. Scenarios marked ``held_out``
