@@ -154,7 +154,7 @@ class KnobController(Controller):
         self.act = act
         self.knobs = Knobs(
             mode=_mode_index(mode, self.mode_specs),
-            cap=_level(CAP_LEVELS, math.inf if cap is None else float(cap), "cap"),
+            cap=cap_level(cap),
             k_cap=_level(K_CAP_LEVELS, K_CAP_LEVELS[-1] if k_cap is None else int(k_cap), "k_cap"),
             hedge=int(bool(hedge)),
         )
@@ -333,6 +333,11 @@ def _mode_index(mode: str | int, specs: Sequence[str]) -> int:
     if mode not in specs:
         raise ValueError(f"mode {mode!r} is not one of the modes {list(specs)}")
     return specs.index(mode)
+
+
+def cap_level(cap: float | str | None) -> int:
+    """The :data:`CAP_LEVELS` index of an admission cap (``None`` or ``"none"``: no cap)."""
+    return _level(CAP_LEVELS, math.inf if cap in (None, "none") else float(cap), "cap")
 
 
 def _level(levels: Sequence[float], value: float, what: str) -> int:

@@ -39,6 +39,7 @@ def test_knobs_cap_k_and_mode_act_on_the_run():
     assert k1["mean_accepted_per_round"] <= 1.0
     with pytest.raises(ControllerError, match="not a level"):
         make_controller("knobs:cap=1.3")
+    assert make_controller("knobs:cap=none").knobs.cap == len(CAP_LEVELS) - 1  # the level the error lists
     with pytest.raises(ControllerError, match="not one of the modes"):
         make_controller("knobs:mode=sled")
 

@@ -39,7 +39,7 @@ import yaml
 
 from training.common import ConfigError, progress, progress_callback
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
-from training.rollouts import ROLLOUT_DEFAULTS, cap_level
+from training.rollouts import ROLLOUT_DEFAULTS
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
                  "config_file"}
@@ -80,6 +80,8 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
         raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
+    from controllers.knobs import cap_level
+
     try:
         [cap_level(c) for c in ro["caps"]]
     except ValueError as e:
@@ -95,15 +97,14 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ warm start
 def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
     """The fixed knob setting as an action, with the mode repaired to one that runs here."""
-    from controllers.knobs import CAP_LEVELS, K_CAP_LEVELS, _level
+    from controllers.knobs import K_CAP_LEVELS, _level, cap_level
 
     ctl = env.controller
-    cap = math.inf if knobs.get("cap") in (None, "none") else float(knobs["cap"])
     mode = int(knobs.get("mode", 0))
     if not ctl.valid[mode]:
         mode = ctl.valid.index(True)
     k_cap = min(int(knobs.get("k_cap", K_CAP_LEVELS[-1])), K_CAP_LEVELS[-1])
-    return np.array([mode, _level(CAP_LEVELS, cap, "cap"), _level(K_CAP_LEVELS, k_cap, "k_cap"), int(knobs.get("hedge", 1))])
+    return np.array([mode, cap_level(knobs.get("cap")), _level(K_CAP_LEVELS, k_cap, "k_cap"), int(knobs.get("hedge", 1))])
 
 
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:

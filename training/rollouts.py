@@ -79,7 +79,7 @@ def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequenc
     and the current mode at every cap in ``caps`` (k cap at its largest, hedging on: the caps and
     modes are where the tuned baselines differ). Coordinate-wise, so a state costs modes + caps
     rollouts, not modes x caps; the iterations move the other coordinate."""
-    from controllers.knobs import K_CAP_LEVELS
+    from controllers.knobs import K_CAP_LEVELS, cap_level
 
     k, mode, cap = len(K_CAP_LEVELS) - 1, int(current[0]), int(current[1])
     levels = [cap_level(c) for c in caps]
@@ -120,7 +120,7 @@ def in_flight_credit(env: Any) -> float:
 def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[Labelled]:
     """Run the policy in ``policy_dir`` on the system of ``sim_seed`` and label the states at
     ``cfg["at_s"]`` by rollouts of every candidate (one worker process's job)."""
-    from controllers.knobs import K_CAP_LEVELS
+    from controllers.knobs import K_CAP_LEVELS, cap_level
     from controllers.policy import load_policy_dir
     from policy_env.knobs_env import SpecKnobsEnv
 
@@ -172,13 +172,6 @@ def targets(data: Sequence[Labelled], min_gain: float) -> tuple[np.ndarray, np.n
     g = np.asarray(gains)
     weights = 1.0 + g / (g.mean() if g.mean() > 0 else 1.0)
     return np.asarray(actions, dtype=np.int64), weights.astype(np.float32), np.asarray(best_v, dtype=np.float32)
-
-
-def cap_level(cap: float | str | None) -> int:
-    """The :data:`controllers.knobs.CAP_LEVELS` index of a cap (``none``: no cap); ValueError names the levels."""
-    from controllers.knobs import CAP_LEVELS, _level
-
-    return _level(CAP_LEVELS, math.inf if cap in (None, "none") else float(cap), "cap")
 
 
 def _loss_share(best: float, current: float) -> float:
