@@ -94,7 +94,8 @@ def rollouts(kw: dict, cfg: dict, systems: int) -> None:
             t0 = time.perf_counter()
             labels = label_episode((d, kw, seed, ro))
             label_s += time.perf_counter() - t0
-            label_sim += max(d_.time_s for d_ in labels) + sum((len(d_.values) + 1) * float(ro["horizon_s"]) for d_ in labels)
+            rollouts = sum(len(d_.values) + (not (d_.actions == d_.current).all(1).any()) for d_ in labels)
+            label_sim += max(d_.time_s for d_ in labels) + rollouts * float(ro["horizon_s"])
             env.reset(options={"sim_seed": seed})
             t0 = time.perf_counter()
             done = False

@@ -148,7 +148,8 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
             todo.pop(0)
             cands = candidate_actions(action, cfg["caps"], env.controller.valid)
             values = np.array([rollout_value(copy.deepcopy(env), a, steps) for a in cands])
-            cur = rollout_value(copy.deepcopy(env), action, steps)
+            same = np.flatnonzero((cands == action).all(1))  # the policy's action is often a candidate
+            cur = float(values[same[0]]) if len(same) else rollout_value(copy.deepcopy(env), action, steps)
             out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t))
         obs, _, term, _, info = env.step(action)
         t = float(info["sim_time"])
