@@ -155,7 +155,7 @@ class KnobController(Controller):
         self.knobs = Knobs(
             mode=_mode_index(mode, self.mode_specs),
             cap=cap_level(cap),
-            k_cap=_level(K_CAP_LEVELS, K_CAP_LEVELS[-1] if k_cap is None else int(k_cap), "k_cap"),
+            k_cap=k_cap_level(k_cap),
             hedge=int(bool(hedge)),
         )
         self.valid: list[bool] = [False] * len(self.modes)
@@ -338,6 +338,11 @@ def _mode_index(mode: str | int, specs: Sequence[str]) -> int:
 def cap_level(cap: float | str | None) -> int:
     """The :data:`CAP_LEVELS` index of an admission cap (``None`` or ``"none"``: no cap)."""
     return _level(CAP_LEVELS, math.inf if cap in (None, "none") else float(cap), "cap")
+
+
+def k_cap_level(k_cap: int | None) -> int:
+    """The :data:`K_CAP_LEVELS` index of a draft-length cap (``None``, or above the largest: the largest)."""
+    return _level(K_CAP_LEVELS, K_CAP_LEVELS[-1] if k_cap is None else min(int(k_cap), K_CAP_LEVELS[-1]), "k_cap")
 
 
 def _level(levels: Sequence[float], value: float, what: str) -> int:

@@ -41,7 +41,8 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"half_life_s": 0}, "half_life_s must be > 0"),
     ({"rollouts": {"horizon": 3}}, r"unknown rollouts key\(s\) \['horizon'\]"),
     ({"rollouts": {"caps": []}}, "rollouts needs caps and at_s"),
-    ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps: cap=1.2 is not a level; choose one of"),
+    ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps / k_caps: cap=1.2 is not a level; choose one of"),
+    ({"rollouts": {"k_caps": [5]}}, r"rollouts.caps / k_caps: k_cap=5 is not a level; choose one of"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])

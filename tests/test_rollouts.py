@@ -36,12 +36,21 @@ def test_a_copied_env_replays_its_original_exactly() -> None:
 
 
 def test_candidates_move_one_knob_at_a_time() -> None:
-    cands = candidate_actions(np.array([0, 3, 2, 0]), [1.0, 3.0], [True, False, True])
-    pairs = {(int(a[0]), int(a[1])) for a in cands}
-    assert pairs == {(0, 3), (2, 3), (0, 0), (0, 5)}  # modes at the current cap; caps 1.0, 3.0 at mode 0
-    assert len(cands) == len(pairs) and all(a[2] == 5 and a[3] == 1 for a in cands)  # largest k cap, hedging on
+    cands = candidate_actions(np.array([0, 3, 2, 0]), [1.0, 3.0], [True, False, True], k_caps=[2, 16], hedge=True)
+    got = {tuple(int(x) for x in a) for a in cands}
+    assert got == {
+        (0, 3, 2, 0), (2, 3, 2, 0),  # the modes that run, at the current cap, k cap and hedging
+        (0, 0, 2, 0), (0, 5, 2, 0),  # caps 1.0 and 3.0 at mode 0
+        (0, 3, 1, 0), (0, 3, 5, 0),  # k caps 2 and 16 (clipped to the largest level, 8)
+        (0, 3, 2, 1),  # hedging switched on
+    }
+    assert len(cands) == len(got)
+    plain = candidate_actions(np.array([0, 3, 2, 0]), [1.0], [True, True])
+    assert {tuple(int(x) for x in a) for a in plain} == {(0, 3, 2, 0), (1, 3, 2, 0), (0, 0, 2, 0)}  # no k caps, no hedge flip
     with pytest.raises(ValueError, match="cap"):
         candidate_actions(np.array([0, 3, 5, 1]), [1.234], [True])
+    with pytest.raises(ValueError, match="k_cap"):
+        candidate_actions(np.array([0, 3, 5, 1]), [1.0], [True], k_caps=[5])
 
 
 def test_labels_are_deterministic_and_mask_modes_that_cannot_run(tmp_path: Path) -> None:

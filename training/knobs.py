@@ -80,12 +80,13 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
         raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
-    from controllers.knobs import cap_level
+    from controllers.knobs import cap_level, k_cap_level
 
     try:
         [cap_level(c) for c in ro["caps"]]
-    except ValueError as e:
-        raise ConfigError(f"config {path}: rollouts.caps: {e}") from None
+        [k_cap_level(k) for k in ro["k_caps"]]
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {path}: rollouts.caps / k_caps: {e}") from None
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
         raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
     for i, sc in enumerate(cfg["eval"]["scenarios"]):
@@ -97,14 +98,13 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ warm start
 def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
     """The fixed knob setting as an action, with the mode repaired to one that runs here."""
-    from controllers.knobs import K_CAP_LEVELS, _level, cap_level
+    from controllers.knobs import cap_level, k_cap_level
 
     ctl = env.controller
     mode = int(knobs.get("mode", 0))
     if not ctl.valid[mode]:
         mode = ctl.valid.index(True)
-    k_cap = min(int(knobs.get("k_cap", K_CAP_LEVELS[-1])), K_CAP_LEVELS[-1])
-    return np.array([mode, cap_level(knobs.get("cap")), _level(K_CAP_LEVELS, k_cap, "k_cap"), int(knobs.get("hedge", 1))])
+    return np.array([mode, cap_level(knobs.get("cap")), k_cap_level(knobs.get("k_cap")), int(knobs.get("hedge", 1))])
 
 
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:

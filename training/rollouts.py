@@ -4,7 +4,7 @@ PPO from a clone learns little at a few thousand control steps: one episode is o
 of a workload, and the gain of a better knob is a few percent of it. The simulator offers more
 than samples: it can be copied mid-run. At chosen moments of episodes that the current policy
 runs, the env is deep-copied once per candidate (:func:`candidate_actions`: the policy's action
-with its mode or its admission cap changed); each copy holds its candidate for ``horizon_s``
+with one knob changed: its mode, admission cap, draft-length cap or hedging); each copy holds its candidate for ``horizon_s``
 simulated seconds, then counts the requests still in flight and on track. Every copy sees the
 same arrivals and random draws (common random numbers), so the difference between two
 candidates is their effect, not the workload's noise.
@@ -36,6 +36,8 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "at_s": [5.0, 20.0, 35.0, 50.0],  # moments of each episode to label, in simulated seconds
     "horizon_s": 15.0,  # how long each candidate is held in its rollout
     "caps": [1.0, 1.5, 2.0, 3.0],  # admission caps tried (x max batch) at the current mode
+    "k_caps": [2, 4, 8],  # draft-length caps tried at the current mode and cap ([] to leave it)
+    "hedge": True,  # also try the current action with hedging switched over
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
     "explore": 0.5,  # chance to hold a random candidate for explore_s before a labelled moment
     "explore_s": 4.0,
@@ -74,17 +76,21 @@ def save_labels(data: Sequence[Labelled], path: Path) -> Path:
     return path
 
 
-def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequence[bool]) -> np.ndarray:
-    """One knob moved at a time from ``current``: every mode that runs here at the current cap,
-    and the current mode at every cap in ``caps`` (k cap at its largest, hedging on: the caps and
-    modes are where the tuned baselines differ). Coordinate-wise, so a state costs modes + caps
-    rollouts, not modes x caps; the iterations move the other coordinate."""
-    from controllers.knobs import K_CAP_LEVELS, cap_level
+def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequence[bool],
+                      k_caps: Sequence[int] = (), hedge: bool = False) -> np.ndarray:
+    """One knob moved at a time from ``current``: every mode that runs here, the current mode at
+    every cap in ``caps``, at every draft-length cap in ``k_caps``, and (``hedge``) with its
+    hedging switched over. Coordinate-wise, so a state costs modes + caps + k caps + 1
+    rollouts, not their product; the iterations move the other coordinates."""
+    from controllers.knobs import cap_level, k_cap_level
 
-    k, mode, cap = len(K_CAP_LEVELS) - 1, int(current[0]), int(current[1])
-    levels = [cap_level(c) for c in caps]
-    out = [(m, cap) for m in range(len(valid)) if valid[m]] + [(mode, c) for c in levels if valid[mode]]
-    return np.array([[m, c, k, 1] for m, c in dict.fromkeys(out)], dtype=np.int64)
+    mode, cap, k, h = (int(x) for x in current)
+    out = [(m, cap, k, h) for m in range(len(valid)) if valid[m]]
+    if valid[mode]:
+        out += [(mode, cap_level(c), k, h) for c in caps]
+        out += [(mode, cap, k_cap_level(kc), h) for kc in k_caps]
+        out += [(mode, cap, k, 1 - h)] if hedge else []
+    return np.array(list(dict.fromkeys(out)), dtype=np.int64)
 
 
 def rollout_value(env: Any, action: np.ndarray, steps: int) -> float:
@@ -120,7 +126,7 @@ def in_flight_credit(env: Any) -> float:
 def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[Labelled]:
     """Run the policy in ``policy_dir`` on the system of ``sim_seed`` and label the states at
     ``cfg["at_s"]`` by rollouts of every candidate (one worker process's job)."""
-    from controllers.knobs import K_CAP_LEVELS, cap_level
+    from controllers.knobs import cap_level, k_cap_level
     from controllers.policy import load_policy_dir
     from policy_env.knobs_env import SpecKnobsEnv
 
@@ -134,7 +140,9 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
     # knobs are features, and it must answer states its current self would not visit too
     rng = np.random.default_rng([sim_seed, 0xE4])
     runnable = [m for m, ok in enumerate(env.controller.valid) if ok]
-    detours = [np.array([rng.choice(runnable), cap_level(rng.choice(cfg["caps"])), len(K_CAP_LEVELS) - 1, 1])
+    k_levels = [k_cap_level(k) for k in cfg["k_caps"]] or [k_cap_level(None)]
+    detours = [np.array([rng.choice(runnable), cap_level(rng.choice(cfg["caps"])), rng.choice(k_levels),
+                         rng.integers(2) if cfg["hedge"] else 1])
                if rng.random() < float(cfg["explore"]) else None for _ in todo]
     out: list[Labelled] = []
     t = 0.0
@@ -146,7 +154,7 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
             action = detour
         if t >= todo[0]:
             todo.pop(0)
-            cands = candidate_actions(action, cfg["caps"], env.controller.valid)
+            cands = candidate_actions(action, cfg["caps"], env.controller.valid, cfg["k_caps"], bool(cfg["hedge"]))
             values = np.array([rollout_value(copy.deepcopy(env), a, steps) for a in cands])
             same = np.flatnonzero((cands == action).all(1))  # the policy's action is often a candidate
             cur = float(values[same[0]]) if len(same) else rollout_value(copy.deepcopy(env), action, steps)
