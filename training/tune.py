@@ -47,6 +47,7 @@ SPACES: dict[str, dict[str, BaseDistribution]] = {
         "backup_k": IntDistribution(1, 4),
         "max_rtt_s": FloatDistribution(0.02, 0.2, step=0.01),
         "ahead": CategoricalDistribution([True, False]),
+        "backup": CategoricalDistribution([True, False]),  # the hedged local backup rounds
     },
     "wisp": {
         "min_accept": FloatDistribution(0.0, 0.6, step=0.05),
