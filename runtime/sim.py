@@ -137,7 +137,7 @@ class SimSite:
     """A site's GPUs, draft queue, draft-ahead streams, background load and link to the target."""
 
     __slots__ = ("spec", "name", "role", "drafter", "draft_lat", "load", "link", "queue", "free", "rtt_ewma",
-                 "streams", "streaming")
+                 "streams", "streaming", "pending")
 
     def __init__(self, spec: Site, scenario: Scenario, load: LoadProcess, link: Link | None) -> None:
         self.spec = spec
@@ -154,6 +154,10 @@ class SimSite:
         self.rtt_ewma = spec.rtt_ms / 1000.0
         self.streams: list[DraftStream] = []
         self.streaming = False  # a draft-ahead pass is running on one of the GPUs
+        # Messages from the target (acks, corrections) that reach the site while a pass runs:
+        # a heap of (time, seq, stream, epoch, consumed), applied when the pass ends (see
+        # Simulator._message_stream) instead of one event each.
+        self.pending: list[tuple[float, int, DraftStream, int, int]] = []
 
 
 def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
@@ -218,6 +222,11 @@ class Simulator(DecisionLoop):
             draft_ahead=True,
         )
         self._allowed = drafting_sites(scenario)
+        net = self.net
+        self._header_bytes = net.header_bytes
+        self._draft_token_bytes = net.bytes_per_token + (4 if net.send_draft_probs else 0)
+        self._ack_bytes = net.header_bytes
+        self._correction_bytes = net.header_bytes + net.bytes_per_token
 
         # request state
         self.requests: dict[int, SimRequest] = {}  # admitted or awaiting admission, unfinished
@@ -475,13 +484,18 @@ class Simulator(DecisionLoop):
     def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
         st = req.stream = DraftStream(req, self.sites[site_name])
         st.s_catchup, nbytes = self._catchup(req, site_name)
-        self._push(self.now + st.home.link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
+        self._seq += 1
+        t = self.now + st.home.link.send(nbytes)  # type: ignore[union-attr]
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_open, (st, t, self._seq)))
         return st
 
-    def _on_stream_open(self, st: DraftStream) -> None:
+    def _on_stream_open(self, arg: tuple[DraftStream, float, int]) -> None:
+        st, t, seq = arg
         if st.closed:
             return
         site = st.home
+        if site.pending:
+            self._apply_messages(site, t, seq)
         st.at_site = True
         site.streams.append(st)
         self._kick(site)
@@ -491,25 +505,46 @@ class Simulator(DecisionLoop):
         st.closed = True
         st.req.stream = None
         self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
-        self._push(self.now + st.home.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
+        self._seq += 1
+        t = self.now + st.home.link.send(self.net.header_bytes)  # type: ignore[union-attr]
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_closed, (st, t, self._seq)))
 
-    def _on_stream_closed(self, st: DraftStream) -> None:
+    def _on_stream_closed(self, arg: tuple[DraftStream, float, int]) -> None:
+        st, t, seq = arg
+        if st.home.pending:
+            self._apply_messages(st.home, t, seq)
         if st.at_site:
             st.at_site = False
             st.home.streams.remove(st)
 
     def _message_stream(self, st: DraftStream, valid: bool) -> None:
-        """After a verification: an acknowledgement, or a correction that starts a new epoch."""
+        """After a verification: an acknowledgement, or a correction that starts a new epoch.
+
+        A message that reaches the site while a stream pass runs there only updates the site's
+        view of the stream (the busy GPU cannot start another pass), so it waits in
+        ``site.pending`` and is applied, in arrival order, before anything at the site reads
+        that view: at the end of the pass, or at a stream opening or closing there. If the site
+        goes idle first, the waiting messages become ordinary events, with the time and
+        sequence number they would have had, so event order and results are unchanged.
+        """
         if not valid:
             self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
             st.epoch += 1
             st.arrived = st.consumed = 0
-        d = st.home.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
+        site = st.home
+        t = self.now + site.link.send(self._ack_bytes if valid else self._correction_bytes)  # type: ignore[union-attr]
         self._seq += 1
-        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_message, (st, st.epoch, st.consumed)))
+        msg = (t, self._seq, st, st.epoch, st.consumed)
+        if site.streaming:
+            heapq.heappush(site.pending, msg)
+        else:
+            heapq.heappush(self._heap, (t, self._seq, self._on_stream_message, msg))
 
-    def _on_stream_message(self, arg: tuple[DraftStream, int, int]) -> None:
-        st, epoch, consumed = arg
+    def _on_stream_message(self, msg: tuple[float, int, DraftStream, int, int]) -> None:
+        t, seq, st, epoch, consumed = msg
+        site = st.home
+        if site.pending:
+            self._apply_messages(site, t, seq)
         if not st.at_site:
             return
         if epoch != st.s_epoch:  # the correction: redraft from the target's token
@@ -518,18 +553,37 @@ class Simulator(DecisionLoop):
             st.s_catchup = 1
         if consumed > st.s_known:
             st.s_known = consumed
-        site = st.home
         if site.free > 0:  # _kick's test, inlined: most acks reach a site that is busy drafting
             self._kick(site)
+
+    def _apply_messages(self, site: SimSite, t: float, seq: int) -> None:
+        """Apply the messages that reached ``site`` before the event ``(t, seq)``, in order:
+        what :meth:`_on_stream_message` does, less the kick (the site was streaming)."""
+        pending = site.pending
+        pop = heapq.heappop
+        while pending:
+            first = pending[0]
+            if first[0] > t or first[0] == t and first[1] > seq:
+                break
+            _, _, st, epoch, consumed = pop(pending)
+            self.events_processed += 1
+            if not st.at_site:
+                continue
+            if epoch != st.s_epoch:
+                st.s_epoch = epoch
+                st.s_drafted = 0
+                st.s_catchup = 1
+            if consumed > st.s_known:
+                st.s_known = consumed
 
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
         cap = self.limits.max_k
         run = [st for st in site.streams if st.s_drafted - st.s_known < cap]
-        if len(run) > self.limits.max_batch_size:  # the streams furthest behind go first
-            run = sorted(run, key=lambda st: st.s_drafted - st.s_known)[: self.limits.max_batch_size]
         if not run:
             return
+        if len(run) > self.limits.max_batch_size:  # the streams furthest behind go first
+            run = sorted(run, key=_lead)[: self.limits.max_batch_size]
         n = len(run)
         new = ctx = 0
         for st in run:
@@ -537,26 +591,40 @@ class Simulator(DecisionLoop):
             st.s_catchup = 0
             req = st.req
             ctx += req.prompt_tokens + req.generated
-        dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(self.now)  # type: ignore[union-attr]
+        now = self.now
+        dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(now)  # type: ignore[union-attr]
         site.free -= 1
         site.streaming = True
-        self.metrics.remote_draft_passes += 1
-        self.metrics.draft_tokens += n
-        self._push(self.now + dur, self._on_stream_pass_done, (site, run))
+        m = self.metrics
+        m.remote_draft_passes += 1
+        m.draft_tokens += n
+        self._seq += 1
+        t = now + dur
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_pass_done, (site, run, t, self._seq)))
 
-    def _on_stream_pass_done(self, arg: tuple[SimSite, list[DraftStream]]) -> None:
-        site, run = arg
+    def _on_stream_pass_done(self, arg: tuple[SimSite, list[DraftStream], float, int]) -> None:
+        site, run, t, seq = arg
+        if site.pending:
+            self._apply_messages(site, t, seq)
         site.free += 1
         site.streaming = False
+        sent = []
         for st in run:
             st.s_drafted += 1
-        sent = [(st, st.s_epoch) for st in run]
-        per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
-        nbytes = self.net.header_bytes + len(sent) * per_tok
-        d = site.link.send(nbytes)  # type: ignore[union-attr]
-        site.rtt_ewma += 0.1 * (2 * (d - nbytes / site.link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
-        self._push(self.now + d, self._on_stream_tokens, sent)
+            sent.append((st, st.s_epoch))
+        nbytes = self._header_bytes + len(sent) * self._draft_token_bytes
+        link = site.link
+        d = link.send(nbytes)  # type: ignore[union-attr]
+        site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_tokens, sent))
         self._kick(site)
+        if site.pending and not site.streaming:  # idle now: what is still on its way arrives as events
+            heap = self._heap
+            on_message = self._on_stream_message
+            for msg in site.pending:
+                heapq.heappush(heap, (msg[0], msg[1], on_message, msg))
+            site.pending.clear()
 
     def _on_stream_tokens(self, sent: list[tuple[DraftStream, int]]) -> None:
         m = self.metrics
@@ -790,6 +858,11 @@ class Simulator(DecisionLoop):
         m.wan_bytes = sum(s.link.bytes_sent for s in self.sites.values() if s.link is not None)
         if self._bar is not None:
             self._bar.close()
+
+
+def _lead(st: DraftStream) -> int:
+    """How far a stream's site is ahead of what it knows the target consumed."""
+    return st.s_drafted - st.s_known
 
 
 def _noop(_: Any) -> None:
