@@ -32,6 +32,7 @@ from runtime.contract import (
     DecisionPoint,
     Redundancy,
     RequestView,
+    RoundPlan,
     RuntimeInfo,
     SystemView,
 )
@@ -95,6 +96,8 @@ class WanSpec(Controller):
         # the draft-ahead answers, built once (they are immutable): most rounds get one of them
         self._ahead = Redundancy(ahead=True)
         self._ahead_hedged = Redundancy(backups=(info.target_site,), hedge_after_s=0.0, ahead=True)
+        self._kcap = min(self.k, info.max_k)
+        self._plans: dict[tuple[int, str, int], RoundPlan] = {}
 
     def prepare(self, point: DecisionPoint) -> None:
         self._predicted.clear()
@@ -109,8 +112,10 @@ class WanSpec(Controller):
         return max(min(self.k, sys.info.max_k, req.tokens_left - 1), 0)
 
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
+        return self._site(req, sys, max(self._k(req, sys), 1))
+
+    def _site(self, req: RequestView, sys: SystemView, k: int) -> str:
         info = sys.info
-        k = max(self._k(req, sys), 1)
         ctx = req.context_tokens
         options = self._options.get(req.origin)
         if options is None:  # the allowed sites depend only on where the request comes from
@@ -165,6 +170,31 @@ class WanSpec(Controller):
                 staying = d
         assert best is not None  # options is not empty
         return best, predicted, staying
+
+    def plan_round(self, req: RequestView, sys: SystemView) -> RoundPlan:
+        """With draft-ahead: :meth:`drafter_site`, :meth:`draft_length` and :meth:`redundancy` in
+        one call (the same answers; one call per round is the simulator's hot path), and the
+        plan reused, as plans are immutable."""
+        if not self._stream:
+            return super().plan_round(req, sys)
+        left = req.tokens_left - 1
+        k = self._kcap if left > self._kcap else left if left > 0 else 0  # _k
+        site = self._site(req, sys, k if k > 1 else 1)
+        which = 0  # NO_REDUNDANCY
+        if site != sys.info.target_site:
+            which = 1
+            if self._hedge and req.ahead_tokens == 0:
+                which = 2
+                if k > self.backup_k:
+                    k = self.backup_k  # nothing streamed yet: a short local backup round
+        if k <= 0:
+            which = 0
+        self._predicted.pop(req.rid, None)  # (only filled without draft-ahead)
+        key = (k, site, which)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = RoundPlan(k, site, (NO_REDUNDANCY, self._ahead, self._ahead_hedged)[which])
+        return plan
 
     def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
         k = self._k(req, sys)
