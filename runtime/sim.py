@@ -222,6 +222,7 @@ class Simulator(DecisionLoop):
             draft_ahead=True,
         )
         self._allowed = drafting_sites(scenario)
+        self._checked: set[tuple[str, tuple[str, ...], str]] = set()  # (site, backups, origin) check_plan passed
         net = self.net
         self._header_bytes = net.header_bytes
         self._draft_token_bytes = net.bytes_per_token + (4 if net.send_draft_probs else 0)
@@ -288,7 +289,10 @@ class Simulator(DecisionLoop):
         if lat is None or k <= 0:
             return 0.0
         step = lat.forward_time(n_seqs, n_seqs, context_tokens)
-        return step * k * self._slowdown(s)
+        slow = self._slows.get(site) if self._pending is not None else None  # _slowdown, inlined
+        if slow is None:
+            slow = self._slowdown(s)
+        return step * k * slow
 
     # ---------------------------------------------------------- clairvoyant hooks (oracle)
     def peek_run_length(self, req: SimRequest, site: str) -> int:
@@ -408,8 +412,11 @@ class Simulator(DecisionLoop):
         site = plan.site
         red = plan.redundancy
         allowed = self._allowed[req.origin]
-        if k > self.limits.max_k or site not in allowed or red.backups:  # the hot path skips the call
-            check_plan(req.rid, k, plan, self.limits, allowed)
+        backups = red.backups
+        if k > self.limits.max_k or site not in allowed or backups and (site, backups, req.origin) not in self._checked:
+            check_plan(req.rid, k, plan, self.limits, allowed)  # the hot path skips the call
+            if backups:
+                self._checked.add((site, backups, req.origin))  # valid for every k <= max_k
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
@@ -430,12 +437,12 @@ class Simulator(DecisionLoop):
             if st is not None:
                 self._close_stream(st)
             self._launch(req, site, k)
-        if red.backups:
+        if backups:
             if red.hedge_after_s <= 0:
-                for b in red.backups:
+                for b in backups:
                     self._launch(req, b, k)
             else:
-                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, red.backups, k))
+                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k))
         if red.timeout_s is not None:
             self._push(self.now + red.timeout_s, self._on_timeout, (req, req.round_id))
 
@@ -448,6 +455,12 @@ class Simulator(DecisionLoop):
 
     def _launch(self, req: SimRequest, site_name: str, k: int) -> None:
         site = self.sites[site_name]
+        if site is self.target:  # _catchup's token count; nothing travels
+            catchup = req.draft_ctx - req.synced.get(site_name, 0)
+            task = DraftTask(req, site_name, k, catchup if catchup > 1 else 1, req.round_id)
+            req.tasks.append(task)
+            self._local_q.append(task)
+            return
         catchup, nbytes = self._catchup(req, site_name)
         task = DraftTask(req, site_name, k, catchup, req.round_id)
         req.tasks.append(task)
@@ -627,21 +640,26 @@ class Simulator(DecisionLoop):
             site.pending.clear()
 
     def _on_stream_tokens(self, sent: list[tuple[DraftStream, int]]) -> None:
-        m = self.metrics
+        wasted = 0
+        ready = self.ready
         for st, epoch in sent:
             if st.closed or epoch != st.epoch:
-                m.wasted_rejected += 1  # drafted past a rejection the site had not heard of yet
+                wasted += 1  # drafted past a rejection the site had not heard of yet
                 continue
             st.arrived += 1
             req = st.req
             if req.stream is not st:
                 continue
-            avail = min(st.arrived - st.consumed, req.want)
+            avail = st.arrived - st.consumed
+            if avail > req.want:
+                avail = req.want
             if req.round_open:
                 if avail > 0:
                     self._resolve(req, st.site, avail)
-            elif req.ready_site == st.site and req.rid in self.ready and req.ready_k < avail:
+            elif req.ready_k < avail and req.ready_site == st.site and req.rid in ready:
                 req.ready_k = avail  # the round is still waiting for the verifier: verify more
+        if wasted:
+            self.metrics.wasted_rejected += wasted
 
     def _take_batch(self, queue: list[DraftTask]) -> list[DraftTask]:
         now = self.now
@@ -766,9 +784,13 @@ class Simulator(DecisionLoop):
         now = self.now
         m = self.metrics
         by_name = self.sites
+        max_k = self.limits.max_k
+        plan_q = self._plan_q
         ks: list[int] = []
         accs: list[int] = []
         sites: list[str | None] = []
+        # the metrics' integer counters, summed here and added once (the hot path)
+        committed = spec_rounds = drafted = accepted = rejected = in_spec = 0
         for req in batch:
             k = req.ready_k
             site = req.ready_site
@@ -778,21 +800,23 @@ class Simulator(DecisionLoop):
                 req.phase = "decode"
                 req.generated = 1
                 req.first_token_time = now + req.deliver_s
-                m.tokens_committed += 1
+                committed += 1
                 accs.append(0)
             else:
                 a = 0
                 st = req.stream
                 if k > 0:
                     model = by_name[site].drafter  # type: ignore[index]
-                    L = self._run_length(req, model)  # type: ignore[arg-type]
+                    L = req.run_len.get(model)  # type: ignore[arg-type]
+                    if L is None:
+                        L = self._run_length(req, model)  # type: ignore[arg-type]
                     a = k if L >= k else L
                     if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
                         # token, i.e. that token would have been accepted (run lengths are capped
                         # at max_k, which then counts as "at least"). A backup running the same
                         # drafter model drafted the very tokens the stream holds.
-                        valid = L > k or L >= self.limits.max_k
+                        valid = L > k or L >= max_k
                         st.consumed += k + 1 if valid else k
                         self._message_stream(st, valid)
                         st = None
@@ -801,19 +825,21 @@ class Simulator(DecisionLoop):
                     req.accepted += a
                     if a < k:
                         req.rejected_rounds += 1
-                    req.synced[site] = req.draft_ctx + (a if a < k else k - 1)  # type: ignore[index]
-                    m.spec_rounds += 1
-                    m.drafted_verified += k
-                    m.accepted += a
-                    m.wasted_rejected += k - a
+                        req.synced[site] = req.draft_ctx + a  # type: ignore[index]
+                    else:
+                        req.synced[site] = req.draft_ctx + k - 1  # type: ignore[index]
+                    spec_rounds += 1
+                    drafted += k
+                    accepted += a
+                    rejected += k - a
                 commit = a + 1
                 left = req.max_tokens - req.generated
                 if commit > left:
                     commit = left
                 if k > 0:
-                    m.committed_in_spec_rounds += commit
+                    in_spec += commit
                 req.generated += commit
-                m.tokens_committed += commit
+                committed += commit
                 req.last_k = k
                 req.last_accepted = a
                 accs.append(a)
@@ -823,7 +849,13 @@ class Simulator(DecisionLoop):
             if req.generated >= req.max_tokens:
                 self._complete(req)
             else:
-                self._plan_q.append(req)
+                plan_q.append(req)
+        m.tokens_committed += committed
+        m.spec_rounds += spec_rounds
+        m.drafted_verified += drafted
+        m.accepted += accepted
+        m.wasted_rejected += rejected
+        m.committed_in_spec_rounds += in_spec
         self._feedback.append(BatchResult(now, dur, [r.rid for r in batch], ks, accs, new, ctx, sites))
 
     def _run_length(self, req: SimRequest, model: str) -> int:
