@@ -115,6 +115,7 @@ class WanSpec(Controller):
         return self._site(req, sys, max(self._k(req, sys), 1))
 
     def _site(self, req: RequestView, sys: SystemView, k: int) -> str:
+        """:meth:`drafter_site` for a ``k``-token draft."""
         info = sys.info
         ctx = req.context_tokens
         options = self._options.get(req.origin)
@@ -123,34 +124,14 @@ class WanSpec(Controller):
         if not options:
             return info.target_site
         current = req.drafter_site
-        site, predicted, staying = self._fastest(sys, options, k, ctx, current)
-        if staying is not None and current != site:
-            if staying <= predicted * self.switch_gain:  # moving costs a context transfer
-                site, predicted = current, staying  # type: ignore[assignment]
-        if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
-            local = delivery_time(sys, info.target_site, k, ctx)
-            # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
-            alpha = req.alpha_estimate(self._prior)
-            due = req.deadline() + req.tpot_slo * (alpha * (1 - alpha**k) / (1 - alpha)) - sys.now
-            budget = due - sys.verify_time_ewma
-            if predicted > budget * self.slack_share and predicted > local + self.max_extra_s:
-                return info.target_site  # offloading would put the request behind its SLO pace
-            # the local backup starts when the remote draft is overdue and the pace is at risk
-            self._predicted[req.rid] = max(predicted * self.hedge_margin, budget - local)
-        if self._round_site.get(req.rid) is None:
-            self._backlog[site] += 1
-            self._round_site[req.rid] = site
-        return site
-
-    def _fastest(self, sys: SystemView, options: list[str], k: int, ctx: int, current: str | None) -> tuple[str, float, float | None]:
-        """The first option with the least :func:`delivery_time` (given our backlog), its time,
-        and ``current``'s time if it is an option. :func:`delivery_time` inlined for remote
-        sites, with the same float operations: this runs for every option of every round."""
+        # the first option with the least delivery_time (given our backlog), and current's time;
+        # delivery_time inlined for remote sites, with the same float operations (this runs for
+        # every option of every round)
         backlog = self._backlog
-        target = sys.info.target_site
+        target = info.target_site
         site_state = sys.site_state
         estimate = sys.estimate_draft_time
-        best: str | None = None
+        site: str | None = None
         predicted = 0.0
         staying = None
         for s in options:
@@ -164,12 +145,28 @@ class WanSpec(Controller):
                     queue = b
                 draft = estimate(s, queue + 1, k, ctx * (queue + 1))
                 d = state.rtt_s + (draft if state.busy or queue > 0 else 0.0) + draft
-            if best is None or d < predicted:
-                best, predicted = s, d
+            if site is None or d < predicted:
+                site, predicted = s, d
             if s == current:
                 staying = d
-        assert best is not None  # options is not empty
-        return best, predicted, staying
+        assert site is not None  # options is not empty
+        if staying is not None and current != site:
+            if staying <= predicted * self.switch_gain:  # moving costs a context transfer
+                site, predicted = current, staying  # type: ignore[assignment]
+        if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
+            local = delivery_time(sys, info.target_site, k, ctx)
+            # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
+            alpha = req.alpha_estimate(self._prior)
+            due = req.deadline() + req.tpot_slo * (alpha * (1 - alpha**k) / (1 - alpha)) - sys.now
+            budget = due - sys.verify_time_ewma
+            if predicted > budget * self.slack_share and predicted > local + self.max_extra_s:
+                return info.target_site  # offloading would put the request behind its SLO pace
+            # the local backup starts when the remote draft is overdue and the pace is at risk
+            self._predicted[req.rid] = max(predicted * self.hedge_margin, budget - local)
+        if req.rid not in self._round_site:
+            self._backlog[site] += 1
+            self._round_site[req.rid] = site
+        return site
 
     def plan_round(self, req: RequestView, sys: SystemView) -> RoundPlan:
         """With draft-ahead: :meth:`drafter_site`, :meth:`draft_length` and :meth:`redundancy` in

@@ -600,8 +600,12 @@ class Simulator(DecisionLoop):
         n = len(run)
         new = ctx = 0
         for st in run:
-            new += st.s_catchup or 1
-            st.s_catchup = 0
+            c = st.s_catchup
+            if c:
+                new += c
+                st.s_catchup = 0
+            else:
+                new += 1
             req = st.req
             ctx += req.prompt_tokens + req.generated
         now = self.now
@@ -621,16 +625,15 @@ class Simulator(DecisionLoop):
             self._apply_messages(site, t, seq)
         site.free += 1
         site.streaming = False
-        sent = []
         for st in run:
             st.s_drafted += 1
-            sent.append((st, st.s_epoch))
-        nbytes = self._header_bytes + len(sent) * self._draft_token_bytes
+        epochs = [st.s_epoch for st in run]
+        nbytes = self._header_bytes + len(run) * self._draft_token_bytes
         link = site.link
         d = link.send(nbytes)  # type: ignore[union-attr]
         site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
         self._seq += 1
-        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_tokens, sent))
+        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_tokens, (run, epochs)))
         self._kick(site)
         if site.pending and not site.streaming:  # idle now: what is still on its way arrives as events
             heap = self._heap
@@ -639,10 +642,12 @@ class Simulator(DecisionLoop):
                 heapq.heappush(heap, (msg[0], msg[1], on_message, msg))
             site.pending.clear()
 
-    def _on_stream_tokens(self, sent: list[tuple[DraftStream, int]]) -> None:
+    def _on_stream_tokens(self, sent: tuple[list[DraftStream], list[int]]) -> None:
+        """One token per stream of a pass (drafted in the site's epoch ``epochs[i]``) arrives."""
+        run, epochs = sent
         wasted = 0
         ready = self.ready
-        for st, epoch in sent:
+        for st, epoch in zip(run, epochs):
             if st.closed or epoch != st.epoch:
                 wasted += 1  # drafted past a rejection the site had not heard of yet
                 continue
