@@ -313,14 +313,18 @@ class Simulator(DecisionLoop):
             raise RuntimeError("apply() the decision for the previous point before asking for the next")
         heap = self._heap
         pop = heapq.heappop
+        # these containers are only replaced by _plan_point and _batch_point, as this returns
+        admit_q, plan_q, local_q, ready = self._admit_q, self._plan_q, self._local_q, self.ready
+        drain_end = self._drain_end
+        bar = self._bar
         while True:
-            if self._admit_q or self._plan_q:
+            if admit_q or plan_q:
                 return self._plan_point(self.now)
             if not self._target_busy:
-                if self._local_q:
+                if local_q:
                     self._start_local_drafts()
                     continue
-                if self.ready and self.now >= self._hold_until:
+                if ready and self.now >= self._hold_until:
                     return self._batch_point(self.now)
             if not heap or (self._arrivals_done and not self.requests and not self._to_arrive):
                 self._finish()
@@ -328,16 +332,16 @@ class Simulator(DecisionLoop):
             t, _, fn, arg = pop(heap)
             if t < self.now:
                 raise RuntimeError(f"simulated time went backwards: {t} < {self.now}")
-            if t > self._drain_end:
+            if t > drain_end:
                 self._finish()
                 return None
             self.now = t
             self.events_processed += 1
             fn(arg)
-            if self._bar is not None and t - self._bar_t >= 1.0:
+            if bar is not None and t - self._bar_t >= 1.0:
                 step = min(int(t), self._bar.total) - self._bar_t
                 if step > 0:
-                    self._bar.update(step)
+                    bar.update(step)
                     self._bar_t += step
 
     def apply(self, decision: Decision) -> None:
@@ -431,7 +435,8 @@ class Simulator(DecisionLoop):
             req.want = k
             avail = st.arrived - st.consumed
             if avail > 0:  # verify what is here; more may join until the batch starts
-                self._resolve(req, site, min(k, avail))
+                req.round_open = False  # _resolve, without tasks to cancel
+                self._make_ready(req, k if k < avail else avail, site)
                 return
         else:
             if st is not None:
