@@ -139,6 +139,8 @@ class WanSpec(Controller):
                 d = delivery_time(sys, s, k, ctx, backlog.get(s, 0))
             else:
                 state = site_state(s)
+                if site is not None and s != current and state.rtt_s >= predicted:
+                    continue  # its delivery time is at least its RTT: it cannot be the first fastest
                 queue = state.queue
                 b = backlog.get(s, 0)
                 if b > queue:

@@ -85,7 +85,10 @@ class SimRequest(RequestMixin):
     @property
     def ahead_tokens(self) -> int:
         st = self.stream
-        return 0 if st is None else max(st.arrived - st.consumed, 0)
+        if st is None:
+            return 0
+        n = st.arrived - st.consumed
+        return n if n > 0 else 0
 
     def __repr__(self) -> str:
         return f"SimRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
