@@ -15,6 +15,7 @@ because the event loop is the hot path (see ``benchmarks/sim_throughput.py``).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -158,7 +159,7 @@ class SimSite:
         self.streams: list[DraftStream] = []
         self.streaming = False  # a draft-ahead pass is running on one of the GPUs
         # Messages from the target (acks, corrections) that reach the site while a pass runs:
-        # a heap of (time, seq, stream, epoch, consumed), applied when the pass ends (see
+        # (time, seq, stream, epoch, consumed), unsorted, applied when the pass ends (see
         # Simulator._message_stream) instead of one event each.
         self.pending: list[tuple[float, int, DraftStream, int, int]] = []
 
@@ -557,7 +558,7 @@ class Simulator(DecisionLoop):
         self._seq += 1
         msg = (t, self._seq, st, st.epoch, st.consumed)
         if site.streaming:
-            heapq.heappush(site.pending, msg)
+            site.pending.append(msg)
         else:
             heapq.heappush(self._heap, (t, self._seq, self._on_stream_message, msg))
 
@@ -581,13 +582,14 @@ class Simulator(DecisionLoop):
         """Apply the messages that reached ``site`` before the event ``(t, seq)``, in order:
         what :meth:`_on_stream_message` does, less the kick (the site was streaming)."""
         pending = site.pending
-        pop = heapq.heappop
-        while pending:
-            first = pending[0]
-            if first[0] > t or first[0] == t and first[1] > seq:
-                break
-            _, _, st, epoch, consumed = pop(pending)
-            self.events_processed += 1
+        pending.sort()  # nearly sorted already: sent in time order, with a little jitter
+        n = bisect.bisect_left(pending, (t, seq))  # keys are unique: (time, sequence number)
+        if not n:
+            return
+        arrived = pending[:n]
+        del pending[:n]
+        self.events_processed += n
+        for _, _, st, epoch, consumed in arrived:
             if not st.at_site:
                 continue
             if epoch != st.s_epoch:
@@ -821,8 +823,9 @@ class Simulator(DecisionLoop):
                 if k > 0:
                     model = by_name[site].drafter  # type: ignore[index]
                     L = req.run_len.get(model)  # type: ignore[arg-type]
-                    if L is None:
-                        L = self._run_length(req, model)  # type: ignore[arg-type]
+                    if L is None:  # not peeked: draw it (run_len is cleared below)
+                        acc = req.acc.get(model)  # type: ignore[arg-type]
+                        L = (acc or self._acceptance(req, model)).run_length()  # type: ignore[arg-type]
                     a = k if L >= k else L
                     if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
@@ -876,11 +879,16 @@ class Simulator(DecisionLoop):
         if L is None:
             st = req.acc.get(model)
             if st is None:
-                spec = self.scenario.spec.drafters[model].acceptance
-                seed = (self.seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model]
-                st = req.acc[model] = AcceptanceState(spec, random.Random(seed), self.limits.max_k)
+                st = self._acceptance(req, model)
             L = req.run_len[model] = st.run_length()
         return L
+
+    def _acceptance(self, req: SimRequest, model: str) -> AcceptanceState:
+        """The request's acceptance state for ``model``, created on first use (seeded by rid)."""
+        spec = self.scenario.spec.drafters[model].acceptance
+        seed = (self.seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model]
+        st = req.acc[model] = AcceptanceState(spec, random.Random(seed), self.limits.max_k)
+        return st
 
     def _complete(self, req: SimRequest) -> None:
         if req.stream is not None:
