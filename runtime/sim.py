@@ -463,20 +463,17 @@ class Simulator(DecisionLoop):
         return catchup, self.net.header_bytes + ship * self.net.bytes_per_token
 
     def _launch(self, req: SimRequest, site_name: str, k: int) -> None:
-        site = self.sites[site_name]
-        if site is self.target:  # _catchup's token count; nothing travels
+        if site_name == self.target.name:  # _catchup's token count; nothing travels
             catchup = req.draft_ctx - req.synced.get(site_name, 0)
             task = DraftTask(req, site_name, k, catchup if catchup > 1 else 1, req.round_id)
             req.tasks.append(task)
             self._local_q.append(task)
             return
+        site = self.sites[site_name]
         catchup, nbytes = self._catchup(req, site_name)
         task = DraftTask(req, site_name, k, catchup, req.round_id)
         req.tasks.append(task)
-        if site is self.target:
-            self._local_q.append(task)
-            return
-        self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)
+        self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)  # type: ignore[union-attr]
 
     def _on_hedge(self, arg: tuple[SimRequest, int, tuple[str, ...], int]) -> None:
         req, rid, backups, k = arg
