@@ -210,6 +210,7 @@ class Simulator(DecisionLoop):
         self.target = self.sites[scenario.target.name]
         self.target_lat = _latency(scenario.target, scenario.spec.target_model, scenario.target_model, tp=scenario.target.tp)
         self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
+        self._drafter_of = {name: s.drafter for name, s in self.sites.items()}
 
         self.info = RuntimeInfo(
             scenario=scenario.name,
@@ -247,6 +248,7 @@ class Simulator(DecisionLoop):
         # state and load once per point, not once per request and site (the hot path).
         self._states: dict[str, SiteState] = {}
         self._slows: dict[str, float] = {}
+        self._draft_est: dict[str, tuple[Callable[[int, int, int], float], float]] = {}
         self._next_rid = 0
         self._arrivals_done = False
         self._to_arrive = 0  # created but not yet at the target
@@ -288,15 +290,19 @@ class Simulator(DecisionLoop):
         return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self.target)
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
-        s = self.sites[site]
-        lat = s.draft_lat
-        if lat is None or k <= 0:
+        est = self._draft_est.get(site) if self._pending is not None else None
+        if est is None:  # (the site's draft step, its slowdown now), once per point per site
+            s = self.sites[site]
+            lat = s.draft_lat
+            if lat is None:
+                return 0.0
+            est = (lat.forward_time, self._slowdown(s))
+            if self._pending is not None:
+                self._draft_est[site] = est
+        if k <= 0:
             return 0.0
-        step = lat.forward_time(n_seqs, n_seqs, context_tokens)
-        slow = self._slows.get(site) if self._pending is not None else None  # _slowdown, inlined
-        if slow is None:
-            slow = self._slowdown(s)
-        return step * k * slow
+        step, slow = est
+        return step(n_seqs, n_seqs, context_tokens) * k * slow
 
     # ---------------------------------------------------------- clairvoyant hooks (oracle)
     def peek_run_length(self, req: SimRequest, site: str) -> int:
@@ -351,6 +357,7 @@ class Simulator(DecisionLoop):
     def apply(self, decision: Decision) -> None:
         self._states.clear()
         self._slows.clear()
+        self._draft_est.clear()
         super().apply(decision)
 
     def run(self, controller: Controller) -> dict[str, float | int]:
@@ -795,19 +802,17 @@ class Simulator(DecisionLoop):
         self.last_batch_size = len(batch)
         now = self.now
         m = self.metrics
-        by_name = self.sites
+        drafter_of = self._drafter_of
         max_k = self.limits.max_k
         plan_q = self._plan_q
-        ks: list[int] = []
+        ks = [r.ready_k for r in batch]
+        sites = [r.ready_site for r in batch]
         accs: list[int] = []
-        sites: list[str | None] = []
         # the metrics' integer counters, summed here and added once (the hot path)
         committed = spec_rounds = drafted = accepted = rejected = in_spec = 0
         for req in batch:
             k = req.ready_k
             site = req.ready_site
-            ks.append(k)
-            sites.append(site)
             if req.phase == "prefill":
                 req.phase = "decode"
                 req.generated = 1
@@ -818,7 +823,7 @@ class Simulator(DecisionLoop):
                 a = 0
                 st = req.stream
                 if k > 0:
-                    model = by_name[site].drafter  # type: ignore[index]
+                    model = drafter_of[site]  # type: ignore[index]
                     L = req.run_len.get(model)  # type: ignore[arg-type]
                     if L is None:  # not peeked: draw it (run_len is cleared below)
                         acc = req.acc.get(model)  # type: ignore[arg-type]
@@ -858,7 +863,8 @@ class Simulator(DecisionLoop):
                 accs.append(a)
                 if st is not None:  # the round was drafted elsewhere or decoded plainly
                     self._message_stream(st, False)
-            req.run_len.clear()
+            if req.run_len:
+                req.run_len.clear()
             if req.generated >= req.max_tokens:
                 self._complete(req)
             else:
