@@ -648,7 +648,10 @@ class Simulator(DecisionLoop):
         site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
         self._seq += 1
         heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_tokens, (run, epochs)))
-        self._kick(site)
+        if site.queue:
+            self._kick(site)
+        elif site.streams:  # _kick without queued rounds: the next pass (a GPU was just freed)
+            self._start_stream_pass(site)
         if site.pending and not site.streaming:  # idle now: what is still on its way arrives as events
             heap = self._heap
             on_message = self._on_stream_message
