@@ -41,7 +41,7 @@ class Link:
     def send(self, nbytes: int) -> float:
         """Send a message: returns its one-way delay in seconds."""
         d = self._next + nbytes / self.bytes_per_s
-        # self._draw(), inlined: every message of the simulator goes through here
+        # self._draw(), inlined (keep the two alike): every message of the simulator comes here
         rng = self.rng
         nxt = self.base_s + abs(rng.gauss(0.0, self.jitter_s)) if self.jitter_s > 0 else self.base_s
         if self.spike_prob > 0 and rng.random() < self.spike_prob:
