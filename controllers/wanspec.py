@@ -32,6 +32,7 @@ from runtime.contract import (
     DecisionPoint,
     Redundancy,
     RequestView,
+    RoundPlan,
     RuntimeInfo,
     SystemView,
 )
@@ -95,6 +96,8 @@ class WanSpec(Controller):
         # the draft-ahead answers, built once (they are immutable): most rounds get one of them
         self._ahead = Redundancy(ahead=True)
         self._ahead_hedged = Redundancy(backups=(info.target_site,), hedge_after_s=0.0, ahead=True)
+        self._kcap = min(self.k, info.max_k)
+        self._plans: dict[tuple[int, str, int], RoundPlan] = {}
 
     def prepare(self, point: DecisionPoint) -> None:
         self._predicted.clear()
@@ -109,23 +112,49 @@ class WanSpec(Controller):
         return max(min(self.k, sys.info.max_k, req.tokens_left - 1), 0)
 
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
+        return self._site(req, sys, max(self._k(req, sys), 1))
+
+    def _site(self, req: RequestView, sys: SystemView, k: int) -> str:
+        """:meth:`drafter_site` for a ``k``-token draft."""
         info = sys.info
-        k = max(self._k(req, sys), 1)
         ctx = req.context_tokens
         options = self._options.get(req.origin)
         if options is None:  # the allowed sites depend only on where the request comes from
             options = self._options[req.origin] = [s for s in info.allowed_sites(req) if s in self._remote]
         if not options:
             return info.target_site
-        backlog = self._backlog
-        delivery = {s: delivery_time(sys, s, k, ctx, backlog.get(s, 0)) for s in options}
-        site = min(options, key=delivery.__getitem__)
-        predicted = delivery[site]
         current = req.drafter_site
-        if current in options and current != site:
-            staying = delivery[current]
+        # the first option with the least delivery_time (given our backlog), and current's time;
+        # delivery_time inlined for remote sites, with the same float operations (this runs for
+        # every option of every round)
+        backlog = self._backlog
+        target = info.target_site
+        site_state = sys.site_state
+        estimate = sys.estimate_draft_time
+        site: str | None = None
+        predicted = 0.0
+        staying = None
+        for s in options:
+            if s == target:
+                d = delivery_time(sys, s, k, ctx, backlog.get(s, 0))
+            else:
+                state = site_state(s)
+                if site is not None and s != current and state.rtt_s >= predicted:
+                    continue  # its delivery time is at least its RTT: it cannot be the first fastest
+                queue = state.queue
+                b = backlog.get(s, 0)
+                if b > queue:
+                    queue = b
+                draft = estimate(s, queue + 1, k, ctx * (queue + 1))
+                d = state.rtt_s + (draft if state.busy or queue > 0 else 0.0) + draft
+            if site is None or d < predicted:
+                site, predicted = s, d
+            if s == current:
+                staying = d
+        assert site is not None  # options is not empty
+        if staying is not None and current != site:
             if staying <= predicted * self.switch_gain:  # moving costs a context transfer
-                site, predicted = current, staying
+                site, predicted = current, staying  # type: ignore[assignment]
         if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
             local = delivery_time(sys, info.target_site, k, ctx)
             # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
@@ -136,10 +165,35 @@ class WanSpec(Controller):
                 return info.target_site  # offloading would put the request behind its SLO pace
             # the local backup starts when the remote draft is overdue and the pace is at risk
             self._predicted[req.rid] = max(predicted * self.hedge_margin, budget - local)
-        if self._round_site.get(req.rid) is None:
+        if req.rid not in self._round_site:
             self._backlog[site] += 1
             self._round_site[req.rid] = site
         return site
+
+    def plan_round(self, req: RequestView, sys: SystemView) -> RoundPlan:
+        """With draft-ahead: :meth:`drafter_site`, :meth:`draft_length` and :meth:`redundancy` in
+        one call (the same answers; one call per round is the simulator's hot path), and the
+        plan reused, as plans are immutable."""
+        if not self._stream:
+            return super().plan_round(req, sys)
+        left = req.tokens_left - 1
+        k = self._kcap if left > self._kcap else left if left > 0 else 0  # _k
+        site = self._site(req, sys, k if k > 1 else 1)
+        which = 0  # NO_REDUNDANCY
+        if site != sys.info.target_site:
+            which = 1
+            if self._hedge and req.ahead_tokens == 0:
+                which = 2
+                if k > self.backup_k:
+                    k = self.backup_k  # nothing streamed yet: a short local backup round
+        if k <= 0:
+            which = 0
+        self._predicted.pop(req.rid, None)  # (only filled without draft-ahead)
+        key = (k, site, which)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = RoundPlan(k, site, (NO_REDUNDANCY, self._ahead, self._ahead_hedged)[which])
+        return plan
 
     def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
         k = self._k(req, sys)

@@ -32,7 +32,7 @@ def beta_sample(rng: random.Random, mean: float, std: float) -> float:
 class AcceptanceState:
     """One request's acceptance behaviour for one drafter model."""
 
-    __slots__ = ("spec", "rng", "alpha", "mean", "scale", "cap")
+    __slots__ = ("spec", "rng", "alpha", "mean", "scale", "cap", "_log_alpha", "_probs")
 
     def __init__(self, spec: IIDAcceptance | PositionAcceptance | DriftAcceptance, rng: random.Random, cap: int) -> None:
         self.spec = spec
@@ -44,14 +44,24 @@ class AcceptanceState:
             self.alpha = self.mean = _clip(spec.table[0] * self.scale)
         else:
             self.alpha = self.mean = beta_sample(rng, spec.alpha_mean, spec.alpha_std)
+        # i.i.d.: alpha never changes, so neither does its log (run_length's hot path); by
+        # position: neither do the per-position acceptance probabilities
+        self._log_alpha = math.log(self.alpha) if type(spec) is IIDAcceptance else None
+        self._probs: list[float] = []
+        if isinstance(spec, PositionAcceptance):
+            table = spec.table
+            self._probs = [_clip(table[min(n, len(table) - 1)] * self.scale) for n in range(cap)]
 
     def run_length(self) -> int:
         """Draw this round's run length (advances a drifting alpha by one round)."""
+        log_alpha = self._log_alpha
+        if log_alpha is not None:
+            n = int(math.log(1.0 - self.rng.random()) / log_alpha)
+            return n if n < self.cap else self.cap
         spec, rng = self.spec, self.rng
         if isinstance(spec, PositionAcceptance):
-            table, n = spec.table, 0
-            while n < self.cap:
-                p = _clip(table[min(n, len(table) - 1)] * self.scale)
+            n = 0
+            for p in self._probs:  # one per position below the cap
                 if rng.random() >= p:
                     break
                 n += 1

@@ -41,7 +41,12 @@ class Link:
     def send(self, nbytes: int) -> float:
         """Send a message: returns its one-way delay in seconds."""
         d = self._next + nbytes / self.bytes_per_s
-        self._next = self._draw()
+        # self._draw(), inlined (keep the two alike): every message of the simulator comes here
+        rng = self.rng
+        nxt = self.base_s + abs(rng.gauss(0.0, self.jitter_s)) if self.jitter_s > 0 else self.base_s
+        if self.spike_prob > 0 and rng.random() < self.spike_prob:
+            nxt += rng.expovariate(1.0 / self.spike_s) if self.spike_s > 0 else 0.0
+        self._next = nxt
         self.bytes_sent += nbytes
         self.messages += 1
         return d

@@ -15,6 +15,7 @@ because the event loop is the hot path (see ``benchmarks/sim_throughput.py``).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -85,7 +86,10 @@ class SimRequest(RequestMixin):
     @property
     def ahead_tokens(self) -> int:
         st = self.stream
-        return 0 if st is None else max(st.arrived - st.consumed, 0)
+        if st is None:
+            return 0
+        n = st.arrived - st.consumed
+        return n if n > 0 else 0
 
     def __repr__(self) -> str:
         return f"SimRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
@@ -137,7 +141,7 @@ class SimSite:
     """A site's GPUs, draft queue, draft-ahead streams, background load and link to the target."""
 
     __slots__ = ("spec", "name", "role", "drafter", "draft_lat", "load", "link", "queue", "free", "rtt_ewma",
-                 "streams", "streaming")
+                 "streams", "streaming", "pending")
 
     def __init__(self, spec: Site, scenario: Scenario, load: LoadProcess, link: Link | None) -> None:
         self.spec = spec
@@ -154,6 +158,10 @@ class SimSite:
         self.rtt_ewma = spec.rtt_ms / 1000.0
         self.streams: list[DraftStream] = []
         self.streaming = False  # a draft-ahead pass is running on one of the GPUs
+        # Messages from the target (acks, corrections) that reach the site while a pass runs:
+        # (time, seq, stream, epoch, consumed), unsorted, applied when the pass ends (see
+        # Simulator._message_stream) instead of one event each.
+        self.pending: list[tuple[float, int, DraftStream, int, int]] = []
 
 
 def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
@@ -202,6 +210,7 @@ class Simulator(DecisionLoop):
         self.target = self.sites[scenario.target.name]
         self.target_lat = _latency(scenario.target, scenario.spec.target_model, scenario.target_model, tp=scenario.target.tp)
         self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
+        self._drafter_of = {name: s.drafter for name, s in self.sites.items()}
 
         self.info = RuntimeInfo(
             scenario=scenario.name,
@@ -218,6 +227,12 @@ class Simulator(DecisionLoop):
             draft_ahead=True,
         )
         self._allowed = drafting_sites(scenario)
+        self._checked: set[tuple[str, tuple[str, ...], str]] = set()  # (site, backups, origin) check_plan passed
+        net = self.net
+        self._header_bytes = net.header_bytes
+        self._draft_token_bytes = net.bytes_per_token + (4 if net.send_draft_probs else 0)
+        self._ack_bytes = net.header_bytes
+        self._correction_bytes = net.header_bytes + net.bytes_per_token
 
         # request state
         self.requests: dict[int, SimRequest] = {}  # admitted or awaiting admission, unfinished
@@ -233,6 +248,7 @@ class Simulator(DecisionLoop):
         # state and load once per point, not once per request and site (the hot path).
         self._states: dict[str, SiteState] = {}
         self._slows: dict[str, float] = {}
+        self._draft_est: dict[str, tuple[Callable[[int, int, int], float], float]] = {}
         self._next_rid = 0
         self._arrivals_done = False
         self._to_arrive = 0  # created but not yet at the target
@@ -274,12 +290,19 @@ class Simulator(DecisionLoop):
         return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self.target)
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
-        s = self.sites[site]
-        lat = s.draft_lat
-        if lat is None or k <= 0:
+        est = self._draft_est.get(site) if self._pending is not None else None
+        if est is None:  # (the site's draft step, its slowdown now), once per point per site
+            s = self.sites[site]
+            lat = s.draft_lat
+            if lat is None:
+                return 0.0
+            est = (lat.forward_time, self._slowdown(s))
+            if self._pending is not None:
+                self._draft_est[site] = est
+        if k <= 0:
             return 0.0
-        step = lat.forward_time(n_seqs, n_seqs, context_tokens)
-        return step * k * self._slowdown(s)
+        step, slow = est
+        return step(n_seqs, n_seqs, context_tokens) * k * slow
 
     # ---------------------------------------------------------- clairvoyant hooks (oracle)
     def peek_run_length(self, req: SimRequest, site: str) -> int:
@@ -300,14 +323,18 @@ class Simulator(DecisionLoop):
             raise RuntimeError("apply() the decision for the previous point before asking for the next")
         heap = self._heap
         pop = heapq.heappop
+        # these containers are only replaced by _plan_point and _batch_point, as this returns
+        admit_q, plan_q, local_q, ready = self._admit_q, self._plan_q, self._local_q, self.ready
+        drain_end = self._drain_end
+        bar = self._bar
         while True:
-            if self._admit_q or self._plan_q:
+            if admit_q or plan_q:
                 return self._plan_point(self.now)
             if not self._target_busy:
-                if self._local_q:
+                if local_q:
                     self._start_local_drafts()
                     continue
-                if self.ready and self.now >= self._hold_until:
+                if ready and self.now >= self._hold_until:
                     return self._batch_point(self.now)
             if not heap or (self._arrivals_done and not self.requests and not self._to_arrive):
                 self._finish()
@@ -315,21 +342,22 @@ class Simulator(DecisionLoop):
             t, _, fn, arg = pop(heap)
             if t < self.now:
                 raise RuntimeError(f"simulated time went backwards: {t} < {self.now}")
-            if t > self._drain_end:
+            if t > drain_end:
                 self._finish()
                 return None
             self.now = t
             self.events_processed += 1
             fn(arg)
-            if self._bar is not None and t - self._bar_t >= 1.0:
+            if bar is not None and t - self._bar_t >= 1.0:
                 step = min(int(t), self._bar.total) - self._bar_t
                 if step > 0:
-                    self._bar.update(step)
+                    bar.update(step)
                     self._bar_t += step
 
     def apply(self, decision: Decision) -> None:
         self._states.clear()
         self._slows.clear()
+        self._draft_est.clear()
         super().apply(decision)
 
     def run(self, controller: Controller) -> dict[str, float | int]:
@@ -399,8 +427,11 @@ class Simulator(DecisionLoop):
         site = plan.site
         red = plan.redundancy
         allowed = self._allowed[req.origin]
-        if k > self.limits.max_k or site not in allowed or red.backups:  # the hot path skips the call
-            check_plan(req.rid, k, plan, self.limits, allowed)
+        backups = red.backups
+        if k > self.limits.max_k or site not in allowed or backups and (site, backups, req.origin) not in self._checked:
+            check_plan(req.rid, k, plan, self.limits, allowed)  # the hot path skips the call
+            if backups:
+                self._checked.add((site, backups, req.origin))  # valid for every k <= max_k
         req.round_open = True
         req.drafter_site = site
         req.draft_ctx = req.prompt_tokens + req.generated
@@ -415,18 +446,19 @@ class Simulator(DecisionLoop):
             req.want = k
             avail = st.arrived - st.consumed
             if avail > 0:  # verify what is here; more may join until the batch starts
-                self._resolve(req, site, min(k, avail))
+                req.round_open = False  # _resolve, without tasks to cancel
+                self._make_ready(req, k if k < avail else avail, site)
                 return
         else:
             if st is not None:
                 self._close_stream(st)
             self._launch(req, site, k)
-        if red.backups:
+        if backups:
             if red.hedge_after_s <= 0:
-                for b in red.backups:
+                for b in backups:
                     self._launch(req, b, k)
             else:
-                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, red.backups, k))
+                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k))
         if red.timeout_s is not None:
             self._push(self.now + red.timeout_s, self._on_timeout, (req, req.round_id))
 
@@ -438,14 +470,17 @@ class Simulator(DecisionLoop):
         return catchup, self.net.header_bytes + ship * self.net.bytes_per_token
 
     def _launch(self, req: SimRequest, site_name: str, k: int) -> None:
+        if site_name == self.target.name:  # _catchup's token count; nothing travels
+            catchup = req.draft_ctx - req.synced.get(site_name, 0)
+            task = DraftTask(req, site_name, k, catchup if catchup > 1 else 1, req.round_id)
+            req.tasks.append(task)
+            self._local_q.append(task)
+            return
         site = self.sites[site_name]
         catchup, nbytes = self._catchup(req, site_name)
         task = DraftTask(req, site_name, k, catchup, req.round_id)
         req.tasks.append(task)
-        if site is self.target:
-            self._local_q.append(task)
-            return
-        self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)
+        self._push(self.now + site.link.send(nbytes), self._on_task_at_site, task)  # type: ignore[union-attr]
 
     def _on_hedge(self, arg: tuple[SimRequest, int, tuple[str, ...], int]) -> None:
         req, rid, backups, k = arg
@@ -475,13 +510,18 @@ class Simulator(DecisionLoop):
     def _open_stream(self, req: SimRequest, site_name: str) -> DraftStream:
         st = req.stream = DraftStream(req, self.sites[site_name])
         st.s_catchup, nbytes = self._catchup(req, site_name)
-        self._push(self.now + st.home.link.send(nbytes), self._on_stream_open, st)  # type: ignore[union-attr]
+        self._seq += 1
+        t = self.now + st.home.link.send(nbytes)  # type: ignore[union-attr]
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_open, (st, t, self._seq)))
         return st
 
-    def _on_stream_open(self, st: DraftStream) -> None:
+    def _on_stream_open(self, arg: tuple[DraftStream, float, int]) -> None:
+        st, t, seq = arg
         if st.closed:
             return
         site = st.home
+        if site.pending:
+            self._apply_messages(site, t, seq)
         st.at_site = True
         site.streams.append(st)
         self._kick(site)
@@ -491,25 +531,46 @@ class Simulator(DecisionLoop):
         st.closed = True
         st.req.stream = None
         self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
-        self._push(self.now + st.home.link.send(self.net.header_bytes), self._on_stream_closed, st)  # type: ignore[union-attr]
+        self._seq += 1
+        t = self.now + st.home.link.send(self.net.header_bytes)  # type: ignore[union-attr]
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_closed, (st, t, self._seq)))
 
-    def _on_stream_closed(self, st: DraftStream) -> None:
+    def _on_stream_closed(self, arg: tuple[DraftStream, float, int]) -> None:
+        st, t, seq = arg
+        if st.home.pending:
+            self._apply_messages(st.home, t, seq)
         if st.at_site:
             st.at_site = False
             st.home.streams.remove(st)
 
     def _message_stream(self, st: DraftStream, valid: bool) -> None:
-        """After a verification: an acknowledgement, or a correction that starts a new epoch."""
+        """After a verification: an acknowledgement, or a correction that starts a new epoch.
+
+        A message that reaches the site while a stream pass runs there only updates the site's
+        view of the stream (the busy GPU cannot start another pass), so it waits in
+        ``site.pending`` and is applied, in arrival order, before anything at the site reads
+        that view: at the end of the pass, or at a stream opening or closing there. If the site
+        goes idle first, the waiting messages become ordinary events, with the time and
+        sequence number they would have had, so event order and results are unchanged.
+        """
         if not valid:
             self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
             st.epoch += 1
             st.arrived = st.consumed = 0
-        d = st.home.link.send(self.net.header_bytes + (0 if valid else self.net.bytes_per_token))  # type: ignore[union-attr]
+        site = st.home
+        t = self.now + site.link.send(self._ack_bytes if valid else self._correction_bytes)  # type: ignore[union-attr]
         self._seq += 1
-        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_message, (st, st.epoch, st.consumed)))
+        msg = (t, self._seq, st, st.epoch, st.consumed)
+        if site.streaming:
+            site.pending.append(msg)
+        else:
+            heapq.heappush(self._heap, (t, self._seq, self._on_stream_message, msg))
 
-    def _on_stream_message(self, arg: tuple[DraftStream, int, int]) -> None:
-        st, epoch, consumed = arg
+    def _on_stream_message(self, msg: tuple[float, int, DraftStream, int, int]) -> None:
+        t, seq, st, epoch, consumed = msg
+        site = st.home
+        if site.pending:
+            self._apply_messages(site, t, seq)
         if not st.at_site:
             return
         if epoch != st.s_epoch:  # the correction: redraft from the target's token
@@ -518,62 +579,109 @@ class Simulator(DecisionLoop):
             st.s_catchup = 1
         if consumed > st.s_known:
             st.s_known = consumed
-        site = st.home
         if site.free > 0:  # _kick's test, inlined: most acks reach a site that is busy drafting
             self._kick(site)
+
+    def _apply_messages(self, site: SimSite, t: float, seq: int) -> None:
+        """Apply the messages that reached ``site`` before the event ``(t, seq)``, in order:
+        what :meth:`_on_stream_message` does, less the kick (the site was streaming)."""
+        pending = site.pending
+        pending.sort()  # nearly sorted already: sent in time order, with a little jitter
+        n = bisect.bisect_left(pending, (t, seq))  # keys are unique: (time, sequence number)
+        if not n:
+            return
+        arrived = pending[:n]
+        del pending[:n]
+        self.events_processed += n
+        for _, _, st, epoch, consumed in arrived:
+            if not st.at_site:
+                continue
+            if epoch != st.s_epoch:
+                st.s_epoch = epoch
+                st.s_drafted = 0
+                st.s_catchup = 1
+            if consumed > st.s_known:
+                st.s_known = consumed
 
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
         cap = self.limits.max_k
         run = [st for st in site.streams if st.s_drafted - st.s_known < cap]
-        if len(run) > self.limits.max_batch_size:  # the streams furthest behind go first
-            run = sorted(run, key=lambda st: st.s_drafted - st.s_known)[: self.limits.max_batch_size]
         if not run:
             return
+        if len(run) > self.limits.max_batch_size:  # the streams furthest behind go first
+            run = sorted(run, key=_lead)[: self.limits.max_batch_size]
         n = len(run)
         new = ctx = 0
         for st in run:
-            new += st.s_catchup or 1
-            st.s_catchup = 0
+            c = st.s_catchup
+            if c:
+                new += c
+                st.s_catchup = 0
+            else:
+                new += 1
             req = st.req
             ctx += req.prompt_tokens + req.generated
-        dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(self.now)  # type: ignore[union-attr]
+        now = self.now
+        dur = site.draft_lat.forward_time(n, new, ctx) * site.load.slowdown(now)  # type: ignore[union-attr]
         site.free -= 1
         site.streaming = True
-        self.metrics.remote_draft_passes += 1
-        self.metrics.draft_tokens += n
-        self._push(self.now + dur, self._on_stream_pass_done, (site, run))
+        m = self.metrics
+        m.remote_draft_passes += 1
+        m.draft_tokens += n
+        self._seq += 1
+        t = now + dur
+        heapq.heappush(self._heap, (t, self._seq, self._on_stream_pass_done, (site, run, t, self._seq)))
 
-    def _on_stream_pass_done(self, arg: tuple[SimSite, list[DraftStream]]) -> None:
-        site, run = arg
+    def _on_stream_pass_done(self, arg: tuple[SimSite, list[DraftStream], float, int]) -> None:
+        site, run, t, seq = arg
+        if site.pending:
+            self._apply_messages(site, t, seq)
         site.free += 1
         site.streaming = False
         for st in run:
             st.s_drafted += 1
-        sent = [(st, st.s_epoch) for st in run]
-        per_tok = self.net.bytes_per_token + (4 if self.net.send_draft_probs else 0)
-        nbytes = self.net.header_bytes + len(sent) * per_tok
-        d = site.link.send(nbytes)  # type: ignore[union-attr]
-        site.rtt_ewma += 0.1 * (2 * (d - nbytes / site.link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
-        self._push(self.now + d, self._on_stream_tokens, sent)
-        self._kick(site)
+        epochs = [st.s_epoch for st in run]
+        nbytes = self._header_bytes + len(run) * self._draft_token_bytes
+        link = site.link
+        d = link.send(nbytes)  # type: ignore[union-attr]
+        site.rtt_ewma += 0.1 * (2 * (d - nbytes / link.bytes_per_s) - site.rtt_ewma)  # type: ignore[union-attr]
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + d, self._seq, self._on_stream_tokens, (run, epochs)))
+        if site.queue:
+            self._kick(site)
+        elif site.streams:  # _kick without queued rounds: the next pass (a GPU was just freed)
+            self._start_stream_pass(site)
+        if site.pending and not site.streaming:  # idle now: what is still on its way arrives as events
+            heap = self._heap
+            on_message = self._on_stream_message
+            for msg in site.pending:
+                heapq.heappush(heap, (msg[0], msg[1], on_message, msg))
+            site.pending.clear()
 
-    def _on_stream_tokens(self, sent: list[tuple[DraftStream, int]]) -> None:
-        m = self.metrics
-        for st, epoch in sent:
+    def _on_stream_tokens(self, sent: tuple[list[DraftStream], list[int]]) -> None:
+        """One token per stream of a pass (drafted in the site's epoch ``epochs[i]``) arrives."""
+        run, epochs = sent
+        wasted = 0
+        ready = self.ready
+        for st, epoch in zip(run, epochs):
             if st.closed or epoch != st.epoch:
-                m.wasted_rejected += 1  # drafted past a rejection the site had not heard of yet
+                wasted += 1  # drafted past a rejection the site had not heard of yet
                 continue
             st.arrived += 1
             req = st.req
             if req.stream is not st:
                 continue
-            avail = min(st.arrived - st.consumed, req.want)
+            avail = st.arrived - st.consumed
+            if avail > req.want:
+                avail = req.want
             if req.round_open:
                 if avail > 0:
                     self._resolve(req, st.site, avail)
-            elif req.ready_site == st.site and req.rid in self.ready and req.ready_k < avail:
+            elif req.ready_k < avail and req.ready_site == st.site and req.rid in ready:
                 req.ready_k = avail  # the round is still waiting for the verifier: verify more
+        if wasted:
+            self.metrics.wasted_rejected += wasted
 
     def _take_batch(self, queue: list[DraftTask]) -> list[DraftTask]:
         now = self.now
@@ -697,34 +805,39 @@ class Simulator(DecisionLoop):
         self.last_batch_size = len(batch)
         now = self.now
         m = self.metrics
-        by_name = self.sites
-        ks: list[int] = []
+        drafter_of = self._drafter_of
+        max_k = self.limits.max_k
+        plan_q = self._plan_q
+        ks = [r.ready_k for r in batch]
+        sites = [r.ready_site for r in batch]
         accs: list[int] = []
-        sites: list[str | None] = []
+        # the metrics' integer counters, summed here and added once (the hot path)
+        committed = spec_rounds = drafted = accepted = rejected = in_spec = 0
         for req in batch:
             k = req.ready_k
             site = req.ready_site
-            ks.append(k)
-            sites.append(site)
             if req.phase == "prefill":
                 req.phase = "decode"
                 req.generated = 1
                 req.first_token_time = now + req.deliver_s
-                m.tokens_committed += 1
+                committed += 1
                 accs.append(0)
             else:
                 a = 0
                 st = req.stream
                 if k > 0:
-                    model = by_name[site].drafter  # type: ignore[index]
-                    L = self._run_length(req, model)  # type: ignore[arg-type]
+                    model = drafter_of[site]  # type: ignore[index]
+                    L = req.run_len.get(model)  # type: ignore[arg-type]
+                    if L is None:  # not peeked: draw it (run_len is cleared below)
+                        acc = req.acc.get(model)  # type: ignore[arg-type]
+                        L = (acc or self._acceptance(req, model)).run_length()  # type: ignore[arg-type]
                     a = k if L >= k else L
                     if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
                         # token, i.e. that token would have been accepted (run lengths are capped
                         # at max_k, which then counts as "at least"). A backup running the same
                         # drafter model drafted the very tokens the stream holds.
-                        valid = L > k or L >= self.limits.max_k
+                        valid = L > k or L >= max_k
                         st.consumed += k + 1 if valid else k
                         self._message_stream(st, valid)
                         st = None
@@ -733,29 +846,38 @@ class Simulator(DecisionLoop):
                     req.accepted += a
                     if a < k:
                         req.rejected_rounds += 1
-                    req.synced[site] = req.draft_ctx + (a if a < k else k - 1)  # type: ignore[index]
-                    m.spec_rounds += 1
-                    m.drafted_verified += k
-                    m.accepted += a
-                    m.wasted_rejected += k - a
+                        req.synced[site] = req.draft_ctx + a  # type: ignore[index]
+                    else:
+                        req.synced[site] = req.draft_ctx + k - 1  # type: ignore[index]
+                    spec_rounds += 1
+                    drafted += k
+                    accepted += a
+                    rejected += k - a
                 commit = a + 1
                 left = req.max_tokens - req.generated
                 if commit > left:
                     commit = left
                 if k > 0:
-                    m.committed_in_spec_rounds += commit
+                    in_spec += commit
                 req.generated += commit
-                m.tokens_committed += commit
+                committed += commit
                 req.last_k = k
                 req.last_accepted = a
                 accs.append(a)
                 if st is not None:  # the round was drafted elsewhere or decoded plainly
                     self._message_stream(st, False)
-            req.run_len.clear()
+            if req.run_len:
+                req.run_len.clear()
             if req.generated >= req.max_tokens:
                 self._complete(req)
             else:
-                self._plan_q.append(req)
+                plan_q.append(req)
+        m.tokens_committed += committed
+        m.spec_rounds += spec_rounds
+        m.drafted_verified += drafted
+        m.accepted += accepted
+        m.wasted_rejected += rejected
+        m.committed_in_spec_rounds += in_spec
         self._feedback.append(BatchResult(now, dur, [r.rid for r in batch], ks, accs, new, ctx, sites))
 
     def _run_length(self, req: SimRequest, model: str) -> int:
@@ -763,11 +885,16 @@ class Simulator(DecisionLoop):
         if L is None:
             st = req.acc.get(model)
             if st is None:
-                spec = self.scenario.spec.drafters[model].acceptance
-                seed = (self.seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model]
-                st = req.acc[model] = AcceptanceState(spec, random.Random(seed), self.limits.max_k)
+                st = self._acceptance(req, model)
             L = req.run_len[model] = st.run_length()
         return L
+
+    def _acceptance(self, req: SimRequest, model: str) -> AcceptanceState:
+        """The request's acceptance state for ``model``, created on first use (seeded by rid)."""
+        spec = self.scenario.spec.drafters[model].acceptance
+        seed = (self.seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model]
+        st = req.acc[model] = AcceptanceState(spec, random.Random(seed), self.limits.max_k)
+        return st
 
     def _complete(self, req: SimRequest) -> None:
         if req.stream is not None:
@@ -790,6 +917,11 @@ class Simulator(DecisionLoop):
         m.wan_bytes = sum(s.link.bytes_sent for s in self.sites.values() if s.link is not None)
         if self._bar is not None:
             self._bar.close()
+
+
+def _lead(st: DraftStream) -> int:
+    """How far a stream's site is ahead of what it knows the target consumed."""
+    return st.s_drafted - st.s_known
 
 
 def _noop(_: Any) -> None:
