@@ -25,9 +25,10 @@ class RemoteFirst(Controller):
     name = "remote-first"
 
     def __init__(self, site: str = "near", backups: tuple[str, ...] = (), hedge_after_s: float = 0.0,
-                 timeout_s: float | None = None, k: int = 4) -> None:
+                 timeout_s: float | None = None, k: int = 4, ahead: bool = False) -> None:
         super().__init__()
         self.site, self.backups, self.hedge, self.timeout, self.k = site, backups, hedge_after_s, timeout_s, k
+        self.ahead = ahead
 
     def drafter_site(self, req, sys):
         return self.site
@@ -36,7 +37,7 @@ class RemoteFirst(Controller):
         return min(self.k, max(req.tokens_left - 1, 0))
 
     def redundancy(self, req, sys, site, k):
-        return Redundancy(self.backups, self.hedge, self.timeout)
+        return Redundancy(self.backups, self.hedge, self.timeout, self.ahead)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def run(rt: RealRuntime, controller: Controller, prompts: list[list[int]], tempe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["no-spec", "static:k=4", "centralized", "sled", "wanspec", "wisp", "remote"])
+@pytest.mark.parametrize("spec", ["no-spec", "static:k=4", "centralized", "sled", "wanspec", "wanspec:ahead=false", "wisp",
+                                  "remote"])
 def test_greedy_output_identical_to_target_alone_for_every_controller(spec, site_addresses, tiny_dir, references):
     prompts, refs = references
     dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
@@ -152,8 +154,9 @@ def test_bad_decisions_are_refused_with_the_rule(tiny_dir, tmp_path):
             drive(rt, RemoteFirst("dc", k=99))
 
 
-def test_draft_ahead_plans_are_refused_not_ignored(tiny_dir, tmp_path):
-    from runtime.contract import Controller, InvalidDecision, Redundancy
+def test_draft_ahead_at_the_target_site_drafts_round_by_round(tiny_dir, tmp_path, tiny_models):
+    """As in the simulator: only a site with a link streams; ahead at the target is a plain round."""
+    from runtime.contract import Controller, Redundancy
 
     class Ahead(Controller):
         def draft_length(self, req, sys, site):
@@ -162,13 +165,97 @@ def test_draft_ahead_plans_are_refused_not_ignored(tiny_dir, tmp_path):
         def redundancy(self, req, sys, site, k):
             return Redundancy(ahead=True)
 
+    target, _, tok = tiny_models
     rt = RealRuntime(load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir))
     with rt:
-        assert rt.info.draft_ahead is False
-        rt.submit([2, 5, 6], 20)
+        assert rt.info.draft_ahead is True
+        req = rt.submit([2, 5, 6], 20)
         rt.end_of_workload()
-        with pytest.raises(InvalidDecision, match="draft_ahead"):
-            drive(rt, Ahead())
+        drive(rt, Ahead())
+    assert req.output == greedy_reference(target, [2, 5, 6], 20, tok.eos_token_id)
+    assert req.stream is None and req.site_rounds["dc"] > 0 and rt.summary()["wan_bytes"] == 0
+
+
+class AheadOrNot(RemoteFirst):
+    """Even requests draft ahead at ``near``; odd ones draft round by round at the target. Batches
+    wait until every live request is ready, so each verification batch mixes the two."""
+
+    name = "ahead-or-not"
+
+    def __init__(self) -> None:
+        super().__init__("near", k=3, ahead=True)
+        self.batches: list = []
+
+    def drafter_site(self, req, sys):
+        return "near" if req.rid % 2 == 0 else "dc"
+
+    def redundancy(self, req, sys, site, k):
+        return Redundancy(ahead=site == "near")
+
+    def select_batch(self, ready, sys):
+        return [r.rid for r in ready] if len(ready) == sys.in_flight else []
+
+    def on_batch_done(self, result):
+        self.batches.append(result)
+
+
+@pytest.mark.slow
+def test_mixed_batches_of_ahead_streams_and_round_by_round_rounds_are_lossless(site_addresses, tiny_dir, references):
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    controller = AheadOrNot()
+    reqs = run(rt, controller, prompts)
+    assert [r.output for r in reqs] == refs
+    s = rt.summary()
+    assert s["requests_completed"] == len(prompts) and s["requests_dropped"] == 0
+    assert all(set(r.site_rounds) == {"near" if r.rid % 2 == 0 else "dc"} for r in reqs)
+    assert any({"near", "dc"} <= set(b.draft_sites) for b in controller.batches), "no batch mixed the two"
+    assert s["remote_draft_forward_passes"] > 0 and s["target_draft_forward_passes"] > 0
+    assert all(r.stream is None for r in reqs)  # closed when the request finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["kill", "stall"])
+def test_streaming_drafter_dies_mid_stream_and_requests_fail_over(failure, tiny_dir, references):
+    """The site drafting ahead is SIGKILLed (or SIGSTOPped): rounds move to the backup's stream."""
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1)
+    rt = RealRuntime(dep)
+    streamed: dict[int, list[int]] = {}
+    lock = threading.Lock()
+
+    def listener_for(i: int):
+        def listen(tokens: list[int], reason: str | None) -> None:
+            with lock:
+                streamed.setdefault(i, []).extend(tokens)
+        return listen
+
+    # far is only a backup for plans that name a down near; the hedge never fires while near lives
+    controller = RemoteFirst("near", backups=("far",), hedge_after_s=30.0, k=3, ahead=True)
+    with rt:
+        victim = rt.processes.procs["near"]
+        reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
+        rt.end_of_workload()
+
+        def strike() -> None:
+            while sum(len(v) for v in streamed.values()) < 10:
+                time.sleep(0.005)
+            os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
+
+        t = threading.Thread(target=strike, daemon=True)
+        t.start()
+        try:
+            drive(rt, controller)
+        finally:
+            if failure == "stall":
+                os.kill(victim.pid, signal.SIGCONT)
+        t.join(1)
+    assert [r.output for r in reqs] == refs
+    assert [streamed[i] for i in range(len(prompts))] == refs, "streamed tokens must be neither lost nor duplicated"
+    assert all(r.finish_reason in ("length", "stop") for r in reqs)
+    assert rt.summary()["requests_completed"] == len(prompts)
+    assert sum(r.site_rounds["near"] for r in reqs) > 0
 
 
 def _target_only(tmp_path, max_inflight: int = 64):

@@ -803,13 +803,13 @@ class RealRuntime(DecisionLoop):
         st, reply = arg
         m = self.metrics
         n = len(reply.tokens)
-        if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
-            m.wasted_rejected += n  # drafted past a correction the site had not heard of yet
-            return
         m.draft_tokens += n
         self._remote_passes += reply.passes / max(reply.job_size, 1)
         if reply.passes:
             self._draft_step[st.site] = reply.job_s / reply.passes
+        if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
+            m.wasted_rejected += n  # drafted past a correction the site had not heard of yet
+            return
         st.tokens += reply.tokens
         if reply.top_m:
             st.ids += torch.tensor(list(reply.prob_ids), dtype=torch.long).view(n, reply.top_m).unbind(0)
