@@ -367,3 +367,59 @@ def test_sampled_output_keeps_the_target_distribution_with_draft_ahead(spec, sit
                 pits.append(float(cdf[j, x] - p[j, x]) + rng.random() * float(p[j, x]))
     assert len(pits) == n * 12
     assert stats.kstest(pits, "uniform").pvalue > 1e-4
+
+
+def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(tiny_models):
+    """The site's side of a draft-ahead stream, in-process: exact token counts, no wall clock."""
+    import asyncio
+
+    import grpc
+
+    from runtime.real import site_pb2 as pb
+    from runtime.real import site_pb2_grpc as pb_grpc
+    from runtime.real.engine import DraftJob, SeqCache, draft_batch
+    from runtime.real.site import DrafterService
+
+    _, draft, tok = tiny_models
+    ctx = tok(tiny_prompts()[0])["input_ids"]
+
+    def greedy(context: list[int], n: int) -> list[int]:
+        return draft_batch(draft, [DraftJob(SeqCache(), list(context), n)])[0].tokens
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        service = DrafterService("near", draft)
+        pb_grpc.add_DrafterSiteServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        service.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = pb_grpc.DrafterSiteStub(channel).Stream()
+
+                async def take(n: int, epoch: int, pos: int = 0) -> list[int]:
+                    """The next ``n`` tokens of ``epoch`` (older epochs' tokens are skipped, as at the target)."""
+                    got: list[int] = []
+                    while len(got) < n:
+                        reply = await asyncio.wait_for(call.read(), 30)
+                        if reply.epoch == epoch:
+                            assert reply.pos == pos + len(got)
+                            got += reply.tokens
+                    return got
+
+                await call.write(pb.StreamMsg(rid=7, tokens=ctx, max_ahead=3))
+                first = await take(3, 0)  # three ahead of nothing acknowledged, then it waits
+                assert first == greedy(ctx, 3) and service.streams[7].room == 0
+                await call.write(pb.StreamMsg(rid=7, consumed=2))  # two consumed: two more
+                assert first + await take(2, 0, pos=3) == greedy(ctx, 5)
+                fixed = ctx + [first[0], (first[1] + 1) % 50]  # the target committed another second token
+                await call.write(pb.StreamMsg(rid=7, epoch=1, start=len(ctx), tokens=fixed[len(ctx):]))
+                assert await take(3, 1) == greedy(fixed, 3)
+                await call.write(pb.StreamMsg(rid=7, epoch=1, cancel=True))
+                while await asyncio.wait_for(call.read(), 30) is not grpc.aio.EOF:
+                    pass
+            assert service.streams == {}
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())
