@@ -146,7 +146,10 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
 
     async def _read_stream(self, context: grpc.aio.ServicerContext, st: _AheadStream) -> None:
         while True:
-            msg = await context.read()
+            try:
+                msg = await context.read()
+            except Exception:  # the call is over (the target went away)
+                msg = grpc.aio.EOF
             if msg is grpc.aio.EOF or msg.cancel:
                 self._end(st)
                 return

@@ -169,8 +169,9 @@ class _Delayed:
 class AheadStream:
     """The target's end of one draft-ahead stream (lives on the transport loop).
 
-    ``on_tokens(reply, bytes)`` gets each :class:`pb.StreamTokens` after its emulated delay;
-    ``on_error(reason)`` once if the call fails (the site died or restarted) before :meth:`close`.
+    ``on_tokens(reply)`` gets each ``StreamTokens`` after its emulated delay; ``on_error(reason)``
+    is called once if the call fails (the site died, restarted or ended it) before the target
+    sent its cancellation.
     """
 
     def __init__(self, client: "SiteClient", on_tokens: Callable[[Any], None], on_error: Callable[[str], None]) -> None:
