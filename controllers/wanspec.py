@@ -5,17 +5,17 @@ is predicted to arrive first (RTT, queue, background load and draft speed; sites
 ``max_rtt_s`` are never used; a request stays at its site unless another is predicted
 ``switch_gain`` x faster, since moving costs a context transfer).
 
-Where the runtime supports it (``RuntimeInfo.draft_ahead``; the simulator does), the remote
-site *drafts ahead* (``ahead``): it keeps drafting past each round on the assumption that its
-tokens are accepted and streams them, so after an all-accepted round the next draft is already
-at the target. Redundancy is added only when needed: a round whose stream has nothing at the
-target yet (the round after a rejection, while the correction crosses the WAN) also drafts
-``backup_k`` tokens on the target's own drafter at once, and the first draft to arrive is
-verified. With the same drafter model at both sites the backup drafts the very tokens the
+Where the runtime supports it (``RuntimeInfo.draft_ahead``; the simulator and the real runtime
+do), the remote site *drafts ahead* (``ahead``): it keeps drafting past each round on the
+assumption that its tokens are accepted and streams them, so after an all-accepted round the
+next draft is already at the target. Redundancy is added only when needed: a round whose
+stream has nothing at the target yet (the round after a rejection, while the correction
+crosses the WAN) also drafts ``backup_k`` tokens on the target's own drafter at once, and the
+first draft to arrive is verified. With the same drafter model at both sites the backup drafts the very tokens the
 stream will, so the stream survives it. Rounds with tokens waiting verify up to ``k`` of them
 with no target-site drafting at all.
 
-Without draft-ahead (``ahead=false``, or the real runtime) each round drafts ``k`` remotely
+Without draft-ahead (``ahead=false``, or a runtime without it) each round drafts ``k`` remotely
 and the local backup starts only if the remote draft has not arrived ``hedge_margin`` x its
 predicted delivery time after the round began; if even the best remote site is predicted
 slower than local drafting by more than ``max_extra_s`` and the SLO pace is at risk, the round

@@ -144,3 +144,45 @@ class DecisionLoop:
 
     def _start_verify(self, rids: list[int]) -> None:
         raise NotImplementedError
+
+
+class AheadLedger:
+    """The target's counts for one draft-ahead stream, alike in every backend.
+
+    Tokens are counted per *epoch*: a correction starts a new one, and tokens of an older epoch
+    (drafted before the correction reached the site) are waste on arrival. ``consumed`` is how
+    many of this epoch's tokens the target used (verified, or matched by committed tokens);
+    what arrived beyond it is waste when the epoch or the stream ends.
+    """
+
+    __slots__ = ("epoch", "arrived", "consumed")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.arrived = 0
+        self.consumed = 0
+
+    @property
+    def ahead(self) -> int:
+        """Tokens that arrived and are not consumed yet."""
+        return max(self.arrived - self.consumed, 0)
+
+    def arrive(self, epoch: int, n: int) -> bool:
+        """``n`` tokens of ``epoch`` arrived: True if they count (current epoch), False if waste."""
+        if epoch != self.epoch:
+            return False
+        self.arrived += n
+        return True
+
+    def restart(self) -> int:
+        """A correction: start a new epoch; returns the tokens wasted (arrived, never consumed)."""
+        wasted = self.ahead
+        self.epoch += 1
+        self.arrived = self.consumed = 0
+        return wasted
+
+    def close(self) -> int:
+        """The stream ends; returns the tokens wasted."""
+        wasted = self.ahead
+        self.arrived = self.consumed
+        return wasted

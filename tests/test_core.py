@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from runtime.contract import InvalidDecision, Redundancy, RoundPlan
-from runtime.core import DecisionLoop, check_plan, drafting_sites
+from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.scenario import LimitsSpec, load_scenario
 
 
@@ -66,3 +66,14 @@ def test_a_rejected_verify_batch_leaves_ready_as_it_was(rids: list[int], limits:
     with pytest.raises(InvalidDecision, match=error):
         loop._take_verify_batch(rids, limits)
     assert sorted(loop.ready) == [1, 2, 3]
+
+
+def test_ahead_ledger_counts_per_epoch_and_wastes_what_was_never_consumed() -> None:
+    led = AheadLedger()
+    assert led.arrive(0, 5) and led.ahead == 5
+    led.consumed = 3  # a round verified three streamed tokens
+    assert led.ahead == 2
+    assert led.restart() == 2 and led.epoch == 1 and led.ahead == 0  # a correction
+    assert not led.arrive(0, 4) and led.arrived == 0  # drafted before the site heard of it: waste
+    assert led.arrive(1, 2)
+    assert led.close() == 2 and led.ahead == 0

@@ -7,7 +7,9 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from controllers import make_controller
 from runtime.contract import Controller, Redundancy, drive
@@ -25,9 +27,10 @@ class RemoteFirst(Controller):
     name = "remote-first"
 
     def __init__(self, site: str = "near", backups: tuple[str, ...] = (), hedge_after_s: float = 0.0,
-                 timeout_s: float | None = None, k: int = 4) -> None:
+                 timeout_s: float | None = None, k: int = 4, ahead: bool = False) -> None:
         super().__init__()
         self.site, self.backups, self.hedge, self.timeout, self.k = site, backups, hedge_after_s, timeout_s, k
+        self.ahead = ahead
 
     def drafter_site(self, req, sys):
         return self.site
@@ -36,7 +39,7 @@ class RemoteFirst(Controller):
         return min(self.k, max(req.tokens_left - 1, 0))
 
     def redundancy(self, req, sys, site, k):
-        return Redundancy(self.backups, self.hedge, self.timeout)
+        return Redundancy(self.backups, self.hedge, self.timeout, self.ahead)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,8 @@ def run(rt: RealRuntime, controller: Controller, prompts: list[list[int]], tempe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["no-spec", "static:k=4", "centralized", "sled", "wanspec", "wisp", "remote"])
+@pytest.mark.parametrize("spec", ["no-spec", "static:k=4", "centralized", "sled", "wanspec", "wanspec:ahead=false", "wisp",
+                                  "remote"])
 def test_greedy_output_identical_to_target_alone_for_every_controller(spec, site_addresses, tiny_dir, references):
     prompts, refs = references
     dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
@@ -152,8 +156,9 @@ def test_bad_decisions_are_refused_with_the_rule(tiny_dir, tmp_path):
             drive(rt, RemoteFirst("dc", k=99))
 
 
-def test_draft_ahead_plans_are_refused_not_ignored(tiny_dir, tmp_path):
-    from runtime.contract import Controller, InvalidDecision, Redundancy
+def test_draft_ahead_at_the_target_site_drafts_round_by_round(tiny_dir, tmp_path, tiny_models):
+    """As in the simulator: only a site with a link streams; ahead at the target is a plain round."""
+    from runtime.contract import Controller, Redundancy
 
     class Ahead(Controller):
         def draft_length(self, req, sys, site):
@@ -162,13 +167,97 @@ def test_draft_ahead_plans_are_refused_not_ignored(tiny_dir, tmp_path):
         def redundancy(self, req, sys, site, k):
             return Redundancy(ahead=True)
 
+    target, _, tok = tiny_models
     rt = RealRuntime(load_deployment(scenario=str(_target_only(tmp_path)), models_dir=tiny_dir))
     with rt:
-        assert rt.info.draft_ahead is False
-        rt.submit([2, 5, 6], 20)
+        assert rt.info.draft_ahead is True
+        req = rt.submit([2, 5, 6], 20)
         rt.end_of_workload()
-        with pytest.raises(InvalidDecision, match="draft_ahead"):
-            drive(rt, Ahead())
+        drive(rt, Ahead())
+    assert req.output == greedy_reference(target, [2, 5, 6], 20, tok.eos_token_id)
+    assert req.stream is None and req.site_rounds["dc"] > 0 and rt.summary()["wan_bytes"] == 0
+
+
+class AheadOrNot(RemoteFirst):
+    """Even requests draft ahead at ``near``; odd ones draft round by round at the target. Batches
+    wait until every live request is ready, so each verification batch mixes the two."""
+
+    name = "ahead-or-not"
+
+    def __init__(self) -> None:
+        super().__init__("near", k=3, ahead=True)
+        self.batches: list = []
+
+    def drafter_site(self, req, sys):
+        return "near" if req.rid % 2 == 0 else "dc"
+
+    def redundancy(self, req, sys, site, k):
+        return Redundancy(ahead=site == "near")
+
+    def select_batch(self, ready, sys):
+        return [r.rid for r in ready] if len(ready) == sys.in_flight else []
+
+    def on_batch_done(self, result):
+        self.batches.append(result)
+
+
+@pytest.mark.slow
+def test_mixed_batches_of_ahead_streams_and_round_by_round_rounds_are_lossless(site_addresses, tiny_dir, references):
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    controller = AheadOrNot()
+    reqs = run(rt, controller, prompts)
+    assert [r.output for r in reqs] == refs
+    s = rt.summary()
+    assert s["requests_completed"] == len(prompts) and s["requests_dropped"] == 0
+    assert all(set(r.site_rounds) <= {"near" if r.rid % 2 == 0 else "dc"} for r in reqs)
+    assert any({"near", "dc"} <= set(b.draft_sites) for b in controller.batches), "no batch mixed the two"
+    assert s["remote_draft_forward_passes"] > 0 and s["target_draft_forward_passes"] > 0
+    assert all(r.stream is None for r in reqs)  # closed when the request finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["kill", "stall"])
+def test_streaming_drafter_dies_mid_stream_and_requests_fail_over(failure, tiny_dir, references):
+    """The site drafting ahead is SIGKILLed (or SIGSTOPped): rounds move to the backup's stream."""
+    prompts, refs = references
+    dep = load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1)
+    rt = RealRuntime(dep)
+    streamed: dict[int, list[int]] = {}
+    lock = threading.Lock()
+
+    def listener_for(i: int):
+        def listen(tokens: list[int], reason: str | None) -> None:
+            with lock:
+                streamed.setdefault(i, []).extend(tokens)
+        return listen
+
+    # far is only a backup for plans that name a down near; the hedge never fires while near lives
+    controller = RemoteFirst("near", backups=("far",), hedge_after_s=30.0, k=3, ahead=True)
+    with rt:
+        victim = rt.processes.procs["near"]
+        reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
+        rt.end_of_workload()
+
+        def strike() -> None:
+            while sum(len(v) for v in streamed.values()) < 10:
+                time.sleep(0.005)
+            os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
+
+        t = threading.Thread(target=strike, daemon=True)
+        t.start()
+        try:
+            drive(rt, controller)
+        finally:
+            if failure == "stall":
+                os.kill(victim.pid, signal.SIGCONT)
+        t.join(1)
+    assert [r.output for r in reqs] == refs
+    assert [streamed[i] for i in range(len(prompts))] == refs, "streamed tokens must be neither lost nor duplicated"
+    assert all(r.finish_reason in ("length", "stop") for r in reqs)
+    assert rt.summary()["requests_completed"] == len(prompts)
+    assert sum(r.site_rounds["near"] for r in reqs) > 0
 
 
 def _target_only(tmp_path, max_inflight: int = 64):
@@ -243,3 +332,94 @@ def test_serve_refuses_bad_deployments_in_one_line(args, needle, tiny_dir):
     p = subprocess.run([sys.executable, "-m", "runtime.real.serve", "--models", str(tiny_dir), *args],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["wanspec", "ahead-near"])
+def test_sampled_output_keeps_the_target_distribution_with_draft_ahead(spec, site_addresses, tiny_dir, tiny_models):
+    """Every sampled token's randomised PIT under the target's exact conditional distribution is
+    i.i.d. uniform iff the output is distributed as the target's own samples (Rosenblatt). With
+    fixed seeds the draws differ only by which drafts raced in; a KS test at p > 1e-4."""
+    from scipy import stats
+
+    target, _, tok = tiny_models
+    prompts = [tok(p)["input_ids"] for p in tiny_prompts()[:4]]
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    controller = RemoteFirst("near", k=3, ahead=True) if spec == "ahead-near" else make_controller(spec)
+    rt = RealRuntime(dep, ignore_eos=True)
+    temp, n = 1.0, 40
+    with rt:
+        reqs = [rt.submit(prompts[i % len(prompts)], 12, temp, seed=i, at=0.005 * i) for i in range(n)]
+        rt.end_of_workload()
+        drive(rt, controller)
+    assert all(r.finish_reason == "length" for r in reqs)
+    if spec == "ahead-near":
+        assert all(set(r.site_rounds) <= {"near"} for r in reqs) and sum(r.site_rounds["near"] for r in reqs) > 0
+    rng = np.random.default_rng(0)
+    pits = []
+    with torch.no_grad():
+        for r in reqs:
+            prompt = prompts[r.rid % len(prompts)]
+            ids = torch.tensor([prompt + r.output])
+            p = torch.softmax(target(input_ids=ids).logits[0, len(prompt) - 1:-1].double() / temp, -1)
+            cdf = torch.cumsum(p, -1)
+            for j, x in enumerate(r.output):
+                pits.append(float(cdf[j, x] - p[j, x]) + rng.random() * float(p[j, x]))
+    assert len(pits) == n * 12
+    assert stats.kstest(pits, "uniform").pvalue > 1e-4
+
+
+def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(tiny_models):
+    """The site's side of a draft-ahead stream, in-process: exact token counts, no wall clock."""
+    import asyncio
+
+    import grpc
+
+    from runtime.real import site_pb2 as pb
+    from runtime.real import site_pb2_grpc as pb_grpc
+    from runtime.real.engine import DraftJob, SeqCache, draft_batch
+    from runtime.real.site import DrafterService
+
+    _, draft, tok = tiny_models
+    ctx = tok(tiny_prompts()[0])["input_ids"]
+
+    def greedy(context: list[int], n: int) -> list[int]:
+        return draft_batch(draft, [DraftJob(SeqCache(), list(context), n)])[0].tokens
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        service = DrafterService("near", draft)
+        pb_grpc.add_DrafterSiteServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        service.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = pb_grpc.DrafterSiteStub(channel).Stream()
+
+                async def take(n: int, epoch: int, pos: int = 0) -> list[int]:
+                    """The next ``n`` tokens of ``epoch`` (older epochs' tokens are skipped, as at the target)."""
+                    got: list[int] = []
+                    while len(got) < n:
+                        reply = await asyncio.wait_for(call.read(), 30)
+                        if reply.epoch == epoch:
+                            assert reply.pos == pos + len(got)
+                            got += reply.tokens
+                    return got
+
+                await call.write(pb.StreamMsg(rid=7, tokens=ctx, max_ahead=3))
+                first = await take(3, 0)  # three ahead of nothing acknowledged, then it waits
+                assert first == greedy(ctx, 3) and service.streams[7].room == 0
+                await call.write(pb.StreamMsg(rid=7, consumed=2))  # two consumed: two more
+                assert first + await take(2, 0, pos=3) == greedy(ctx, 5)
+                fixed = ctx + [first[0], (first[1] + 1) % 50]  # the target committed another second token
+                await call.write(pb.StreamMsg(rid=7, epoch=1, start=len(ctx), tokens=fixed[len(ctx):]))
+                assert await take(3, 1) == greedy(fixed, 3)
+                await call.write(pb.StreamMsg(rid=7, epoch=1, cancel=True))
+                while await asyncio.wait_for(call.read(), 30) is not grpc.aio.EOF:
+                    pass
+            assert service.streams == {}
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())

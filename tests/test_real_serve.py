@@ -341,11 +341,11 @@ def test_policy_checkpoint_in_the_slot_stays_lossless(tiny_dir, tmp_path, tiny_m
 
 # ---------------------------------------------------------------------- the multi-process server
 @contextlib.contextmanager
-def _live_server(tiny_dir, grace: float = 2.0) -> Iterator[tuple[subprocess.Popen, str]]:
+def _live_server(tiny_dir, grace: float = 2.0, controller: str = "wanspec") -> Iterator[tuple[subprocess.Popen, str]]:
     """``python -m runtime.real.serve --scenario tiny-local`` (two launched drafter sites), once every site is up."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--controller", "wanspec",
+        [sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--controller", controller,
          "--models", str(tiny_dir), "--port", str(port), "--grace", str(grace)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -427,7 +427,9 @@ def test_a_killed_drafter_is_restarted_and_health_says_degraded_then_ok(live):
 @pytest.mark.slow
 def test_sigterm_ends_late_requests_with_503s_or_error_events_and_exits_within_the_grace_period(tiny_dir):
     grace = 2.0
-    with _live_server(tiny_dir, grace) as (proc, url):
+    # round by round: every round pays the emulated WAN round trip, so the long requests below
+    # cannot finish within the grace period (wanspec's draft-ahead mode drafts mostly locally here)
+    with _live_server(tiny_dir, grace, controller="wanspec:ahead=false") as (proc, url):
         site_ports = [int(s["address"].rsplit(":", 1)[1]) for s in httpx.get(f"{url}/health").json()["sites"].values()]
         results: dict[str, Any] = {}
         started = threading.Barrier(7)
@@ -444,7 +446,7 @@ def test_sigterm_ends_late_requests_with_503s_or_error_events_and_exits_within_t
                                     "ignore_eos": True, "stream": True}) as s:
                 results[name] = (s.status_code, _events(s))
 
-        # ~1000 tokens take ~10 s here (more than 2 s on any machine); 8 tokens take well under 2 s
+        # ~1000 tokens take ~10 s here round by round (more than 2 s on any machine); 8 take well under 2 s
         threads = [threading.Thread(target=plain, args=(f"plain{i}", 1000)) for i in range(3)]
         threads += [threading.Thread(target=stream, args=(f"stream{i}", 1000)) for i in range(3)]
         threads += [threading.Thread(target=stream, args=("short", 8))]

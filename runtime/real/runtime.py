@@ -17,6 +17,15 @@ other sites (redundancy) may still deliver, and if none is left the request goes
 controller for a new plan this same round. A plan that names a down site uses its first live
 backup, or becomes a plain target decode step. Requests are never lost nor duplicated: tokens
 are only committed by the target's verification.
+
+Draft-ahead (``Redundancy(ahead=True)`` at a remote or edge site) follows the simulator's
+protocol over one gRPC stream per (request, site): the site keeps drafting up to
+``limits.max_k`` tokens past what the target acknowledged, and a round verifies what has
+arrived (up to ``k``). The target keeps a stream valid while its arrived tokens agree with the
+committed ones (a bonus token equal to the site's next draft token keeps it going); the first
+disagreement sends a correction that starts a new epoch. A stream that fails (or delivers
+nothing within ``draft_timeout_s`` while a round waits on it) marks the site down and the round
+fails over like a failed draft RPC.
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ import torch
 from runtime.contract import (
     BatchResult,
     DecisionPoint,
-    InvalidDecision,
     RequestMixin,
     RoundPlan,
     RuntimeInfo,
@@ -48,14 +56,15 @@ from runtime.contract import (
     SiteState,
     fcfs_batch,
 )
-from runtime.core import DecisionLoop, check_plan, drafting_sites
+from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.latency import ProfileTable
 from runtime.metrics import KEYS, Metrics, RequestRecord
 from runtime.real.models import check_pair, load_model
 from runtime.real.deploy import Deployment
 from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
+from runtime.real import site_pb2 as pb
 from runtime.real.site import SWITCH_INTERVAL_S
-from runtime.real.transport import DraftResult, SiteClient, Transport
+from runtime.real.transport import AheadStream, DraftResult, SiteClient, Transport
 
 #: ``listener(new_tokens, finish_reason)``: finish_reason is None while streaming, then
 #: "length", "stop", or "error: <why>".
@@ -103,8 +112,16 @@ class RealRequest(RequestMixin):
         self.round_k = 0
         self.pending: set[str] = set()  # sites still drafting this round
         self.ready_draft: Draft | None = None
+        self.ready_stream = False  # the ready draft came from the draft-ahead stream
+        self.stream: _Stream | None = None
+        self.want = 0  # draft tokens the open round takes from its stream
         self.finish_reason: str | None = None
         self.finish_time = -1.0
+
+    @property
+    def ahead_tokens(self) -> int:
+        st = self.stream
+        return 0 if st is None else max(len(st.tokens) - (len(self.context) - st.base), 0)
 
     def __repr__(self) -> str:
         return f"RealRequest(rid={self.rid}, gen={self.generated}/{self.max_tokens}, phase={self.phase})"
@@ -247,6 +264,41 @@ class SiteProcesses:
             self._supervisor.join(timeout=5)
 
 
+class _Stream:
+    """The target's side of one draft-ahead stream (driver thread; ``handle`` is the transport's).
+
+    This epoch's tokens continue the committed context from ``base`` on: token ``i`` stands for
+    ``context[base + i]``. ``matched`` tokens were checked against committed ones, ``verified``
+    were seen by a verification (rejected ones included), ``acked`` is the last acknowledgement.
+    """
+
+    __slots__ = ("req", "site", "ledger", "base", "tokens", "ids", "probs", "matched", "verified", "acked",
+                 "closed", "handle")
+
+    def __init__(self, req: RealRequest, site: str) -> None:
+        self.req = req
+        self.site = site
+        self.ledger = AheadLedger()
+        self.closed = False
+        self.handle: AheadStream | None = None
+        self.new_epoch(len(req.context))
+
+    def new_epoch(self, base: int) -> None:
+        self.base = base
+        self.tokens: list[int] = []
+        self.ids: list[torch.Tensor] = []  # sampled drafts: each token's top-m ids and probabilities
+        self.probs: list[torch.Tensor] = []
+        self.matched = self.verified = self.acked = 0
+
+    def draft(self, n: int) -> Draft:
+        """The next ``n`` tokens past the committed context, as a draft to verify."""
+        p = len(self.req.context) - self.base
+        d = Draft(self.tokens[p:p + n])
+        if self.ids:
+            d.probs_ids, d.probs = torch.stack(self.ids[p:p + n]), torch.stack(self.probs[p:p + n])
+        return d
+
+
 @dataclass
 class _LocalTask:
     req: RealRequest
@@ -269,6 +321,7 @@ class RealRuntime(DecisionLoop):
             max_k=self.limits.max_k, max_batch_size=self.limits.max_batch_size,
             max_batch_tokens=self.limits.max_batch_tokens, max_redundancy=self.limits.max_redundancy,
             prior_alpha={n: _prior_alpha(d.acceptance) for n, d in sc.spec.drafters.items()},
+            draft_ahead=True,
         )
         self._allowed = drafting_sites(sc)
         ref = deployment.target
@@ -590,18 +643,34 @@ class RealRuntime(DecisionLoop):
             return
         check_plan(req.rid, k, plan, self.limits, self._allowed[req.origin])
         red = plan.redundancy
-        if red.ahead:
-            raise InvalidDecision(f"request {req.rid}: the real runtime drafts round by round (RuntimeInfo.draft_ahead "
-                                  f"is False); plan Redundancy(ahead=False)")
         live = [s for s in (plan.site, *red.backups) if self.site_up(s)]
+        st = req.stream
         if not live:  # every named site is down: a plain decode step keeps the request moving
+            if st is not None:
+                self._close_stream(st)
             self._make_ready(req, None, None)
             return
         site, backups = live[0], tuple(live[1:])
         req.round_open = True
         req.round_k = k
         req.drafter_site = site
-        self._launch(req, site, k)
+        if red.ahead and site != self.target_name:  # as in the simulator: only a site with a link streams
+            if st is None or st.site != site:
+                if st is not None:
+                    self._close_stream(st)
+                st = self._open_stream(req, site)
+            req.want = k
+            req.pending.add(site)
+            avail = req.ahead_tokens
+            if avail > 0:  # verify what is here; more may join until the batch starts
+                self._resolve_from_stream(st, min(k, avail))
+                return
+            self._schedule((self.now + self.deployment.spec.draft_timeout_s, self._on_stream_stall,
+                            (req, req.round_id, st)))
+        else:
+            if st is not None:
+                self._close_stream(st)
+            self._launch(req, site, k)
         if backups:
             if red.hedge_after_s <= 0:
                 for b in backups:
@@ -669,6 +738,121 @@ class RealRuntime(DecisionLoop):
             req.round_open = False
             self._plan_q.append(req)
 
+    # ---- draft-ahead streams
+    def _open_stream(self, req: RealRequest, site: str) -> _Stream:
+        st = req.stream = _Stream(req, site)
+        self._stream_send(st, pb.StreamMsg(rid=req.rid, tokens=req.context, temperature=req.temperature,
+                                           seed=(req.seed * 1013 + req.round_id) % (1 << 63),
+                                           max_ahead=self.limits.max_k))
+        return st
+
+    def _stream_send(self, st: _Stream, msg: pb.StreamMsg) -> None:
+        self.transport.post(self._stream_send_on_loop, st, msg)
+
+    def _stream_send_on_loop(self, st: _Stream, msg: pb.StreamMsg) -> None:
+        """(Transport loop) the stream's first message opens the call; the rest follow in order."""
+        if st.handle is None:
+            if msg.cancel:
+                return
+            try:
+                st.handle = AheadStream(self.clients[st.site], lambda r: self._post(self._on_stream_tokens, (st, r)),
+                                        lambda why: self._post(self._on_stream_error, (st, why)))
+            except Exception as e:  # no channel (the site is restarting)
+                self._post(self._on_stream_error, (st, f"site {st.site}: {e}"))
+                return
+        st.handle.send(msg)
+
+    def _close_stream(self, st: _Stream, cancel: bool = True) -> None:
+        """Stop a stream (the request finished, drafts elsewhere now, or the stream failed)."""
+        st.closed = True
+        if st.req.stream is st:
+            st.req.stream = None
+        self.metrics.wasted_rejected += st.ledger.close()
+        if cancel:
+            self._stream_send(st, pb.StreamMsg(rid=st.req.rid, epoch=st.ledger.epoch, cancel=True))
+
+    def _check_stream(self, st: _Stream) -> bool:
+        """Hold the stream's tokens against the committed ones: acknowledge what was consumed, or
+        send a correction (a new epoch) at the first disagreement. False if it was corrected."""
+        ctx = st.req.context
+        committed = len(ctx) - st.base
+        n = min(len(st.tokens), committed)
+        for i in range(st.matched, n):
+            if st.tokens[i] != ctx[st.base + i]:
+                st.ledger.consumed = max(i, st.verified)
+                self.metrics.wasted_rejected += st.ledger.restart()
+                old = st.base
+                st.new_epoch(len(ctx))
+                self._stream_send(st, pb.StreamMsg(rid=st.req.rid, epoch=st.ledger.epoch, start=old, tokens=ctx[old:]))
+                return False
+        st.matched = n
+        st.ledger.consumed = max(st.ledger.consumed, committed)
+        if committed > st.acked:
+            st.acked = committed
+            self._stream_send(st, pb.StreamMsg(rid=st.req.rid, epoch=st.ledger.epoch, consumed=committed))
+        return True
+
+    def _resolve_from_stream(self, st: _Stream, n: int) -> None:
+        req = st.req
+        req.round_open = False
+        req.pending.clear()
+        self._make_ready(req, st.draft(n), st.site)
+        req.ready_stream = True
+
+    def _on_stream_tokens(self, arg: tuple[_Stream, pb.StreamTokens]) -> None:
+        st, reply = arg
+        m = self.metrics
+        n = len(reply.tokens)
+        m.draft_tokens += n
+        self._remote_passes += reply.passes / max(reply.job_size, 1)
+        if reply.passes:
+            self._draft_step[st.site] = reply.job_s / reply.passes
+        if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
+            m.wasted_rejected += n  # drafted past a correction the site had not heard of yet
+            return
+        st.tokens += reply.tokens
+        if reply.top_m:
+            st.ids += torch.tensor(list(reply.prob_ids), dtype=torch.long).view(n, reply.top_m).unbind(0)
+            st.probs += torch.tensor(list(reply.probs), dtype=torch.float32).view(n, reply.top_m).unbind(0)
+        if not self._check_stream(st):
+            return
+        req = st.req
+        avail = min(req.ahead_tokens, req.want)
+        if req.round_open and st.site in req.pending:
+            if avail > 0:
+                self._resolve_from_stream(st, avail)
+        elif req.ready_stream and req.rid in self.ready and req.ready_k < avail:
+            req.ready_draft = st.draft(avail)  # still waiting for the verifier: verify more
+            req.ready_k = avail
+
+    def _on_stream_error(self, arg: tuple[_Stream, str]) -> None:
+        st, why = arg
+        if st.closed:
+            return
+        log.warning("draft-ahead stream of request %d at %s failed: %s", st.req.rid, st.site, why)
+        self.clients[st.site].up = False  # health checks mark it up again once it answers
+        self._close_stream(st, cancel=False)
+        self._stream_failed(st)
+
+    def _on_stream_stall(self, arg: tuple[RealRequest, int, _Stream]) -> None:
+        req, round_id, st = arg
+        if st.closed or req.round_id != round_id or not req.round_open or st.site not in req.pending:
+            return
+        log.warning("draft-ahead stream of request %d at %s: nothing within %.1f s", req.rid, st.site,
+                    self.deployment.spec.draft_timeout_s)
+        self.clients[st.site].up = False
+        self._close_stream(st)
+        self._stream_failed(st)
+
+    def _stream_failed(self, st: _Stream) -> None:
+        """A round waiting on a failed stream fails over like a failed draft RPC."""
+        req = st.req
+        if req.round_open and st.site in req.pending and req.rid in self.requests:
+            req.pending.discard(st.site)
+            if not req.pending:
+                req.round_open = False
+                self._plan_q.append(req)
+
     def _run_local_drafts(self) -> None:
         tasks = [t for t in self._local_q if t.req.round_id == t.round_id and t.req.round_open]
         self._local_q = []
@@ -694,6 +878,7 @@ class RealRuntime(DecisionLoop):
 
     def _make_ready(self, req: RealRequest, draft: Draft | None, site: str | None) -> None:
         req.ready_draft = draft
+        req.ready_stream = False
         req.ready_k = len(draft.tokens) if draft is not None else 0
         req.ready_site = site
         req.ready_since = self.now
@@ -766,6 +951,10 @@ class RealRuntime(DecisionLoop):
             m.committed_in_spec_rounds += len(toks)
         req.last_k = k
         req.last_accepted = accepted
+        st = req.stream
+        if st is not None and req.ready_stream:  # these stream tokens were verified (some perhaps rejected)
+            st.verified = max(st.verified, len(req.context) - st.base + k)
+        req.ready_stream = False
         req.context.extend(toks)
         req.output.extend(toks)
         if logprobs is not None:
@@ -776,6 +965,8 @@ class RealRuntime(DecisionLoop):
         if reason is not None:
             self._finish_request(req, reason, toks)
         else:
+            if st is not None:
+                self._check_stream(st)
             if req.listener is not None:
                 req.listener(toks, None)
             self._plan_q.append(req)
@@ -784,6 +975,8 @@ class RealRuntime(DecisionLoop):
         req.finish_reason = reason
         req.finish_time = self.now
         req.round_open = False
+        if req.stream is not None:
+            self._close_stream(req.stream)
         self.requests.pop(req.rid, None)
         self.ready.pop(req.rid, None)
         for q in (self._plan_q, self._admit_q):  # a cancelled or failed request is decided no more

@@ -9,6 +9,12 @@ back to the accepted prefix on the next round. Concurrent Draft calls are batche
 batched draft job runs (in a worker thread, so the event loop keeps answering), new calls
 queue up and ride in the next job together.
 
+Draft-ahead streams (the ``Stream`` RPC) ride in the same jobs: every stream that is fewer than
+``max_ahead`` tokens ahead of what the target acknowledged drafts in each job (as many tokens as
+the job's longest round, at least one, never past ``max_ahead``) and its tokens go back as soon
+as the job ends, tagged with the stream's epoch. A correction starts a new epoch; tokens of a
+job that ran across it still go back, with the old epoch, and the target counts them as waste.
+
     python -m runtime.real.site --name near --model DIR/draft --port 50061
 """
 
@@ -40,6 +46,27 @@ class _SeqState:
     generator: torch.Generator = field(default_factory=torch.Generator)
 
 
+@dataclass
+class _AheadStream:
+    """One request's draft-ahead stream at this site: committed context plus this epoch's drafts."""
+
+    rid: int
+    context: list[int]
+    temperature: float
+    max_ahead: int
+    generator: torch.Generator
+    epoch: int = 0
+    drafted: list[int] = field(default_factory=list)  # this epoch's tokens after ``context``
+    known: int = 0  # of them, how many the target acknowledged consuming
+    cache: SeqCache = field(default_factory=SeqCache)
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # replies to write; None ends the stream
+    closed: bool = False
+
+    @property
+    def room(self) -> int:
+        return self.max_ahead - (len(self.drafted) - self.known)
+
+
 class DrafterService(pb_grpc.DrafterSiteServicer):
     """Drafts for the target site; one batched job at a time on this site's device."""
 
@@ -54,6 +81,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self._busy_since: float | None = None
         self._busy_log: list[tuple[float, float]] = []  # (end, duration) of recent jobs
         self._worker: asyncio.Task | None = None
+        self.streams: dict[int, _AheadStream] = {}
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -91,6 +119,57 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             reply.probs.extend(draft.probs.flatten().tolist())
         return reply
 
+    async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """Serve one draft-ahead stream until the target cancels it or goes away."""
+        first = await context.read()
+        if first is grpc.aio.EOF or first.cancel:
+            return
+        gen = torch.Generator()
+        gen.manual_seed(first.seed)
+        st = _AheadStream(first.rid, list(first.tokens), first.temperature, max(first.max_ahead, 1), gen,
+                          epoch=first.epoch)
+        old = self.streams.pop(st.rid, None)
+        if old is not None:  # a reopened stream replaces the old one
+            self._end(old)
+        self.streams[st.rid] = st
+        self._wake.set()
+        reader = asyncio.get_running_loop().create_task(self._read_stream(context, st))
+        try:
+            while True:
+                reply = await st.out.get()
+                if reply is None:
+                    break
+                await context.write(reply)
+        finally:
+            reader.cancel()
+            self._end(st)
+
+    async def _read_stream(self, context: grpc.aio.ServicerContext, st: _AheadStream) -> None:
+        while True:
+            try:
+                msg = await context.read()
+            except Exception:  # the call is over (the target went away)
+                msg = grpc.aio.EOF
+            if msg is grpc.aio.EOF or msg.cancel:
+                self._end(st)
+                return
+            if msg.epoch != st.epoch:  # a correction: the committed context moved on, redraft from it
+                st.epoch = msg.epoch
+                st.context[msg.start:] = list(msg.tokens)
+                st.drafted = []
+                st.known = msg.consumed
+            elif msg.consumed > st.known:
+                st.known = msg.consumed
+            if st.room > 0:
+                self._wake.set()
+
+    def _end(self, st: _AheadStream) -> None:
+        if not st.closed:
+            st.closed = True
+            st.out.put_nowait(None)
+        if self.streams.get(st.rid) is st:
+            del self.streams[st.rid]
+
     async def Release(self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
         for rid in request.rids:
             self.seqs.pop(rid, None)
@@ -109,9 +188,13 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.queue:
+            while True:
                 batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
                 jobs = [j for _, j, _ in batch]
+                ahead = self._stream_jobs(max((j.k for j in jobs), default=1), self.max_batch - len(batch))
+                if not jobs and not ahead:
+                    break
+                jobs += [j for _, _, j in ahead]
                 t0 = self._busy_since = time.perf_counter()
                 try:
                     # off the loop, so health checks are answered and new RPCs queue for the next job
@@ -120,6 +203,8 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(e)
+                    for st, _, _ in ahead:
+                        self._end(st)
                     continue
                 finally:
                     self._busy_since = None
@@ -127,7 +212,31 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                 passes = max(j.k for j in jobs)
                 for (_, _, fut), d in zip(batch, drafts):
                     if not fut.done():
-                        fut.set_result((d, dur, passes, len(batch), t0))
+                        fut.set_result((d, dur, passes, len(jobs), t0))
+                for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
+                    self._ship(st, epoch, d, dur, passes, len(jobs))
+
+    def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
+        """This job's share for the streams not ``max_ahead`` ahead (the furthest behind first)."""
+        run = [st for st in self.streams.values() if st.room > 0 and st.context]
+        if len(run) > room:
+            run = sorted(run, key=lambda st: -st.room)[: max(room, 0)]
+        return [(st, st.epoch, DraftJob(st.cache, st.context + st.drafted, min(st.room, steps), st.temperature,
+                                        st.generator)) for st in run]
+
+    def _ship(self, st: _AheadStream, epoch: int, d: Any, job_s: float, passes: int, size: int) -> None:
+        """Send a stream's drafted tokens; keep them only if no correction came in meanwhile."""
+        if st.closed:
+            return
+        reply = pb.StreamTokens(epoch=epoch, pos=len(st.drafted) if epoch == st.epoch else 0, tokens=d.tokens,
+                                job_s=job_s, passes=passes, job_size=size)
+        if d.probs is not None:
+            reply.top_m = d.probs.shape[1]
+            reply.prob_ids.extend(d.probs_ids.flatten().tolist())
+            reply.probs.extend(d.probs.flatten().tolist())
+        if epoch == st.epoch:
+            st.drafted += d.tokens
+        st.out.put_nowait(reply)
 
 
 def _timed_draft(model: Any, jobs: list[DraftJob]) -> tuple[list[Any], float]:

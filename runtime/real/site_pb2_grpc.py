@@ -39,6 +39,11 @@ class DrafterSiteStub:
                 request_serializer=runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
                 response_deserializer=runtime_dot_real_dot_site__pb2.DraftReply.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/specctl.DrafterSite/Stream',
+                request_serializer=runtime_dot_real_dot_site__pb2.StreamMsg.SerializeToString,
+                response_deserializer=runtime_dot_real_dot_site__pb2.StreamTokens.FromString,
+                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/specctl.DrafterSite/Release',
                 request_serializer=runtime_dot_real_dot_site__pb2.ReleaseRequest.SerializeToString,
@@ -57,6 +62,15 @@ class DrafterSiteServicer:
     def Draft(self, request, context):
         """Draft k tokens for one request after appending context[start:] (the committed tokens the
         site has not seen yet). need_sync comes back when the site lacks context[:start].
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stream(self, request_iterator, context):
+        """Draft ahead for one request (Redundancy(ahead=True)): the target opens the stream with the
+        request's context, then sends acknowledgements, corrections (a new epoch) and finally a
+        cancellation; the site streams back each batch of tokens it drafts, tagged with its epoch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +96,11 @@ def add_DrafterSiteServicer_to_server(servicer, server):
                     servicer.Draft,
                     request_deserializer=runtime_dot_real_dot_site__pb2.DraftRequest.FromString,
                     response_serializer=runtime_dot_real_dot_site__pb2.DraftReply.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=runtime_dot_real_dot_site__pb2.StreamMsg.FromString,
+                    response_serializer=runtime_dot_real_dot_site__pb2.StreamTokens.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -121,6 +140,33 @@ class DrafterSite:
             '/specctl.DrafterSite/Draft',
             runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
             runtime_dot_real_dot_site__pb2.DraftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/specctl.DrafterSite/Stream',
+            runtime_dot_real_dot_site__pb2.StreamMsg.SerializeToString,
+            runtime_dot_real_dot_site__pb2.StreamTokens.FromString,
             options,
             channel_credentials,
             insecure,

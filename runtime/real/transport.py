@@ -7,6 +7,10 @@ the scenario's link draws (RTT/2 + jitter + spikes + bytes/bandwidth, the simula
 
 All clients live on one asyncio loop in a background thread; the runtime's driver thread hands
 coroutines to it with :meth:`Transport.submit` and gets results back as callbacks.
+
+A draft-ahead stream (:class:`AheadStream`) is one bidirectional gRPC call per (request, site).
+Its messages are delayed both ways like an RPC's, and stay in order (as on one TCP connection):
+each leaves at its own draw of the link's delay, but never before the message sent ahead of it.
 """
 
 from __future__ import annotations
@@ -74,10 +78,15 @@ class SiteClient:
         if old is not None:
             await old.close()
 
-    async def _hop(self, nbytes: int) -> None:
+    def delay(self, nbytes: int) -> float:
+        """Count a message's bytes; its emulated one-way delay (0 without emulation)."""
         self.bytes_sent += nbytes
-        if self.link is not None:
-            await asyncio.sleep(self.link.send(nbytes))
+        return self.link.send(nbytes) if self.link is not None else 0.0
+
+    async def _hop(self, nbytes: int) -> None:
+        d = self.delay(nbytes)
+        if d > 0:
+            await asyncio.sleep(d)
 
     async def draft(self, rid: int, context: list[int], start: int, k: int, temperature: float, seed: int) -> DraftResult:
         """Ask for ``k`` drafts, shipping ``context[start:]``; resyncs once if the site lost state."""
@@ -132,9 +141,102 @@ class SiteClient:
         return True
 
 
+class _Delayed:
+    """Hands items to ``sink`` in order, each no earlier than its due time (one emulated direction)."""
+
+    def __init__(self, sink: Callable[[Any], Any]) -> None:
+        self.sink = sink
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.last = 0.0
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, delay: float, item: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self.last = max(loop.time() + delay, self.last)
+        self.queue.put_nowait((self.last, item))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, item = await self.queue.get()
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            r = self.sink(item)
+            if asyncio.iscoroutine(r):
+                await r
+
+
+class AheadStream:
+    """The target's end of one draft-ahead stream (lives on the transport loop).
+
+    ``on_tokens(reply)`` gets each ``StreamTokens`` after its emulated delay; ``on_error(reason)``
+    is called once if the call fails (the site died, restarted or ended it) before the target
+    sent its cancellation.
+    """
+
+    def __init__(self, client: "SiteClient", on_tokens: Callable[[Any], None], on_error: Callable[[str], None]) -> None:
+        assert client.stub is not None
+        self.client = client
+        self.on_tokens = on_tokens
+        self.on_error = on_error
+        self.closed = False
+        self._stopped = False
+        self.call = client.stub.Stream()
+        self._out = _Delayed(self._write)
+        self._in = _Delayed(on_tokens)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def send(self, msg: Any) -> None:
+        """Queue a target -> site message (call on the loop: ``Transport.post``)."""
+        if self.closed:
+            return
+        net = self.client.net
+        self._out.put(self.client.delay(net.header_bytes + len(msg.tokens) * net.bytes_per_token), msg)
+        if msg.cancel:
+            self.closed = True
+
+    async def _write(self, msg: Any) -> None:
+        try:
+            await self.call.write(msg)
+            if msg.cancel:
+                await self.call.done_writing()
+                self._stop()
+        except Exception as e:  # the call is over: the site died, restarted or cancelled it
+            self._fail(f"site {self.client.name}: {_rpc_reason(e)}")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                reply = await self.call.read()
+                if reply is grpc.aio.EOF:
+                    break
+                net = self.client.net
+                per_tok = net.bytes_per_token + (8 if reply.top_m else 0) * max(reply.top_m, 1)
+                self._in.put(self.client.delay(net.header_bytes + len(reply.tokens) * per_tok), reply)
+            if not self.closed:  # the site ended the stream on its own
+                self._fail(f"site {self.client.name} ended the stream")
+        except Exception as e:
+            self._fail(f"site {self.client.name}: {_rpc_reason(e)}")
+
+    def _fail(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.on_error(reason)
+        self._stop()
+
+    def _stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            for task in (self._out.task, self._in.task, self._reader):
+                task.cancel()  # the current task too: it ends at its next await
+            self.call.cancel()
+
+
 def _rpc_reason(e: BaseException) -> str:
     if isinstance(e, grpc.aio.AioRpcError):
         return f"{e.code().name.lower()} ({e.details()})"
+    if not isinstance(e, asyncio.TimeoutError):
+        return f"{type(e).__name__}: {e}"
     return "timed out"
 
 
@@ -164,6 +266,10 @@ class Transport:
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon (for stream messages: cheaper than a coroutine)."""
+        self.loop.call_soon_threadsafe(fn, *args)
 
     def submit(self, coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None]) -> None:
         """Run ``coro`` on the loop; ``done(result, error)`` is called there when it finishes."""
