@@ -11,9 +11,9 @@ and :meth:`~DecisionLoop._start_verify`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from runtime.contract import Decision, DecisionPoint, InvalidDecision, RoundPlan, batch_tokens
+from runtime.contract import Decision, DecisionPoint, InvalidDecision, Redundancy, RoundPlan, batch_tokens
 from runtime.scenario import LimitsSpec, Scenario
 
 
@@ -130,7 +130,35 @@ class DecisionLoop:
             raise InvalidDecision(f"batch of {new} tokens exceeds limits.max_batch_tokens={limits.max_batch_tokens}")
         return batch, new, ctx
 
+    def _start_races(self, req: Any, red: Redundancy, backups: tuple[str, ...], k: int, now: float) -> None:
+        """A round's redundancy: its backup drafts (now, or ``hedge_after_s`` later if the round is
+        still open; see ``_on_hedge``) and its deadline (``_on_timeout``)."""
+        if backups:
+            if red.hedge_after_s <= 0:
+                for b in backups:
+                    self._launch(req, b, k)
+            else:
+                self._call_at(now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k))
+        if red.timeout_s is not None:
+            self._call_at(now + red.timeout_s, self._on_timeout, (req, req.round_id))
+
     # ---- what a backend implements
+    def _call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        """Call ``fn(arg)`` at backend time ``t`` (an event, a timer)."""
+        raise NotImplementedError
+
+    def _launch(self, req: Any, site: str, k: int) -> None:
+        """Start drafting ``k`` tokens of ``req``'s open round at ``site``."""
+        raise NotImplementedError
+
+    def _on_hedge(self, arg: tuple[Any, int, tuple[str, ...], int]) -> None:
+        """A hedge delay ran out: launch the backups if that round is still open."""
+        raise NotImplementedError
+
+    def _on_timeout(self, arg: tuple[Any, int]) -> None:
+        """A round's deadline: verify it without drafts if it is still open."""
+        raise NotImplementedError
+
     def _admit(self, req: Any) -> None:
         """Admission said yes: the request waits for its prefill."""
         raise NotImplementedError

@@ -373,6 +373,8 @@ class Simulator(DecisionLoop):
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, fn, arg))
 
+    _call_at = _push
+
     def _schedule_next_arrival(self) -> None:
         a = next(self._arrivals, None)
         if a is None:
@@ -453,14 +455,8 @@ class Simulator(DecisionLoop):
             if st is not None:
                 self._close_stream(st)
             self._launch(req, site, k)
-        if backups:
-            if red.hedge_after_s <= 0:
-                for b in backups:
-                    self._launch(req, b, k)
-            else:
-                self._push(self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k))
-        if red.timeout_s is not None:
-            self._push(self.now + red.timeout_s, self._on_timeout, (req, req.round_id))
+        if backups or red.timeout_s is not None:
+            self._start_races(req, red, backups, k, self.now)
 
     def _catchup(self, req: SimRequest, site_name: str) -> tuple[int, int]:
         """Tokens ``site_name``'s drafter must feed before drafting, and the bytes to send it:

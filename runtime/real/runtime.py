@@ -600,6 +600,9 @@ class RealRuntime(DecisionLoop):
         t, fn, x = arg
         heapq.heappush(self._timers, (t, next(self._seq), fn, x))
 
+    def _call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        self._schedule((t, fn, arg))
+
     def _fire_timers(self) -> None:
         now = self.now
         while self._timers and self._timers[0][0] <= now:
@@ -671,14 +674,8 @@ class RealRuntime(DecisionLoop):
             if st is not None:
                 self._close_stream(st)
             self._launch(req, site, k)
-        if backups:
-            if red.hedge_after_s <= 0:
-                for b in backups:
-                    self._launch(req, b, k)
-            else:
-                self._schedule((self.now + red.hedge_after_s, self._on_hedge, (req, req.round_id, backups, k)))
-        if red.timeout_s is not None:
-            self._schedule((self.now + red.timeout_s, self._on_timeout, (req, req.round_id)))
+        if backups or red.timeout_s is not None:
+            self._start_races(req, red, backups, k, self.now)
 
     def _launch(self, req: RealRequest, site: str, k: int) -> None:
         req.pending.add(site)
