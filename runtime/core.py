@@ -142,7 +142,30 @@ class DecisionLoop:
         if red.timeout_s is not None:
             self._call_at(now + red.timeout_s, self._on_timeout, (req, req.round_id))
 
+    def _stream_to(self, req: Any, site: str) -> Any:
+        """``req``'s draft-ahead stream from ``site``: one open to another site is closed first."""
+        st = req.stream
+        if st is None or st.site != site:
+            if st is not None:
+                self._close_stream(st)
+            st = self._open_stream(req, site)
+        return st
+
+    def _draft_round(self, req: Any, site: str, k: int) -> None:
+        """Draft this round of ``req`` at ``site`` round by round, closing any stream it had."""
+        if req.stream is not None:
+            self._close_stream(req.stream)
+        self._launch(req, site, k)
+
     # ---- what a backend implements
+    def _open_stream(self, req: Any, site: str) -> Any:
+        """Open a draft-ahead stream of ``req`` at ``site`` (it becomes ``req.stream``)."""
+        raise NotImplementedError
+
+    def _close_stream(self, st: Any) -> None:
+        """Stop a stream: its unverified tokens are waste, and the site hears it later."""
+        raise NotImplementedError
+
     def _call_at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
         """Call ``fn(arg)`` at backend time ``t`` (an event, a timer)."""
         raise NotImplementedError

@@ -441,10 +441,7 @@ class Simulator(DecisionLoop):
         if red.ahead and not self.info.draft_ahead:
             raise InvalidDecision(f"request {req.rid}: draft-ahead is switched off here (RuntimeInfo.draft_ahead is False)")
         if red.ahead and self.sites[site].link is not None:
-            if st is None or st.site != site:
-                if st is not None:
-                    self._close_stream(st)
-                st = self._open_stream(req, site)
+            st = self._stream_to(req, site)
             req.want = k
             avail = st.arrived - st.consumed
             if avail > 0:  # verify what is here; more may join until the batch starts
@@ -452,9 +449,7 @@ class Simulator(DecisionLoop):
                 self._make_ready(req, k if k < avail else avail, site)
                 return
         else:
-            if st is not None:
-                self._close_stream(st)
-            self._launch(req, site, k)
+            self._draft_round(req, site, k)
         if backups or red.timeout_s is not None:
             self._start_races(req, red, backups, k, self.now)
 

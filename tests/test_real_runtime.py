@@ -97,13 +97,10 @@ def test_sampling_through_remote_sites_completes(site_addresses, tiny_dir, refer
     assert 0 < rt.summary()["acceptance_rate"] < 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("failure", ["kill", "stall"])
-def test_drafter_site_dies_mid_stream_and_requests_continue(failure, tiny_dir, references):
-    """A drafter process is SIGKILLed (or SIGSTOPped) while its requests stream: none is lost or duplicated."""
-    prompts, refs = references
-    dep = load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1)
-    rt = RealRuntime(dep)
+def _serve_and_strike_near(rt: RealRuntime, controller, prompts, failure: str):
+    """Serve ``prompts`` with ``controller``; once 10 tokens reached the clients, SIGKILL the
+    ``near`` site (or SIGSTOP it until the workload ends). Returns the requests, the tokens each
+    client received and each client's finish reason."""
     streamed: dict[int, list[int]] = {}
     finished: dict[int, str] = {}
     lock = threading.Lock()
@@ -116,26 +113,36 @@ def test_drafter_site_dies_mid_stream_and_requests_continue(failure, tiny_dir, r
                     finished[i] = reason
         return listen
 
+    victim = rt.processes.procs["near"]
+    reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
+    rt.end_of_workload()
+
+    def strike() -> None:
+        while sum(len(v) for v in streamed.values()) < 10:
+            time.sleep(0.005)
+        os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
+
+    t = threading.Thread(target=strike, daemon=True)
+    t.start()
+    try:
+        drive(rt, controller)
+    finally:
+        if failure == "stall":
+            os.kill(victim.pid, signal.SIGCONT)
+    t.join(1)
+    return reqs, streamed, finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["kill", "stall"])
+def test_drafter_site_dies_mid_stream_and_requests_continue(failure, tiny_dir, references):
+    """A drafter process is SIGKILLed (or SIGSTOPped) while its requests stream: none is lost or duplicated."""
+    prompts, refs = references
+    rt = RealRuntime(load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1))
     # the far site is the backup: after the primary dies, rounds fail over (kill) or time out (stall)
     controller = RemoteFirst("near", backups=("far",), hedge_after_s=0.05, timeout_s=1.0, k=3)
     with rt:
-        victim = rt.processes.procs["near"]
-        reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
-        rt.end_of_workload()
-
-        def strike() -> None:
-            while sum(len(v) for v in streamed.values()) < 10:
-                time.sleep(0.005)
-            os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
-
-        t = threading.Thread(target=strike, daemon=True)
-        t.start()
-        try:
-            drive(rt, controller)
-        finally:
-            if failure == "stall":
-                os.kill(victim.pid, signal.SIGCONT)
-        t.join(1)
+        reqs, streamed, finished = _serve_and_strike_near(rt, controller, prompts, failure)
         # marked down; a killed site may already be back (supervised), a stalled one is still stopped
         assert not rt.clients["near"].up or rt.processes.restarts["near"] == 1
     assert [r.output for r in reqs] == refs
@@ -222,37 +229,11 @@ def test_mixed_batches_of_ahead_streams_and_round_by_round_rounds_are_lossless(s
 def test_streaming_drafter_dies_mid_stream_and_requests_fail_over(failure, tiny_dir, references):
     """The site drafting ahead is SIGKILLed (or SIGSTOPped): rounds move to the backup's stream."""
     prompts, refs = references
-    dep = load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1)
-    rt = RealRuntime(dep)
-    streamed: dict[int, list[int]] = {}
-    lock = threading.Lock()
-
-    def listener_for(i: int):
-        def listen(tokens: list[int], reason: str | None) -> None:
-            with lock:
-                streamed.setdefault(i, []).extend(tokens)
-        return listen
-
+    rt = RealRuntime(load_deployment(models_dir=tiny_dir, draft_timeout_s=0.3, health_interval_s=0.1))
     # far is only a backup for plans that name a down near; the hedge never fires while near lives
     controller = RemoteFirst("near", backups=("far",), hedge_after_s=30.0, k=3, ahead=True)
     with rt:
-        victim = rt.processes.procs["near"]
-        reqs = [rt.submit(p, N_TOKENS, listener=listener_for(i), at=0.15 * i) for i, p in enumerate(prompts)]
-        rt.end_of_workload()
-
-        def strike() -> None:
-            while sum(len(v) for v in streamed.values()) < 10:
-                time.sleep(0.005)
-            os.kill(victim.pid, signal.SIGKILL if failure == "kill" else signal.SIGSTOP)
-
-        t = threading.Thread(target=strike, daemon=True)
-        t.start()
-        try:
-            drive(rt, controller)
-        finally:
-            if failure == "stall":
-                os.kill(victim.pid, signal.SIGCONT)
-        t.join(1)
+        reqs, streamed, _ = _serve_and_strike_near(rt, controller, prompts, failure)
     assert [r.output for r in reqs] == refs
     assert [streamed[i] for i in range(len(prompts))] == refs, "streamed tokens must be neither lost nor duplicated"
     assert all(r.finish_reason in ("length", "stop") for r in reqs)

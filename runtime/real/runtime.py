@@ -658,10 +658,7 @@ class RealRuntime(DecisionLoop):
         req.round_k = k
         req.drafter_site = site
         if red.ahead and site != self.target_name:  # as in the simulator: only a site with a link streams
-            if st is None or st.site != site:
-                if st is not None:
-                    self._close_stream(st)
-                st = self._open_stream(req, site)
+            st = self._stream_to(req, site)
             req.want = k
             req.pending.add(site)
             avail = req.ahead_tokens
@@ -671,9 +668,7 @@ class RealRuntime(DecisionLoop):
             self._schedule((self.now + self.deployment.spec.draft_timeout_s, self._on_stream_stall,
                             (req, req.round_id, st)))
         else:
-            if st is not None:
-                self._close_stream(st)
-            self._launch(req, site, k)
+            self._draft_round(req, site, k)
         if backups or red.timeout_s is not None:
             self._start_races(req, red, backups, k, self.now)
 
