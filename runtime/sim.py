@@ -22,7 +22,7 @@ import random
 from typing import Any, Callable, Iterator
 
 from runtime.acceptance import AcceptanceState
-from runtime.core import DecisionLoop, check_plan, drafting_sites
+from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.contract import (
     BatchResult,
     Controller,
@@ -109,26 +109,23 @@ class DraftTask:
         self.cancel_at = math.inf
 
 
-class DraftStream:
+class DraftStream(AheadLedger):
     """A remote site drafting ahead for one request (``Redundancy(ahead=True)``).
 
     The site keeps drafting while it is fewer than ``limits.max_k`` tokens ahead of what it
-    knows the target consumed, and ships each token as it is drafted. Both ends count tokens
-    per *epoch*: a rejection starts a new epoch at the target, and tokens of an older epoch
-    (drafted before the correction reached the site) are wasted on arrival. ``s_*`` fields are
-    the site's view, updated only when the target's messages arrive there.
+    knows the target consumed, and ships each token as it is drafted. The target's counts per
+    epoch are the :class:`runtime.core.AheadLedger` every backend keeps (``epoch``, ``arrived``,
+    ``consumed``); ``s_*`` fields are the site's view, updated only when the target's messages
+    arrive there.
     """
 
-    __slots__ = ("req", "site", "home", "epoch", "arrived", "consumed", "closed",
-                 "s_epoch", "s_drafted", "s_known", "s_catchup", "at_site")
+    __slots__ = ("req", "site", "home", "closed", "s_epoch", "s_drafted", "s_known", "s_catchup", "at_site")
 
     def __init__(self, req: SimRequest, site: "SimSite") -> None:
+        super().__init__()
         self.req = req
         self.site = site.name
         self.home = site  # the site's state and link, without a lookup by name on the hot path
-        self.epoch = 0
-        self.arrived = 0  # this epoch's tokens at the target
-        self.consumed = 0  # this epoch's tokens the target verified (or matched by a bonus token)
         self.closed = False
         self.s_epoch = 0
         self.s_drafted = 0
@@ -521,7 +518,7 @@ class Simulator(DecisionLoop):
         """Stop a stream (the request finished or drafts elsewhere now); the site hears it later."""
         st.closed = True
         st.req.stream = None
-        self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
+        self.metrics.wasted_rejected += st.close()
         self._seq += 1
         t = self.now + st.home.link.send(self.net.header_bytes)  # type: ignore[union-attr]
         heapq.heappush(self._heap, (t, self._seq, self._on_stream_closed, (st, t, self._seq)))
@@ -545,9 +542,7 @@ class Simulator(DecisionLoop):
         sequence number they would have had, so event order and results are unchanged.
         """
         if not valid:
-            self.metrics.wasted_rejected += max(st.arrived - st.consumed, 0)
-            st.epoch += 1
-            st.arrived = st.consumed = 0
+            self.metrics.wasted_rejected += st.restart()
         site = st.home
         t = self.now + site.link.send(self._ack_bytes if valid else self._correction_bytes)  # type: ignore[union-attr]
         self._seq += 1
