@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controllers import REGISTRY, make_controller
-from training.tune import SPACES, TuneResult, main, search_space, spec_of, tune_controller, validation_seeds
+from training.tune import SPACES, TuneResult, main, search_space, spec_of, start_points, tune_controller, validation_seeds
 
 SEEDS = validation_seeds(2)
 
@@ -84,6 +84,26 @@ def test_tuning_on_a_tiny_budget_keeps_the_defaults_or_beats_them_and_logs_to_ml
     assert main(["--scenario", "colocated", "--rate", "16", "--controller", "static", "--trials", "3", "--duration", "5",
                  "--seeds", *map(str, SEEDS), "--no-mlflow", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == result.best_spec
+
+
+def test_start_points_are_scored_right_after_the_defaults(capsys):
+    assert start_points("wanspec", True, ["wanspec:k=3,backup=false+inflight-cap:max_inflight=128"]) == [
+        {"k": 3, "backup": False, "max_inflight": 128}]
+    assert start_points("wanspec:ahead=false", False, ["wanspec:ahead=false,k=2"]) == [{"k": 2}]
+    for spec, message in [("wisp", "is not a spec of wanspec"),
+                          ("wanspec+inflight-cap:max_inflight=128", "only with --cap"),
+                          ("wanspec:k=99", "lies outside the search space"),
+                          ("wanspec:hedge_margin=2", "hedge_margin is not searched here")]:
+        with pytest.raises(ValueError, match=message):
+            start_points("wanspec", False, [spec])
+    start = "static:k=2+inflight-cap:max_inflight=64"
+    result = tune_controller("colocated", 16.0, "static", trials=2, seeds=SEEDS, duration=5.0, cap=True, workers=2,
+                             progress=False, starts=[start])
+    assert [t.spec for t in sorted(result.trials, key=lambda t: t.number)] == ["static", start]
+    assert result.best_score == max(t.score for t in result.trials)
+    assert main(["--scenario", "colocated", "--controller", "static", "--trials", "1", "--start", start, "--cap",
+                 "--no-mlflow", "--quiet"]) == 2
+    assert "need at least as many trials" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution
 
@@ -45,8 +45,10 @@ def maximize(
     on_trial: Callable[[Point], None] | None = None,
     progress: bool = True,
     desc: str = "tune",
+    starts: Sequence[Mapping[str, Any]] = (),
 ) -> list[Point]:
-    """Score ``trials`` points of ``space`` (the first is ``defaults``); every point, in finishing order.
+    """Score ``trials`` points of ``space`` (the first is ``defaults``, then ``starts``: points
+    known to be good, so the search never ends below them); every point, in finishing order.
 
     ``ray``: an address (``""``: Ray's default) to run the trials as Ray Tune trials, at most
     ``concurrency`` at a time (default: as many as the cluster has CPUs); None: in this process.
@@ -65,6 +67,9 @@ def maximize(
     points: list[Point] = []
 
     base = {k: defaults[k] for k in space}
+    first = [base, *({k: p.get(k, defaults[k]) for k in space} for p in starts)]
+    if len(first) > trials:
+        raise ValueError(f"{len(first)} points to start from (the defaults and {len(starts)} given) need at least as many trials, got {trials}")
 
     def finished(params: dict[str, Any], score: float) -> None:
         point = Point(len(points), params, score, default=params == base and not any(p.default for p in points))
@@ -80,20 +85,21 @@ def maximize(
 
     try:
         if ray is None:
-            _optuna(objective, space, base, trials, seed, finished)
+            _optuna(objective, space, first, trials, seed, finished)
         else:
-            _ray_tune(objective, space, base, trials, seed, ray, concurrency, finished, desc)
+            _ray_tune(objective, space, first, trials, seed, ray, concurrency, finished, desc)
     finally:
         bar.close()
     return points
 
 
 def _optuna(objective: Callable[[dict[str, Any]], float], space: Mapping[str, BaseDistribution],
-            defaults: Mapping[str, Any], trials: int, seed: int, finished: Callable[[dict[str, Any], float], None]) -> None:
+            first: Sequence[Mapping[str, Any]], trials: int, seed: int, finished: Callable[[dict[str, Any], float], None]) -> None:
     import optuna
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial(dict(defaults))
+    for point in first:
+        study.enqueue_trial(dict(point))
     for _ in range(trials):
         trial = study.ask(dict(space))
         params = dict(trial.params)
@@ -107,7 +113,7 @@ def _optuna(objective: Callable[[dict[str, Any]], float], space: Mapping[str, Ba
 
 
 def _ray_tune(objective: Callable[[dict[str, Any]], float], space: Mapping[str, BaseDistribution],
-              defaults: Mapping[str, Any], trials: int, seed: int, address: str, concurrency: int | None,
+              first: Sequence[Mapping[str, Any]], trials: int, seed: int, address: str, concurrency: int | None,
               finished: Callable[[dict[str, Any], float], None], desc: str) -> None:
     import os
 
@@ -137,7 +143,7 @@ def _ray_tune(objective: Callable[[dict[str, Any]], float], space: Mapping[str, 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.hook({k: trial.config[k] for k in self.keys}, float(trial.last_result[SCORE]))
 
-    searcher = OptunaSearch(dict(space), metric=SCORE, mode="max", points_to_evaluate=[dict(defaults)], seed=seed)
+    searcher = OptunaSearch(dict(space), metric=SCORE, mode="max", points_to_evaluate=[dict(p) for p in first], seed=seed)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),

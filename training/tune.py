@@ -138,6 +138,34 @@ def search_space(controller: str, cap: bool = False) -> tuple[str, dict[str, Any
     return name, fixed, space, defaults
 
 
+def start_points(controller: str, cap: bool, starts: Sequence[str]) -> list[dict[str, Any]]:
+    """The search points of ``starts``, specs of the tuned controller (e.g. the best of a grid of
+    caps, ``wanspec+inflight-cap:max_inflight=128``): parameters they leave out keep their defaults."""
+    from controllers import ControllerError, parse_spec, split_composite
+
+    name, fixed, space, _ = search_space(controller, cap)
+    points = []
+    for spec in starts:
+        parts = split_composite(spec)
+        base, params = parse_spec(parts[0])
+        if base != name or len(parts) > 2:
+            raise ControllerError(f"--start {spec!r} is not a spec of {name} (optionally +inflight-cap:{CAP}=N)")
+        if len(parts) == 2:
+            extra, capped = parse_spec(parts[1])
+            if extra != "inflight-cap" or not cap:
+                raise ControllerError(f"--start {spec!r}: only an in-flight cap may be composed, and only with --cap")
+            params = {**params, **capped}
+        for k, v in params.items():
+            if k in fixed and fixed[k] == v:
+                continue
+            if k not in space:
+                raise ControllerError(f"--start {spec!r}: {k} is not searched here; searched: {', '.join(space)}")
+            if not _contains(space[k], v):
+                raise ControllerError(f"--start {spec!r}: {k}={v!r} lies outside the search space {space[k]!r}")
+        points.append({k: v for k, v in params.items() if k in space})
+    return points
+
+
 def _contains(d: BaseDistribution, v: Any) -> bool:
     if isinstance(d, CategoricalDistribution):
         return v in d.choices
@@ -209,6 +237,7 @@ def tune_controller(
     track: bool = False,
     tracking_uri: str | None = None,
     experiment: str = EXPERIMENT,
+    starts: Sequence[str] = (),
 ) -> TuneResult:
     """Tune ``controller``'s parameters (and, with ``cap``, an in-flight cap) for ``scenario`` at
     ``rate`` req/s (None: the scenario's own) to maximize mean goodput over ``seeds`` (default:
@@ -217,7 +246,8 @@ def tune_controller(
     ``ray``: an address (``""``: Ray's default) to run Ray Tune trials there; None: Optuna here,
     each trial's seeds on ``workers`` processes. ``seed`` seeds the sampler. ``track`` logs one
     MLflow run (nested under the active run, if any) with a nested run per trial, to
-    ``tracking_uri``/``experiment`` (see ``training.tracking``). Bad names, parameters or
+    ``tracking_uri``/``experiment`` (see ``training.tracking``). ``starts``: specs of the same
+    controller scored right after the defaults (:func:`start_points`). Bad names, parameters or
     scenarios raise ``ValueError`` subclasses with one line.
     """
     from training.backend import Backend, resolve_ray
@@ -230,6 +260,7 @@ def tune_controller(
     if not seeds:
         raise ValueError("tuning needs at least one seed")
     name, fixed, space, defaults = search_space(controller, cap)
+    first = start_points(controller, cap, starts)
     reason = applicability([scenario], [controller])[scenario, controller]
     if reason is not None:
         raise ValueError(f"{controller} cannot run {scenario}: {reason}")
@@ -260,7 +291,7 @@ def tune_controller(
 
         with logger or nullcontext():
             maximize(run, space, defaults, trials=trials, seed=seed, ray=address, on_trial=on_trial, progress=progress,
-                     desc=f"tune {name}")
+                     desc=f"tune {name}", starts=first)
             if result.default_score >= result.best_score:  # ties go to the defaults (fewer parameters to explain)
                 result.best_spec, result.best_score = result.default_spec, result.default_score
             if logger is not None:
@@ -339,6 +370,9 @@ def build_parser() -> OneLineParser:
                    help=f"controller to tune: {', '.join(SPACES)}; NAME:key=value,... keeps those parameters fixed")
     p.add_argument("--cap", action="store_true", help="also tune an in-flight admission cap (+inflight-cap:max_inflight=N)")
     p.add_argument("--trials", type=whole("number of trials"), default=30, help="trials, the first the defaults (default: 30)")
+    p.add_argument("--start", action="append", default=[], metavar="SPEC",
+                   help="a spec of the same controller to score right after the defaults, e.g. a grid's best "
+                        "(wanspec+inflight-cap:max_inflight=128); repeatable")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds to score on (default: 4 validation seeds, those training/train.py selects models on)")
     p.add_argument("--duration", type=positive_float, default=30.0, help="arrival window per run, simulated s (default: 30)")
     p.add_argument("--workers", type=whole("number of worker processes"), default=2, help="processes for each trial's seeds (default: 2)")
@@ -360,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = tune_controller(args.scenario, args.rate, args.controller, trials=args.trials, seeds=args.seeds,
                             duration=args.duration, cap=args.cap, workers=args.workers, ray=args.ray, seed=args.seed,
                             progress=not args.quiet, track=not args.no_mlflow, tracking_uri=args.tracking_uri,
-                            experiment=args.experiment)
+                            experiment=args.experiment, starts=args.start)
     except (ScenarioError, InvalidDecision, ValueError, RuntimeError) as e:  # ControllerError, BackendError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
