@@ -42,7 +42,7 @@ def test_candidates_move_one_knob_at_a_time() -> None:
         (0, 3, 2, 0), (2, 3, 2, 0),  # the modes that run, at the current cap, k cap and hedging
         (0, 0, 2, 0), (0, 5, 2, 0),  # caps 1.0 and 3.0 at mode 0
         (0, 3, 1, 0), (0, 3, 5, 0),  # k caps 2 and 16 (clipped to the largest level, 8)
-        (0, 3, 2, 1),  # hedging switched on
+        (0, 3, 2, 1), (0, 0, 2, 1), (0, 5, 2, 1),  # hedging switched on, at the current cap and caps 1.0, 3.0
     }
     assert len(cands) == len(got)
     plain = candidate_actions(np.array([0, 3, 2, 0]), [1.0], [True, True])

@@ -37,7 +37,8 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "horizon_s": 15.0,  # how long each candidate is held in its rollout
     "caps": [1.0, 1.5, 2.0, 3.0],  # admission caps tried (x max batch) at the current mode
     # draft-length caps tried at the current mode and cap, and whether to try hedging switched
-    # over: off by default, measured worse at this budget (README "Knob policy results")
+    # over: off by default; on in knobs-hedge.yaml, which gains on edge-fleet and loses elsewhere
+    # (README "Knob policy results")
     "k_caps": [],
     "hedge": False,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
@@ -82,8 +83,9 @@ def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequenc
                       k_caps: Sequence[int] = (), hedge: bool = False) -> np.ndarray:
     """One knob moved at a time from ``current``: every mode that runs here, the current mode at
     every cap in ``caps``, at every draft-length cap in ``k_caps``, and (``hedge``) with its
-    hedging switched over. Coordinate-wise, so a state costs modes + caps + k caps + 1
-    rollouts, not their product; the iterations move the other coordinates."""
+    hedging switched over, at the current cap and at every cap in ``caps``. Coordinate-wise
+    (but for hedging x cap), so a state costs modes + 2 caps + k caps + 1 rollouts, not their
+    product; the iterations move the other coordinates."""
     from controllers.knobs import cap_level, k_cap_level
 
     mode, cap, k, h = (int(x) for x in current)
@@ -91,7 +93,10 @@ def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequenc
     if valid[mode]:
         out += [(mode, cap_level(c), k, h) for c in caps]
         out += [(mode, cap, k_cap_level(kc), h) for kc in k_caps]
-        out += [(mode, cap, k, 1 - h)] if hedge else []
+        # hedging trades target GPU time for latency, so whether it pays depends on the admission
+        # cap: switched over, it is tried at every cap too (on edge-fleet at 32 req/s hedging off
+        # gains 4% at the warm start's cap and 10% with cap 3x, where cap 3x alone loses 2%)
+        out += [(mode, c, k, 1 - h) for c in dict.fromkeys([cap, *(cap_level(c) for c in caps)])] if hedge else []
     return np.array(list(dict.fromkeys(out)), dtype=np.int64)
 
 
