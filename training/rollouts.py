@@ -4,8 +4,9 @@ PPO from a clone learns little at a few thousand control steps: one episode is o
 of a workload, and the gain of a better knob is a few percent of it. The simulator offers more
 than samples: it can be copied mid-run. At chosen moments of episodes that the current policy
 runs, the env is deep-copied once per candidate (:func:`candidate_actions`: the policy's action
-with one knob changed: its mode, admission cap, draft-length cap or hedging); each copy holds its candidate for ``horizon_s``
-simulated seconds, then counts the requests still in flight and on track. Every copy sees the
+with one knob changed: its mode, admission cap, draft-length cap or hedging); each copy holds
+its candidate for ``horizon_s`` simulated seconds, then counts the requests still in flight and
+on track. Every copy sees the
 same arrivals and random draws (common random numbers), so the difference between two
 candidates is their effect, not the workload's noise.
 
