@@ -707,26 +707,33 @@ class RealRuntime(DecisionLoop):
     def _on_draft_reply(self, arg: tuple[RealRequest, int, str, int, DraftResult | None, BaseException | None]) -> None:
         req, round_id, site, k, res, err = arg
         current = req.round_id == round_id and req.round_open and req.rid in self.requests
-        if current:
-            req.pending.discard(site)
         if err is not None or res is None:
             req.synced.pop(site, None)
-            if current and not req.pending:  # nobody left drafting this round: ask the controller again
-                req.round_open = False
-                self._plan_q.append(req)
+            if current:
+                self._drop_drafter(req, site)
             return
-        m = self.metrics
-        m.draft_tokens += len(res.draft.tokens)
-        self._remote_passes += res.passes / max(res.job_size, 1)
-        if res.passes:
-            self._draft_step[site] = res.job_s / res.passes
+        self._count_remote_draft(site, len(res.draft.tokens), res.passes, res.job_size, res.job_s)
         req.synced[site] = res.known
         if current and len(res.draft.tokens) == k:
+            req.pending.discard(site)
             req.round_open = False
             self._make_ready(req, res.draft, site)
             return
-        m.wasted_redundant += len(res.draft.tokens)  # lost the race, or arrived after the timeout
-        if current and not req.pending:  # a short (superseded) draft and nobody else drafting
+        self.metrics.wasted_redundant += len(res.draft.tokens)  # lost the race, or arrived after the timeout
+        if current:  # a short (superseded) draft
+            self._drop_drafter(req, site)
+
+    def _count_remote_draft(self, site: str, tokens: int, passes: int, job_size: int, job_s: float) -> None:
+        """A remote site's drafted tokens, and what its batched job tells of its pace."""
+        self.metrics.draft_tokens += tokens
+        self._remote_passes += passes / max(job_size, 1)
+        if passes:
+            self._draft_step[site] = job_s / passes
+
+    def _drop_drafter(self, req: RealRequest, site: str) -> None:
+        """``site`` no longer drafts ``req``'s open round; with nobody left, the controller plans it again."""
+        req.pending.discard(site)
+        if not req.pending:
             req.round_open = False
             self._plan_q.append(req)
 
@@ -793,14 +800,10 @@ class RealRuntime(DecisionLoop):
 
     def _on_stream_tokens(self, arg: tuple[_Stream, pb.StreamTokens]) -> None:
         st, reply = arg
-        m = self.metrics
         n = len(reply.tokens)
-        m.draft_tokens += n
-        self._remote_passes += reply.passes / max(reply.job_size, 1)
-        if reply.passes:
-            self._draft_step[st.site] = reply.job_s / reply.passes
+        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.job_s)
         if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
-            m.wasted_rejected += n  # drafted past a correction the site had not heard of yet
+            self.metrics.wasted_rejected += n  # drafted past a correction the site had not heard of yet
             return
         st.tokens += reply.tokens
         if reply.top_m:
@@ -819,31 +822,24 @@ class RealRuntime(DecisionLoop):
 
     def _on_stream_error(self, arg: tuple[_Stream, str]) -> None:
         st, why = arg
-        if st.closed:
-            return
-        log.warning("draft-ahead stream of request %d at %s failed: %s", st.req.rid, st.site, why)
-        self.clients[st.site].up = False  # health checks mark it up again once it answers
-        self._close_stream(st, cancel=False)
-        self._stream_failed(st)
+        if not st.closed:
+            self._stream_failed(st, f"failed: {why}", cancel=False)
 
     def _on_stream_stall(self, arg: tuple[RealRequest, int, _Stream]) -> None:
         req, round_id, st = arg
         if st.closed or req.round_id != round_id or not req.round_open or st.site not in req.pending:
             return
-        log.warning("draft-ahead stream of request %d at %s: nothing within %.1f s", req.rid, st.site,
-                    self.deployment.spec.draft_timeout_s)
-        self.clients[st.site].up = False
-        self._close_stream(st)
-        self._stream_failed(st)
+        self._stream_failed(st, f"nothing within {self.deployment.spec.draft_timeout_s:.1f} s", cancel=True)
 
-    def _stream_failed(self, st: _Stream) -> None:
-        """A round waiting on a failed stream fails over like a failed draft RPC."""
+    def _stream_failed(self, st: _Stream, why: str, cancel: bool) -> None:
+        """Mark the stream's site down (health checks mark it up again once it answers), close
+        the stream, and fail a round waiting on it over like a failed draft RPC."""
+        log.warning("draft-ahead stream of request %d at %s: %s", st.req.rid, st.site, why)
+        self.clients[st.site].up = False
+        self._close_stream(st, cancel=cancel)
         req = st.req
         if req.round_open and st.site in req.pending and req.rid in self.requests:
-            req.pending.discard(st.site)
-            if not req.pending:
-                req.round_open = False
-                self._plan_q.append(req)
+            self._drop_drafter(req, st.site)
 
     def _run_local_drafts(self) -> None:
         tasks = [t for t in self._local_q if t.req.round_id == t.round_id and t.req.round_open]
