@@ -64,7 +64,7 @@ from runtime.real.deploy import Deployment
 from runtime.real.engine import Draft, DraftJob, SeqCache, VerifyJob, draft_batch, verify_batch
 from runtime.real import site_pb2 as pb
 from runtime.real.site import SWITCH_INTERVAL_S
-from runtime.real.transport import AheadStream, DraftResult, SiteClient, Transport
+from runtime.real.transport import AheadStream, DraftResult, SiteClient, Transport, draft_of
 
 #: ``listener(new_tokens, finish_reason)``: finish_reason is None while streaming, then
 #: "length", "stop", or "error: <why>".
@@ -805,10 +805,11 @@ class RealRuntime(DecisionLoop):
         if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
             self.metrics.wasted_rejected += n  # drafted past a correction the site had not heard of yet
             return
-        st.tokens += reply.tokens
-        if reply.top_m:
-            st.ids += torch.tensor(list(reply.prob_ids), dtype=torch.long).view(n, reply.top_m).unbind(0)
-            st.probs += torch.tensor(list(reply.probs), dtype=torch.float32).view(n, reply.top_m).unbind(0)
+        d = draft_of(reply)
+        st.tokens += d.tokens
+        if d.probs is not None:
+            st.ids += d.probs_ids.unbind(0)
+            st.probs += d.probs.unbind(0)
         if not self._check_stream(st):
             return
         req = st.req

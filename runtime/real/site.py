@@ -113,10 +113,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         draft, job_s, passes, size, started = done
         reply = pb.DraftReply(tokens=draft.tokens, known=len(st.context), job_s=job_s, passes=passes, job_size=size,
                               wait_s=max(started - queued, 0.0))
-        if draft.probs is not None:
-            reply.top_m = draft.probs.shape[1]
-            reply.prob_ids.extend(draft.probs_ids.flatten().tolist())
-            reply.probs.extend(draft.probs.flatten().tolist())
+        _put_probs(reply, draft)
         return reply
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
@@ -230,13 +227,18 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             return
         reply = pb.StreamTokens(epoch=epoch, pos=len(st.drafted) if epoch == st.epoch else 0, tokens=d.tokens,
                                 job_s=job_s, passes=passes, job_size=size)
-        if d.probs is not None:
-            reply.top_m = d.probs.shape[1]
-            reply.prob_ids.extend(d.probs_ids.flatten().tolist())
-            reply.probs.extend(d.probs.flatten().tolist())
+        _put_probs(reply, d)
         if epoch == st.epoch:
             st.drafted += d.tokens
         st.out.put_nowait(reply)
+
+
+def _put_probs(reply: Any, draft: Any) -> None:
+    """A sampled draft's top-m distributions into a reply (DraftReply or StreamTokens), row-major."""
+    if draft.probs is not None:
+        reply.top_m = draft.probs.shape[1]
+        reply.prob_ids.extend(draft.probs_ids.flatten().tolist())
+        reply.probs.extend(draft.probs.flatten().tolist())
 
 
 def _timed_draft(model: Any, jobs: list[DraftJob]) -> tuple[list[Any], float]:

@@ -78,6 +78,12 @@ class SiteClient:
         if old is not None:
             await old.close()
 
+    def reply_bytes(self, reply: Any) -> int:
+        """The bytes of drafted tokens coming back (DraftReply or StreamTokens), with their top-m
+        distributions when sampled."""
+        per_tok = self.net.bytes_per_token + (8 if reply.top_m else 0) * max(reply.top_m, 1)
+        return self.net.header_bytes + len(reply.tokens) * per_tok
+
     def delay(self, nbytes: int) -> float:
         """Count a message's bytes; its emulated one-way delay (0 without emulation)."""
         self.bytes_sent += nbytes
@@ -103,8 +109,7 @@ class SiteClient:
                 except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
                     self.up = False
                     raise SiteDown(f"site {self.name} ({self.address}): {_rpc_reason(e)}") from None
-                per_tok = self.net.bytes_per_token + (8 if reply.top_m else 0) * max(reply.top_m, 1)
-                down = self.net.header_bytes + len(reply.tokens) * per_tok
+                down = self.reply_bytes(reply)
                 await self._hop(down)
                 if not reply.need_sync:
                     break
@@ -112,12 +117,7 @@ class SiteClient:
             else:
                 raise SiteDown(f"site {self.name} keeps asking for a context sync")
             self.rtt_s += 0.2 * (time.perf_counter() - t0 - reply.job_s - self.rtt_s)
-            d = Draft(list(reply.tokens))
-            if reply.top_m:
-                m = reply.top_m
-                d.probs_ids = torch.tensor(list(reply.prob_ids), dtype=torch.long).view(-1, m)
-                d.probs = torch.tensor(list(reply.probs), dtype=torch.float32).view(-1, m)
-            return DraftResult(d, reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
+            return DraftResult(draft_of(reply), reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
         finally:
             self.in_flight -= 1
 
@@ -210,9 +210,7 @@ class AheadStream:
                 reply = await self.call.read()
                 if reply is grpc.aio.EOF:
                     break
-                net = self.client.net
-                per_tok = net.bytes_per_token + (8 if reply.top_m else 0) * max(reply.top_m, 1)
-                self._in.put(self.client.delay(net.header_bytes + len(reply.tokens) * per_tok), reply)
+                self._in.put(self.client.delay(self.client.reply_bytes(reply)), reply)
             if not self.closed:  # the site ended the stream on its own
                 self._fail(f"site {self.client.name} ended the stream")
         except Exception as e:
@@ -230,6 +228,16 @@ class AheadStream:
             for task in (self._out.task, self._in.task, self._reader):
                 task.cancel()  # the current task too: it ends at its next await
             self.call.cancel()
+
+
+def draft_of(reply: Any) -> Draft:
+    """The draft a reply carries (DraftReply or StreamTokens), with its top-m distributions."""
+    d = Draft(list(reply.tokens))
+    if reply.top_m:
+        m = reply.top_m
+        d.probs_ids = torch.tensor(list(reply.prob_ids), dtype=torch.long).view(-1, m)
+        d.probs = torch.tensor(list(reply.probs), dtype=torch.float32).view(-1, m)
+    return d
 
 
 def _rpc_reason(e: BaseException) -> str:
