@@ -11,9 +11,9 @@ assumption that its tokens are accepted and streams them, so after an all-accept
 next draft is already at the target. Redundancy is added only when needed: a round whose
 stream has nothing at the target yet (the round after a rejection, while the correction
 crosses the WAN) also drafts ``backup_k`` tokens on the target's own drafter at once, and the
-first draft to arrive is verified. With the same drafter model at both sites the backup drafts the very tokens the
-stream will, so the stream survives it. Rounds with tokens waiting verify up to ``k`` of them
-with no target-site drafting at all.
+first draft to arrive is verified. With the same drafter model at both sites the backup drafts
+the very tokens the stream will, so the stream survives it. Rounds with tokens waiting verify up
+to ``k`` of them with no target-site drafting at all.
 
 Without draft-ahead (``ahead=false``, or a runtime without it) each round drafts ``k`` remotely
 and the local backup starts only if the remote draft has not arrived ``hedge_margin`` x its

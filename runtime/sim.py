@@ -133,6 +133,16 @@ class DraftStream(AheadLedger):
         self.s_catchup = 0
         self.at_site = False
 
+    def hear(self, epoch: int, consumed: int) -> None:
+        """The site receives an acknowledgement, or a correction (a new epoch: redraft from the
+        target's token)."""
+        if epoch != self.s_epoch:
+            self.s_epoch = epoch
+            self.s_drafted = 0
+            self.s_catchup = 1
+        if consumed > self.s_known:
+            self.s_known = consumed
+
 
 class SimSite:
     """A site's GPUs, draft queue, draft-ahead streams, background load and link to the target."""
@@ -559,12 +569,7 @@ class Simulator(DecisionLoop):
             self._apply_messages(site, t, seq)
         if not st.at_site:
             return
-        if epoch != st.s_epoch:  # the correction: redraft from the target's token
-            st.s_epoch = epoch
-            st.s_drafted = 0
-            st.s_catchup = 1
-        if consumed > st.s_known:
-            st.s_known = consumed
+        st.hear(epoch, consumed)
         if site.free > 0:  # _kick's test, inlined: most acks reach a site that is busy drafting
             self._kick(site)
 
@@ -580,14 +585,8 @@ class Simulator(DecisionLoop):
         del pending[:n]
         self.events_processed += n
         for _, _, st, epoch, consumed in arrived:
-            if not st.at_site:
-                continue
-            if epoch != st.s_epoch:
-                st.s_epoch = epoch
-                st.s_drafted = 0
-                st.s_catchup = 1
-            if consumed > st.s_known:
-                st.s_known = consumed
+            if st.at_site:
+                st.hear(epoch, consumed)
 
     def _start_stream_pass(self, site: SimSite) -> None:
         """One batched draft step over every stream at ``site`` that is not ``max_k`` ahead."""
