@@ -38,6 +38,7 @@ KEYS: dict[str, str] = {
     "mean_accepted_per_round": "accepted draft tokens per speculative round (k > 0)",
     "mean_tokens_per_round": "committed tokens per speculative round (accepted + bonus)",
     "acceptance_rate": "accepted / verified draft tokens",
+    "acceptance_per_token": "per-token acceptance of the draft model (i.i.d. estimate: accepted / (accepted + rejections)); unlike acceptance_rate it does not fall with k",
     "draft_tokens": "draft tokens produced at all sites",
     "wasted_draft_tokens": "rejected + redundant-loser + late (timed-out) draft tokens",
     "wasted_rejected_tokens": "draft tokens the target rejected, or drafted ahead past a rejection",
@@ -45,6 +46,13 @@ KEYS: dict[str, str] = {
     "wan_bytes": "bytes sent between different sites",
     "sim_time_s": "simulated seconds until the last request finished",
 }
+
+
+def acceptance_per_token(accepted: int, rejections: int) -> float:
+    """The maximum-likelihood per-token acceptance under i.i.d. acceptance: each round's draft is
+    accepted token by token until the first rejection (or its end), so ``alpha`` is accepted
+    tokens over accepted tokens plus rejections, whatever mix of draft lengths the rounds had."""
+    return accepted / (accepted + rejections) if accepted + rejections else 0.0
 
 
 @dataclass(slots=True)
@@ -87,6 +95,7 @@ class Metrics:
     spec_rounds: int = 0
     drafted_verified: int = 0
     accepted: int = 0
+    rejections: int = 0  # speculative rounds that ended at a rejected draft token (accepted < k)
     committed_in_spec_rounds: int = 0
     draft_tokens: int = 0
     wasted_rejected: int = 0
@@ -127,6 +136,7 @@ class Metrics:
             "mean_accepted_per_round": self.accepted / rounds if self.spec_rounds else 0.0,
             "mean_tokens_per_round": self.committed_in_spec_rounds / rounds if self.spec_rounds else 0.0,
             "acceptance_rate": self.accepted / self.drafted_verified if self.drafted_verified else 0.0,
+            "acceptance_per_token": acceptance_per_token(self.accepted, self.rejections),
             "draft_tokens": self.draft_tokens,
             "wasted_draft_tokens": self.wasted_rejected + self.wasted_redundant,
             "wasted_rejected_tokens": self.wasted_rejected,

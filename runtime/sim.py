@@ -797,7 +797,7 @@ class Simulator(DecisionLoop):
         sites = [r.ready_site for r in batch]
         accs: list[int] = []
         # the metrics' integer counters, summed here and added once (the hot path)
-        committed = spec_rounds = drafted = accepted = rejected = in_spec = 0
+        committed = spec_rounds = drafted = accepted = rejected = rejections = in_spec = 0
         for req in batch:
             k = req.ready_k
             site = req.ready_site
@@ -831,6 +831,7 @@ class Simulator(DecisionLoop):
                     req.accepted += a
                     if a < k:
                         req.rejected_rounds += 1
+                        rejections += 1
                         req.synced[site] = req.draft_ctx + a  # type: ignore[index]
                     else:
                         req.synced[site] = req.draft_ctx + k - 1  # type: ignore[index]
@@ -861,6 +862,7 @@ class Simulator(DecisionLoop):
         m.spec_rounds += spec_rounds
         m.drafted_verified += drafted
         m.accepted += accepted
+        m.rejections += rejections
         m.wasted_rejected += rejected
         m.committed_in_spec_rounds += in_spec
         self._feedback.append(BatchResult(now, dur, [r.rid for r in batch], ks, accs, new, ctx, sites))

@@ -25,6 +25,8 @@ def test_tokens_per_round_match_leviathan(tmp_path, alpha, k):
     assert out["requests_completed"] == 1
     assert out["mean_tokens_per_round"] == pytest.approx(expected, rel=0.02)
     assert out["mean_accepted_per_round"] == pytest.approx(expected - 1, rel=0.03)
+    assert out["acceptance_per_token"] == pytest.approx(alpha, rel=0.02)  # whatever k is
+    assert out["acceptance_rate"] == pytest.approx((expected - 1) / k, rel=0.03)  # falls with k
 
 
 class _Audit(Controller):

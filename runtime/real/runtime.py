@@ -933,6 +933,7 @@ class RealRuntime(DecisionLoop):
             req.site_rounds[req.ready_site or self.target_name] += 1
             if accepted < k:
                 req.rejected_rounds += 1
+                m.rejections += 1
             m.spec_rounds += 1
             m.drafted_verified += k
             m.accepted += accepted
