@@ -11,7 +11,7 @@ from controllers import make_controller
 from runtime.latency import ProfileTable
 from runtime.real.profile import profile, verify_seqs
 from runtime.real.deploy import load_deployment
-from runtime.real.replay import calibrated_scenario, mean_tpot, replay
+from runtime.real.replay import calibrated_scenario, mean_tpot, measure_run, replay
 from runtime.real.runtime import RealRuntime
 from runtime.sim import Simulator
 from tests.real_fixtures import tiny_dir  # noqa: F401
@@ -49,7 +49,16 @@ def test_same_workload_through_real_runtime_and_calibrated_simulator(profiles, t
     real = rt.summary()
     assert real["requests_completed"] == len(reqs) > 0
     assert all(len(r.output) == r.max_tokens for r in reqs)  # EOS ignored: lengths as drawn
-    sim = Simulator(calibrated_scenario(rt.scenario, profiles, real["acceptance_rate"]), 1, 2.0)
+    measured = measure_run(rt, profiles)
+    assert measured.alpha == real["acceptance_per_token"] and 0 < measured.alpha < 1
+    # every forward of the run held against its profile: the target's verifications and drafts
+    assert set(measured.speed) == {"dc"} and set(measured.speed["dc"]) == {"tiny-target", "tiny-draft"}
+    assert all(0.1 < f < 20 for f in measured.speed["dc"].values())
+    sc = calibrated_scenario(rt.scenario, profiles, measured.alpha, measured.round_trip_s, measured.speed)
+    for model, path in sc.target.profiles.items():  # profiles scaled by the measured speeds
+        assert ProfileTable.from_csv(path).forward_time(2, 8, 64) == pytest.approx(
+            ProfileTable.from_csv(profiles[model]).forward_time(2, 8, 64) * measured.speed["dc"][model], rel=1e-3)
+    sim = Simulator(sc, 1, 2.0)
     s = sim.run(make_controller("static:k=3"))
     assert s["requests_completed"] == real["requests_completed"]
     assert sum(r.output_tokens for r in sim.metrics.records) == sum(len(r.output) for r in reqs)

@@ -223,6 +223,8 @@ def test_mixed_batches_of_ahead_streams_and_round_by_round_rounds_are_lossless(s
     assert any({"near", "dc"} <= set(b.draft_sites) for b in controller.batches), "no batch mixed the two"
     assert s["remote_draft_forward_passes"] > 0 and s["target_draft_forward_passes"] > 0
     assert all(r.stream is None for r in reqs)  # closed when the request finished
+    # each stream epoch's first tokens measured a round trip (the emulated 10 ms included)
+    assert len(rt.transport_overhead_s["near"]) >= len(prompts) // 2 and min(rt.transport_overhead_s["near"]) > 0
 
 
 @pytest.mark.slow
@@ -386,6 +388,8 @@ def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(t
                         reply = await asyncio.wait_for(call.read(), 30)
                         if reply.epoch == epoch:
                             assert reply.pos == pos + len(got)
+                            # an epoch's first tokens say how long its opening waited (round trips)
+                            assert (reply.wait_s > 0) == (reply.pos == 0)
                             got += reply.tokens
                     return got
 

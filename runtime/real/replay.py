@@ -4,14 +4,21 @@ The simulator and the real runtime see the *same* arrivals (``runtime.workload.a
 the same seed and window): arrival times, prompt and output lengths, origins and SLO classes.
 Real prompts of the drawn lengths are cut from the tiny corpus (or any token stream).
 :func:`calibrated_scenario` gives the simulator this host's measured latency profiles and the
-real drafter's measured acceptance rate, so the two can be compared (``benchmarks/real_sim_vs_real.py``).
+real run's measured per-token acceptance, round trips and forward speeds (:func:`measure_run`),
+so the two can be compared (``benchmarks/real_sim_vs_real.py``).
 """
 
 from __future__ import annotations
 
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.contract import Controller, drive
+from runtime.latency import ProfileTable
+from runtime.metrics import acceptance_per_token
 from runtime.real.runtime import RealRequest, RealRuntime
 from runtime.scenario import Scenario, build_scenario
 from runtime.workload import arrivals
@@ -61,21 +68,78 @@ def with_rate(scenario: Scenario, rate: float) -> Scenario:
     return build_scenario(raw, source=scenario.source)
 
 
+@dataclass
+class RunMeasures:
+    """What a real run measured that the simulator takes as given (see :func:`measure_run`)."""
+
+    alpha: float  # per-token acceptance of the drafter (i.i.d. estimate)
+    round_trip_s: dict[str, float] = field(default_factory=dict)  # per site: median draft round trip beyond compute
+    speed: dict[str, dict[str, float]] = field(default_factory=dict)  # per site and model: forward s / profiled s
+
+
+def measure_run(runtime: RealRuntime, profiles: dict[str, str]) -> RunMeasures:
+    """The run's acceptance, round trips and forward speeds against the latency ``profiles``.
+
+    ``speed`` is, per site and model, the run's forward seconds over what the profiles predict for the same
+    passes (sequences, new and context tokens): above 1 the site ran slower than where it was
+    profiled, e.g. because emulated sites share this host's cores with the target, so that the
+    simulator is given the compute the real run actually had.
+    """
+    m = runtime.metrics
+    tables = {model: ProfileTable.from_csv(path) for model, path in profiles.items()}
+    real: dict[tuple[str, str], float] = {}
+    predicted: dict[tuple[str, str], float] = {}
+    for site, model, n, new, ctx, seconds in runtime.forward_log:
+        table = tables.get(model)
+        if table is not None:
+            real[site, model] = real.get((site, model), 0.0) + seconds
+            predicted[site, model] = predicted.get((site, model), 0.0) + table.forward_time(n, new, ctx)
+    speed: dict[str, dict[str, float]] = {}
+    for (site, model), t in real.items():
+        if predicted[site, model] > 0:
+            speed.setdefault(site, {})[model] = t / predicted[site, model]
+    return RunMeasures(
+        alpha=acceptance_per_token(m.accepted, m.rejections),
+        round_trip_s={site: statistics.median(v) for site, v in runtime.transport_overhead_s.items() if v},
+        speed=speed,
+    )
+
+
 def calibrated_scenario(scenario: Scenario, profiles: dict[str, str], alpha: float,
-                        round_trip_s: dict[str, float] | None = None) -> Scenario:
-    """The scenario as measured: latency profiles on every site hosting the profiled models,
-    i.i.d. acceptance ``alpha``, and per site the measured draft round trip beyond compute
-    (``RealRuntime.transport_overhead_s``: emulated WAN + RPC + queueing) as its RTT."""
+                        round_trip_s: dict[str, float] | None = None,
+                        speed: dict[str, dict[str, float]] | None = None) -> Scenario:
+    """The scenario as measured: latency profiles on every site hosting the profiled models
+    (scaled by the measured ``speed`` of that model at that site), i.i.d. acceptance ``alpha``, and per site the
+    measured draft round trip beyond compute (``RealRuntime.transport_overhead_s``: emulated
+    WAN + RPC + queueing) as its RTT. Scaled profiles are written beside the originals."""
     raw: dict[str, Any] = scenario.spec.model_dump(mode="json", exclude_none=True)
     for site in raw["sites"]:
         if round_trip_s and site["name"] in round_trip_s and site.get("count", 1) == 1:
             site["rtt_ms"] = round_trip_s[site["name"]] * 1000.0
             site["jitter_ms"] = 0.0
         hosted = {raw["target_model"], site.get("drafter")} if site["role"] == "target" else {site.get("drafter")}
-        site["profiles"] = {m: p for m, p in profiles.items() if m in hosted}
+        factors = (speed or {}).get(site["name"], {})
+        site["profiles"] = {m: _scaled(p, factors.get(m, 1.0)) for m, p in profiles.items() if m in hosted}
     for d in raw["drafters"].values():
         d["acceptance"] = {"kind": "iid", "alpha_mean": min(max(alpha, 0.01), 0.99), "alpha_std": 0.05}
     return build_scenario(raw, source=f"{scenario.source} (calibrated)")
+
+
+def _scaled(path: str, factor: float) -> str:
+    """``path``'s profile with every time times ``factor``, as a CSV beside it (``path`` if 1)."""
+    if factor == 1.0:
+        return path
+    src = Path(path)
+    out = src.with_name(f"{src.stem}-x{factor:.4f}.csv")
+    with src.open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    with out.open("w", newline="") as f:
+        f.write(f"# {src.name} with every time x{factor:.4f} (measured speed of a real run)\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "ms": f"{float(r['ms']) * factor:.4f}"})
+    return str(out)
 
 
 def mean_tpot(records: list[Any]) -> float:

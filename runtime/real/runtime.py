@@ -270,10 +270,11 @@ class _Stream:
     This epoch's tokens continue the committed context from ``base`` on: token ``i`` stands for
     ``context[base + i]``. ``matched`` tokens were checked against committed ones, ``verified``
     were seen by a verification (rejected ones included), ``acked`` is the last acknowledgement.
+    ``opened`` is when this epoch was asked for, until its first tokens arrive (a round trip).
     """
 
     __slots__ = ("req", "site", "ledger", "base", "tokens", "ids", "probs", "matched", "verified", "acked",
-                 "closed", "handle")
+                 "closed", "handle", "opened")
 
     def __init__(self, req: RealRequest, site: str) -> None:
         self.req = req
@@ -289,6 +290,7 @@ class _Stream:
         self.ids: list[torch.Tensor] = []  # sampled drafts: each token's top-m ids and probabilities
         self.probs: list[torch.Tensor] = []
         self.matched = self.verified = self.acked = 0
+        self.opened: float | None = time.perf_counter()
 
     def draft(self, n: int) -> Draft:
         """The next ``n`` tokens past the committed context, as a draft to verify."""
@@ -364,10 +366,15 @@ class RealRuntime(DecisionLoop):
         self._grace_deadline = math.inf
         self._finished = False
         self._remote_passes = 0.0
-        #: Per site, per remote draft: reply received minus launch minus the site's queueing and
-        #: draft compute (RPC, serialisation, thread hops, plus the emulated WAN delay when on).
+        #: Per site, per remote draft and per stream epoch: reply (or first tokens) received minus
+        #: launch (or the opening or correction) minus the site's queueing and draft compute (RPC,
+        #: serialisation, thread hops, plus the emulated WAN delay when on).
         self.transport_overhead_s: dict[str, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=100_000))
+        #: Per forward pass (target verifications and drafts, remote draft steps from the sites'
+        #: replies): ``(site, model, sequences, new tokens, context tokens, seconds)``, to hold
+        #: the run against its latency profiles (:func:`runtime.real.replay.measure_run`).
+        self.forward_log: collections.deque[tuple[str, str, int, int, int, float]] = collections.deque(maxlen=100_000)
         self.started = False
         #: Observers called on the driver thread (the server's Prometheus metrics): after every
         #: verification forward, and when a request completes (not on errors).
@@ -712,7 +719,7 @@ class RealRuntime(DecisionLoop):
             if current:
                 self._drop_drafter(req, site)
             return
-        self._count_remote_draft(site, len(res.draft.tokens), res.passes, res.job_size, res.job_s)
+        self._count_remote_draft(site, len(res.draft.tokens), res.passes, res.job_size, res.job_s, len(req.context))
         req.synced[site] = res.known
         if current and len(res.draft.tokens) == k:
             req.pending.discard(site)
@@ -723,12 +730,16 @@ class RealRuntime(DecisionLoop):
         if current:  # a short (superseded) draft
             self._drop_drafter(req, site)
 
-    def _count_remote_draft(self, site: str, tokens: int, passes: int, job_size: int, job_s: float) -> None:
-        """A remote site's drafted tokens, and what its batched job tells of its pace."""
+    def _count_remote_draft(self, site: str, tokens: int, passes: int, job_size: int, job_s: float,
+                            context: int) -> None:
+        """A remote site's drafted tokens, and what its batched job tells of its pace (its
+        sequences' context is taken to be about this request's, ``context`` tokens each)."""
         self.metrics.draft_tokens += tokens
         self._remote_passes += passes / max(job_size, 1)
         if passes:
-            self._draft_step[site] = job_s / passes
+            step = self._draft_step[site] = job_s / passes
+            self.forward_log.append((site, self.scenario.site(site).drafter or "", job_size, job_size,
+                                     job_size * context, step))
 
     def _drop_drafter(self, req: RealRequest, site: str) -> None:
         """``site`` no longer drafts ``req``'s open round; with nobody left, the controller plans it again."""
@@ -801,10 +812,13 @@ class RealRuntime(DecisionLoop):
     def _on_stream_tokens(self, arg: tuple[_Stream, pb.StreamTokens]) -> None:
         st, reply = arg
         n = len(reply.tokens)
-        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.job_s)
+        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.job_s, len(st.req.context))
         if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
             self.metrics.wasted_rejected += n  # drafted past a correction the site had not heard of yet
             return
+        if st.opened is not None:  # an epoch's first tokens: a round trip, as for a draft RPC
+            self.transport_overhead_s[st.site].append(time.perf_counter() - st.opened - reply.job_s - reply.wait_s)
+            st.opened = None
         d = draft_of(reply)
         st.tokens += d.tokens
         if d.probs is not None:
@@ -857,9 +871,12 @@ class RealRuntime(DecisionLoop):
             self._target_busy = False
         dur = time.perf_counter() - t0
         m = self.metrics
-        m.target_draft_passes += max(t.k for t in tasks)
+        steps = max(t.k for t in tasks)
+        m.target_draft_passes += steps
         m.target_draft_gpu_s += dur
-        self._draft_step[self.target_name] = dur / max(t.k for t in tasks)
+        self._draft_step[self.target_name] = dur / steps
+        self.forward_log.append((self.target_name, self.scenario.target.drafter or "", len(tasks), len(tasks),
+                                 sum(len(t.req.context) for t in tasks), dur / steps))
         for t, d in zip(tasks, drafts):
             m.draft_tokens += len(d.tokens)
             self._on_draft_reply((t.req, t.round_id, self.target_name, t.k,
@@ -899,6 +916,7 @@ class RealRuntime(DecisionLoop):
         m = self.metrics
         m.target_verify_passes += 1
         m.target_verify_gpu_s += dur
+        self.forward_log.append((self.target_name, self.scenario.spec.target_model, len(batch), new, ctx, dur))
         m.batch_sizes_sum += len(batch)
         now = self.now
         ks, accs, sites = [], [], []

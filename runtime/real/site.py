@@ -61,6 +61,7 @@ class _AheadStream:
     cache: SeqCache = field(default_factory=SeqCache)
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # replies to write; None ends the stream
     closed: bool = False
+    since: float | None = field(default_factory=time.perf_counter)  # this epoch began, no tokens shipped yet
 
     @property
     def room(self) -> int:
@@ -155,6 +156,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                 st.context[msg.start:] = list(msg.tokens)
                 st.drafted = []
                 st.known = msg.consumed
+                st.since = time.perf_counter()
             elif msg.consumed > st.known:
                 st.known = msg.consumed
             if st.room > 0:
@@ -211,7 +213,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                     if not fut.done():
                         fut.set_result((d, dur, passes, len(jobs), t0))
                 for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
-                    self._ship(st, epoch, d, dur, passes, len(jobs))
+                    self._ship(st, epoch, d, dur, passes, len(jobs), t0)
 
     def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
         """This job's share for the streams not ``max_ahead`` ahead (the furthest behind first)."""
@@ -221,7 +223,8 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         return [(st, st.epoch, DraftJob(st.cache, st.context + st.drafted, min(st.room, steps), st.temperature,
                                         st.generator)) for st in run]
 
-    def _ship(self, st: _AheadStream, epoch: int, d: Any, job_s: float, passes: int, size: int) -> None:
+    def _ship(self, st: _AheadStream, epoch: int, d: Any, job_s: float, passes: int, size: int,
+              started: float) -> None:
         """Send a stream's drafted tokens; keep them only if no correction came in meanwhile."""
         if st.closed:
             return
@@ -229,6 +232,9 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                                 job_s=job_s, passes=passes, job_size=size)
         _put_probs(reply, d)
         if epoch == st.epoch:
+            if st.since is not None and started >= st.since:  # the epoch's first tokens
+                reply.wait_s = started - st.since
+                st.since = None
             st.drafted += d.tokens
         st.out.put_nowait(reply)
 
