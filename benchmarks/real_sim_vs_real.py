@@ -76,6 +76,7 @@ def main() -> None:
                 "alpha": [round(r["measured"].alpha, 3) for r in runs],
                 "speed": [{f"{site}/{m}": round(v, 2) for site, ms in r["measured"].speed.items() for m, v in ms.items()}
                           for r in runs],
+                "control": [round(r["measured"].control, 3) for r in runs],
                 "round_trip_ms": [{k: round(v * 1e3, 1) for k, v in r["measured"].round_trip_s.items()} for r in runs],
                 "real_tpot_ms": [round(r["real_tpot"] * 1e3, 2) for r in runs],
                 "sim_tpot_ms": [round(r["sim_tpot"] * 1e3, 2) for r in runs],

@@ -75,6 +75,7 @@ class RunMeasures:
     alpha: float  # per-token acceptance of the drafter (i.i.d. estimate)
     round_trip_s: dict[str, float] = field(default_factory=dict)  # per site: median draft round trip beyond compute
     speed: dict[str, dict[str, float]] = field(default_factory=dict)  # per site and model: forward s / profiled s
+    control: float = 0.0  # the driver's work between forwards, per second of the target's forwards
 
 
 def measure_run(runtime: RealRuntime, profiles: dict[str, str]) -> RunMeasures:
@@ -83,7 +84,9 @@ def measure_run(runtime: RealRuntime, profiles: dict[str, str]) -> RunMeasures:
     ``speed`` is, per site and model, the run's forward seconds over what the profiles predict for the same
     passes (sequences, new and context tokens): above 1 the site ran slower than where it was
     profiled, e.g. because emulated sites share this host's cores with the target, so that the
-    simulator is given the compute the real run actually had.
+    simulator is given the compute the real run actually had. The target site's speeds also carry
+    ``control``: the driver thread's own work between forwards (decisions, draft replies, stream
+    messages), which holds the target up as forwards do but which the simulator does not model.
     """
     m = runtime.metrics
     tables = {model: ProfileTable.from_csv(path) for model, path in profiles.items()}
@@ -94,14 +97,17 @@ def measure_run(runtime: RealRuntime, profiles: dict[str, str]) -> RunMeasures:
         if table is not None:
             real[site, model] = real.get((site, model), 0.0) + seconds
             predicted[site, model] = predicted.get((site, model), 0.0) + table.forward_time(n, new, ctx)
+    forwards = m.target_verify_gpu_s + m.target_draft_gpu_s
+    control = max(m.sim_time - runtime.driver_idle_s - forwards, 0.0) / forwards if forwards > 0 else 0.0
     speed: dict[str, dict[str, float]] = {}
     for (site, model), t in real.items():
         if predicted[site, model] > 0:
-            speed.setdefault(site, {})[model] = t / predicted[site, model]
+            held_up = 1.0 + control if site == runtime.target_name else 1.0
+            speed.setdefault(site, {})[model] = t / predicted[site, model] * held_up
     return RunMeasures(
         alpha=acceptance_per_token(m.accepted, m.rejections),
         round_trip_s={site: statistics.median(v) for site, v in runtime.transport_overhead_s.items() if v},
-        speed=speed,
+        speed=speed, control=control,
     )
 
 

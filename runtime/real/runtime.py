@@ -375,6 +375,9 @@ class RealRuntime(DecisionLoop):
         #: replies): ``(site, model, sequences, new tokens, context tokens, seconds)``, to hold
         #: the run against its latency profiles (:func:`runtime.real.replay.measure_run`).
         self.forward_log: collections.deque[tuple[str, str, int, int, int, float]] = collections.deque(maxlen=100_000)
+        #: Seconds the driver waited with nothing to do; the rest of its time is the target's
+        #: forwards and the control work between them (decisions, replies, stream messages).
+        self.driver_idle_s = 0.0
         self.started = False
         #: Observers called on the driver thread (the server's Prometheus metrics): after every
         #: verification forward, and when a request completes (not on errors).
@@ -592,7 +595,14 @@ class RealRuntime(DecisionLoop):
 
     def _drain(self, block_s: float) -> None:
         try:
-            fn, arg = self._events.get(timeout=block_s) if block_s > 0 else self._events.get_nowait()
+            if block_s > 0:
+                t0 = time.perf_counter()
+                try:
+                    fn, arg = self._events.get(timeout=block_s)
+                finally:
+                    self.driver_idle_s += time.perf_counter() - t0
+            else:
+                fn, arg = self._events.get_nowait()
         except queue.Empty:
             return
         fn(arg)
@@ -765,7 +775,8 @@ class RealRuntime(DecisionLoop):
             if msg.cancel:
                 return
             try:
-                st.handle = AheadStream(self.clients[st.site], lambda r: self._post(self._on_stream_tokens, (st, r)),
+                st.handle = AheadStream(self.clients[st.site],
+                                        lambda r: self._post(self._on_stream_tokens, (st, r, time.perf_counter())),
                                         lambda why: self._post(self._on_stream_error, (st, why)))
             except Exception as e:  # no channel (the site is restarting)
                 self._post(self._on_stream_error, (st, f"site {st.site}: {e}"))
@@ -809,15 +820,16 @@ class RealRuntime(DecisionLoop):
         self._make_ready(req, st.draft(n), st.site)
         req.ready_stream = True
 
-    def _on_stream_tokens(self, arg: tuple[_Stream, pb.StreamTokens]) -> None:
-        st, reply = arg
+    def _on_stream_tokens(self, arg: tuple[_Stream, pb.StreamTokens, float]) -> None:
+        st, reply, landed = arg
         n = len(reply.tokens)
-        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.job_s, len(st.req.context))
+        # a stream's pace is the site's whole job cycle (its site drafts job after job)
+        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.cycle_s, len(st.req.context))
         if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
             self.metrics.wasted_rejected += n  # drafted past a correction the site had not heard of yet
             return
         if st.opened is not None:  # an epoch's first tokens: a round trip, as for a draft RPC
-            self.transport_overhead_s[st.site].append(time.perf_counter() - st.opened - reply.job_s - reply.wait_s)
+            self.transport_overhead_s[st.site].append(landed - st.opened - reply.cycle_s - reply.wait_s)
             st.opened = None
         d = draft_of(reply)
         st.tokens += d.tokens

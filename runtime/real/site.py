@@ -83,6 +83,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self._busy_log: list[tuple[float, float]] = []  # (end, duration) of recent jobs
         self._worker: asyncio.Task | None = None
         self.streams: dict[int, _AheadStream] = {}
+        self._around_job_s = 0.0  # the last job cycle's time outside its draft compute
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -188,6 +189,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             await self._wake.wait()
             self._wake.clear()
             while True:
+                began = time.perf_counter()
                 batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
                 jobs = [j for _, j, _ in batch]
                 ahead = self._stream_jobs(max((j.k for j in jobs), default=1), self.max_batch - len(batch))
@@ -214,6 +216,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                         fut.set_result((d, dur, passes, len(jobs), t0))
                 for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
                     self._ship(st, epoch, d, dur, passes, len(jobs), t0)
+                self._around_job_s = time.perf_counter() - began - dur
 
     def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
         """This job's share for the streams not ``max_ahead`` ahead (the furthest behind first)."""
@@ -229,7 +232,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         if st.closed:
             return
         reply = pb.StreamTokens(epoch=epoch, pos=len(st.drafted) if epoch == st.epoch else 0, tokens=d.tokens,
-                                job_s=job_s, passes=passes, job_size=size)
+                                job_s=job_s, passes=passes, job_size=size, cycle_s=job_s + self._around_job_s)
         _put_probs(reply, d)
         if epoch == st.epoch:
             if st.since is not None and started >= st.since:  # the epoch's first tokens
