@@ -69,6 +69,8 @@ def main() -> None:
                     "real_tps": real["throughput_tps"] * args.duration / real["sim_time_s"],
                     "sim_tps": s["throughput_tps"] * args.duration / s["sim_time_s"],
                     "requests": real["requests_completed"], "measured": measured,
+                    "real_streamed": real["stream_rounds"] / max(rt.metrics.spec_rounds, 1),
+                    "sim_streamed": s["stream_rounds"] / max(sim.metrics.spec_rounds, 1),
                 })
             med = {k: statistics.median(r[k] for r in runs) for k in ("real_tpot", "sim_tpot", "real_tps", "sim_tps")}
             row = {
@@ -80,6 +82,7 @@ def main() -> None:
                 "round_trip_ms": [{k: round(v * 1e3, 1) for k, v in r["measured"].round_trip_s.items()} for r in runs],
                 "real_tpot_ms": [round(r["real_tpot"] * 1e3, 2) for r in runs],
                 "sim_tpot_ms": [round(r["sim_tpot"] * 1e3, 2) for r in runs],
+                "streamed_rounds_real_sim": [(round(r["real_streamed"], 2), round(r["sim_streamed"], 2)) for r in runs],
                 "tpot_error": round(med["sim_tpot"] / med["real_tpot"] - 1, 3),
                 "real_throughput_tps": round(med["real_tps"], 1), "sim_throughput_tps": round(med["sim_tps"], 1),
                 "throughput_error": round(med["sim_tps"] / med["real_tps"] - 1, 3),

@@ -38,6 +38,7 @@ KEYS: dict[str, str] = {
     "mean_accepted_per_round": "accepted draft tokens per speculative round (k > 0)",
     "mean_tokens_per_round": "committed tokens per speculative round (accepted + bonus)",
     "acceptance_rate": "accepted / verified draft tokens",
+    "stream_rounds": "speculative rounds whose draft came from a draft-ahead stream (the rest: round-by-round drafts)",
     "acceptance_per_token": "per-token acceptance of the draft model (i.i.d. estimate: accepted / (accepted + rejections)); unlike acceptance_rate it does not fall with k",
     "draft_tokens": "draft tokens produced at all sites",
     "wasted_draft_tokens": "rejected + redundant-loser + late (timed-out) draft tokens",
@@ -96,6 +97,7 @@ class Metrics:
     drafted_verified: int = 0
     accepted: int = 0
     rejections: int = 0  # speculative rounds that ended at a rejected draft token (accepted < k)
+    stream_rounds: int = 0
     committed_in_spec_rounds: int = 0
     draft_tokens: int = 0
     wasted_rejected: int = 0
@@ -136,6 +138,7 @@ class Metrics:
             "mean_accepted_per_round": self.accepted / rounds if self.spec_rounds else 0.0,
             "mean_tokens_per_round": self.committed_in_spec_rounds / rounds if self.spec_rounds else 0.0,
             "acceptance_rate": self.accepted / self.drafted_verified if self.drafted_verified else 0.0,
+            "stream_rounds": self.stream_rounds,
             "acceptance_per_token": acceptance_per_token(self.accepted, self.rejections),
             "draft_tokens": self.draft_tokens,
             "wasted_draft_tokens": self.wasted_rejected + self.wasted_redundant,

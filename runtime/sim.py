@@ -797,7 +797,7 @@ class Simulator(DecisionLoop):
         sites = [r.ready_site for r in batch]
         accs: list[int] = []
         # the metrics' integer counters, summed here and added once (the hot path)
-        committed = spec_rounds = drafted = accepted = rejected = rejections = in_spec = 0
+        committed = spec_rounds = drafted = accepted = rejected = rejections = streamed = in_spec = 0
         for req in batch:
             k = req.ready_k
             site = req.ready_site
@@ -817,6 +817,8 @@ class Simulator(DecisionLoop):
                         acc = req.acc.get(model)  # type: ignore[arg-type]
                         L = (acc or self._acceptance(req, model)).run_length()  # type: ignore[arg-type]
                     a = k if L >= k else L
+                    if st is not None and st.site == site:
+                        streamed += 1  # at the stream's site, rounds are drafted by the stream
                     if st is not None and (st.site == site or model == st.home.drafter):
                         # the stream stays valid if the bonus token equals the site's next draft
                         # token, i.e. that token would have been accepted (run lengths are capped
@@ -863,6 +865,7 @@ class Simulator(DecisionLoop):
         m.drafted_verified += drafted
         m.accepted += accepted
         m.rejections += rejections
+        m.stream_rounds += streamed
         m.wasted_rejected += rejected
         m.committed_in_spec_rounds += in_spec
         self._feedback.append(BatchResult(now, dur, [r.rid for r in batch], ks, accs, new, ctx, sites))

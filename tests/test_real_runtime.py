@@ -222,6 +222,8 @@ def test_mixed_batches_of_ahead_streams_and_round_by_round_rounds_are_lossless(s
     assert all(set(r.site_rounds) <= {"near" if r.rid % 2 == 0 else "dc"} for r in reqs)
     assert any({"near", "dc"} <= set(b.draft_sites) for b in controller.batches), "no batch mixed the two"
     assert s["remote_draft_forward_passes"] > 0 and s["target_draft_forward_passes"] > 0
+    # the streamed rounds are the even requests' (all drafted at near), the rest were the target's
+    assert s["stream_rounds"] == sum(r.site_rounds["near"] for r in reqs) > 0
     assert all(r.stream is None for r in reqs)  # closed when the request finished
     # each stream epoch's first tokens measured a round trip (the emulated 10 ms included)
     assert len(rt.transport_overhead_s["near"]) >= len(prompts) // 2 and min(rt.transport_overhead_s["near"]) > 0

@@ -154,6 +154,7 @@ def test_draft_ahead_hides_the_round_trip_while_drafts_are_accepted(tmp_path):
     assert per_round_r > 0.040  # round by round: at least the RTT each round
     assert per_round_a < 0.25 * per_round_r
     assert ahead.metrics.target_draft_passes == 0 and ahead.metrics.remote_draft_passes > 0
+    assert ahead.metrics.stream_rounds == ahead.metrics.spec_rounds and rounds.metrics.stream_rounds == 0
 
 
 def test_draft_ahead_rejections_reset_the_stream_and_waste_its_tokens(tmp_path):

@@ -964,6 +964,8 @@ class RealRuntime(DecisionLoop):
             if accepted < k:
                 req.rejected_rounds += 1
                 m.rejections += 1
+            if req.ready_stream:
+                m.stream_rounds += 1
             m.spec_rounds += 1
             m.drafted_verified += k
             m.accepted += accepted
