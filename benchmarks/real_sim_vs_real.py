@@ -76,8 +76,8 @@ def main() -> None:
             row = {
                 "controller": spec, "repeats": len(runs), "requests": runs[0]["requests"],
                 "alpha": [round(r["measured"].alpha, 3) for r in runs],
-                "speed": [{f"{site}/{m}": round(v, 2) for site, ms in r["measured"].speed.items() for m, v in ms.items()}
-                          for r in runs],
+                "speed": [{f"{site}/{model}": round(v, 2) for site, by_model in r["measured"].speed.items()
+                           for model, v in by_model.items()} for r in runs],
                 "control": [round(r["measured"].control, 3) for r in runs],
                 "round_trip_ms": [{k: round(v * 1e3, 1) for k, v in r["measured"].round_trip_s.items()} for r in runs],
                 "real_tpot_ms": [round(r["real_tpot"] * 1e3, 2) for r in runs],

@@ -39,7 +39,8 @@ KEYS: dict[str, str] = {
     "mean_tokens_per_round": "committed tokens per speculative round (accepted + bonus)",
     "acceptance_rate": "accepted / verified draft tokens",
     "stream_rounds": "speculative rounds whose draft came from a draft-ahead stream (the rest: round-by-round drafts)",
-    "acceptance_per_token": "per-token acceptance of the draft model (i.i.d. estimate: accepted / (accepted + rejections)); unlike acceptance_rate it does not fall with k",
+    "acceptance_per_token": ("per-token acceptance of the draft model (i.i.d. estimate: accepted / (accepted + "
+                             "rejections)); unlike acceptance_rate it does not fall with k"),
     "draft_tokens": "draft tokens produced at all sites",
     "wasted_draft_tokens": "rejected + redundant-loser + late (timed-out) draft tokens",
     "wasted_rejected_tokens": "draft tokens the target rejected, or drafted ahead past a rejection",

@@ -81,8 +81,8 @@ class RunMeasures:
 def measure_run(runtime: RealRuntime, profiles: dict[str, str]) -> RunMeasures:
     """The run's acceptance, round trips and forward speeds against the latency ``profiles``.
 
-    ``speed`` is, per site and model, the run's forward seconds over what the profiles predict for the same
-    passes (sequences, new and context tokens): above 1 the site ran slower than where it was
+    ``speed`` is, per site and model, the run's forward seconds over what the profiles predict
+    for the same passes (sequences, new and context tokens): above 1 the site ran slower than where it was
     profiled, e.g. because emulated sites share this host's cores with the target, so that the
     simulator is given the compute the real run actually had. The target site's speeds also carry
     ``control``: the driver thread's own work between forwards (decisions, draft replies, stream
@@ -115,9 +115,9 @@ def calibrated_scenario(scenario: Scenario, profiles: dict[str, str], alpha: flo
                         round_trip_s: dict[str, float] | None = None,
                         speed: dict[str, dict[str, float]] | None = None) -> Scenario:
     """The scenario as measured: latency profiles on every site hosting the profiled models
-    (scaled by the measured ``speed`` of that model at that site), i.i.d. acceptance ``alpha``, and per site the
-    measured draft round trip beyond compute (``RealRuntime.transport_overhead_s``: emulated
-    WAN + RPC + queueing) as its RTT. Scaled profiles are written beside the originals."""
+    (scaled by the measured ``speed`` of that model at that site), i.i.d. acceptance ``alpha``,
+    and per site the measured draft round trip beyond compute (``RealRuntime.transport_overhead_s``:
+    emulated WAN + RPC + queueing) as its RTT. Scaled profiles are written beside the originals."""
     raw: dict[str, Any] = scenario.spec.model_dump(mode="json", exclude_none=True)
     for site in raw["sites"]:
         if round_trip_s and site["name"] in round_trip_s and site.get("count", 1) == 1:
