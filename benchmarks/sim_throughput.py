@@ -6,6 +6,10 @@ is near capacity for the shipped scenarios. Prints medians over ``--repeats`` ru
 
     python benchmarks/sim_throughput.py                    # all scenarios, 64 concurrent
     python benchmarks/sim_throughput.py --scenario wan-4region --profile   # + cProfile top 15
+    python benchmarks/sim_throughput.py --controller wanspec --compare static   # + ratio to static
+
+``--compare`` runs a second controller (each at its own rate) alternately with the first, seed
+by seed, so a busy machine slows both alike, and prints the ratio of their tokens/wall-s medians.
 """
 
 from __future__ import annotations
@@ -43,31 +47,46 @@ def rate_for(name: str, controller: str, concurrency: int, duration: float) -> f
     return (lo * hi) ** 0.5
 
 
+def measure(name: str, controller: str, rate: float, duration: float, seed: int) -> tuple[float, float, float, float]:
+    """One run: (tokens, events and simulated seconds per wall second, mean requests in flight)."""
+    _, sim, wall = run_once(name, controller, rate, duration, seed)
+    return (sim.metrics.tokens_committed / wall, sim.events_processed / wall, sim.metrics.sim_time / wall,
+            mean_in_flight(sim))
+
+
+def print_row(name: str, controller: str, rate: float, runs: list[tuple[float, float, float, float]]) -> float:
+    """Print the medians of ``runs``; returns the tokens/wall-s median."""
+    toks, evs, speed, conc = (statistics.median(col) for col in zip(*runs))
+    print(f"{name:<13} {controller:<10} {rate:>7.1f} {conc:>9.1f} {toks:>14,.0f} {evs:>14,.0f} {speed:>12.1f}")
+    return toks
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenario", action="append", help="scenario (repeatable; default: all shipped)")
     p.add_argument("--controller", default="static")
+    p.add_argument("--compare", metavar="CONTROLLER", help="also run this controller, alternating, and print the ratio")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="print the top functions by own time")
     args = p.parse_args()
-    print(f"{'scenario':<13} {'rate/s':>7} {'in-flight':>9} {'tokens/wall-s':>14} {'events/wall-s':>14} {'sim-s/wall-s':>12}")
+    controllers = [args.controller] + ([args.compare] if args.compare else [])
+    print(f"{'scenario':<13} {'controller':<10} {'rate/s':>7} {'in-flight':>9} {'tokens/wall-s':>14} "
+          f"{'events/wall-s':>14} {'sim-s/wall-s':>12}")
     for name in args.scenario or shipped_scenarios():
-        rate = rate_for(name, args.controller, args.concurrency, args.duration)
-        toks, evs, speed, conc = [], [], [], []
+        rates = {c: rate_for(name, c, args.concurrency, args.duration) for c in controllers}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in controllers}
         for seed in range(args.repeats):
-            out, sim, wall = run_once(name, args.controller, rate, args.duration, seed)
-            toks.append(sim.metrics.tokens_committed / wall)
-            evs.append(sim.events_processed / wall)
-            speed.append(sim.metrics.sim_time / wall)
-            conc.append(mean_in_flight(sim))
-        print(f"{name:<13} {rate:>7.1f} {statistics.median(conc):>9.1f} {statistics.median(toks):>14,.0f} "
-              f"{statistics.median(evs):>14,.0f} {statistics.median(speed):>12.1f}")
+            for c in controllers if seed % 2 == 0 else controllers[::-1]:
+                runs[c].append(measure(name, c, rates[c], args.duration, seed))
+        toks = [print_row(name, c, rates[c], runs[c]) for c in controllers]
+        if args.compare:
+            print(f"{name:<13} {args.controller} / {args.compare}: {toks[0] / toks[1]:.3f}x tokens/wall-s")
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
-            run_once(name, args.controller, rate, args.duration, 0)
+            run_once(name, args.controller, rates[args.controller], args.duration, 0)
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 

@@ -117,18 +117,40 @@ class WanSpec(Controller):
     def _site(self, req: RequestView, sys: SystemView, k: int) -> str:
         """:meth:`drafter_site` for a ``k``-token draft."""
         info = sys.info
-        ctx = req.context_tokens
         options = self._options.get(req.origin)
         if options is None:  # the allowed sites depend only on where the request comes from
             options = self._options[req.origin] = [s for s in info.allowed_sites(req) if s in self._remote]
         if not options:
             return info.target_site
+        if self._stream and len(options) == 1:
+            site = options[0]  # nothing to compare, and draft-ahead needs no predicted time
+        else:
+            site, predicted = self._fastest(req, sys, options, k)
+        if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
+            local = delivery_time(sys, info.target_site, k, req.context_tokens)
+            # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
+            alpha = req.alpha_estimate(self._prior)
+            due = req.deadline() + req.tpot_slo * (alpha * (1 - alpha**k) / (1 - alpha)) - sys.now
+            budget = due - sys.verify_time_ewma
+            if predicted > budget * self.slack_share and predicted > local + self.max_extra_s:
+                return info.target_site  # offloading would put the request behind its SLO pace
+            # the local backup starts when the remote draft is overdue and the pace is at risk
+            self._predicted[req.rid] = max(predicted * self.hedge_margin, budget - local)
+        if req.rid not in self._round_site:
+            self._backlog[site] += 1
+            self._round_site[req.rid] = site
+        return site
+
+    def _fastest(self, req: RequestView, sys: SystemView, options: list[str], k: int) -> tuple[str, float]:
+        """The option whose ``k``-token draft is predicted to arrive first (the first such, given
+        our backlog), or the request's current site unless another is ``switch_gain`` x faster;
+        and that site's predicted delivery time."""
+        ctx = req.context_tokens
         current = req.drafter_site
-        # the first option with the least delivery_time (given our backlog), and current's time;
         # delivery_time inlined for remote sites, with the same float operations (this runs for
         # every option of every round)
         backlog = self._backlog
-        target = info.target_site
+        target = sys.info.target_site
         site_state = sys.site_state
         estimate = sys.estimate_draft_time
         site: str | None = None
@@ -154,21 +176,8 @@ class WanSpec(Controller):
         assert site is not None  # options is not empty
         if staying is not None and current != site:
             if staying <= predicted * self.switch_gain:  # moving costs a context transfer
-                site, predicted = current, staying  # type: ignore[assignment]
-        if self._target_drafts and not self._stream:  # draft-ahead hides the WAN instead
-            local = delivery_time(sys, info.target_site, k, ctx)
-            # when this round's tokens are due at the SLO pace (geometric acceptance estimate)
-            alpha = req.alpha_estimate(self._prior)
-            due = req.deadline() + req.tpot_slo * (alpha * (1 - alpha**k) / (1 - alpha)) - sys.now
-            budget = due - sys.verify_time_ewma
-            if predicted > budget * self.slack_share and predicted > local + self.max_extra_s:
-                return info.target_site  # offloading would put the request behind its SLO pace
-            # the local backup starts when the remote draft is overdue and the pace is at risk
-            self._predicted[req.rid] = max(predicted * self.hedge_margin, budget - local)
-        if req.rid not in self._round_site:
-            self._backlog[site] += 1
-            self._round_site[req.rid] = site
-        return site
+                return current, staying  # type: ignore[return-value]
+        return site, predicted
 
     def plan_round(self, req: RequestView, sys: SystemView) -> RoundPlan:
         """With draft-ahead: :meth:`drafter_site`, :meth:`draft_length` and :meth:`redundancy` in
