@@ -326,6 +326,7 @@ class RealRuntime(DecisionLoop):
             draft_ahead=True,
         )
         self._allowed = drafting_sites(sc)
+        self._drafter_of = {s.name: s.drafter or "" for s in sc.sites}  # per reply, off Scenario.site's scan
         ref = deployment.target
         self.model, self.tokenizer = load_model(ref.path, ref.device, ref.dtype)
         #: Tokens that end a request (the tokenizer's EOS and the generation config's, e.g. Llama-3's
@@ -748,7 +749,7 @@ class RealRuntime(DecisionLoop):
         self._remote_passes += passes / max(job_size, 1)
         if passes:
             step = self._draft_step[site] = job_s / passes
-            self.forward_log.append((site, self.scenario.site(site).drafter or "", job_size, job_size,
+            self.forward_log.append((site, self._drafter_of[site], job_size, job_size,
                                      job_size * context, step))
 
     def _drop_drafter(self, req: RealRequest, site: str) -> None:
@@ -887,7 +888,7 @@ class RealRuntime(DecisionLoop):
         m.target_draft_passes += steps
         m.target_draft_gpu_s += dur
         self._draft_step[self.target_name] = dur / steps
-        self.forward_log.append((self.target_name, self.scenario.target.drafter or "", len(tasks), len(tasks),
+        self.forward_log.append((self.target_name, self._drafter_of[self.target_name], len(tasks), len(tasks),
                                  sum(len(t.req.context) for t in tasks), dur / steps))
         for t, d in zip(tasks, drafts):
             m.draft_tokens += len(d.tokens)
