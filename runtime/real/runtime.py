@@ -892,8 +892,10 @@ class RealRuntime(DecisionLoop):
                                  sum(len(t.req.context) for t in tasks), dur / steps))
         for t, d in zip(tasks, drafts):
             m.draft_tokens += len(d.tokens)
-            self._on_draft_reply((t.req, t.round_id, self.target_name, t.k,
-                                  DraftResult(d, len(t.req.context), dur, 0, len(tasks), 0, 0), None))
+            # queued behind what landed while the driver drafted (stream tokens, draft replies),
+            # so a race goes to whoever finished first, as in the simulator's event order
+            self._post(self._on_draft_reply, (t.req, t.round_id, self.target_name, t.k,
+                                              DraftResult(d, len(t.req.context), dur, 0, len(tasks), 0, 0), None))
 
     def _make_ready(self, req: RealRequest, draft: Draft | None, site: str | None) -> None:
         req.ready_draft = draft
