@@ -16,8 +16,6 @@ top-``m`` truncation of their distribution and ship exactly that ``q``, so exact
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -56,18 +54,6 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 @torch.inference_mode()
-@functools.cache
-def _cache_kwarg(forward_cls: type) -> str:
-    params = inspect.signature(forward_cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _cache_arg(model: Any) -> str:
-    """The forward argument that takes the KV cache: ``cache`` in recent transformers, which
-    deprecate ``past_key_values`` (removed in 5.40), and ``past_key_values`` before."""
-    return _cache_kwarg(type(model))
-
-
 def batched_forward(model: Any, items: Sequence[tuple[SeqCache, Sequence[int]]],
                     keep: Sequence[int] | None = None) -> list[torch.Tensor]:
     """One forward over ragged sequences; appends the new tokens to each cache.
@@ -108,9 +94,9 @@ def batched_forward(model: Any, items: Sequence[tuple[SeqCache, Sequence[int]]],
     col_of = {j: c for c, j in enumerate(cols)}
     out = model(
         input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-        use_cache=True, logits_to_keep=torch.tensor(cols, device=device), **{_cache_arg(model): cache},
+        past_key_values=cache, use_cache=True, logits_to_keep=torch.tensor(cols, device=device),
     )
-    layers_out = (out.cache if "cache" in out else out.past_key_values).layers
+    layers_out = out.past_key_values.layers
     logits = out.logits.float().cpu()  # [B, len(cols), vocab]: one device-to-host copy
     result = []
     for i, (c, toks) in enumerate(items):
