@@ -3,7 +3,8 @@
 Profiles this host (``python -m runtime profile``), replays the tiny-local scenario's arrivals
 through the real multi-process runtime (tiny models, emulated WAN), then simulates the same
 arrivals calibrated to what that run measured (``runtime.real.replay.measure_run``): the
-drafter's per-token acceptance, each site's draft round trip beyond compute, and each site's
+drafter's acceptance by position in its run since the last rejection (``--iid``: one rate),
+each site's draft round trip beyond compute, and each site's
 forward speed against the profiles (on one host the emulated sites share the target's cores, so
 its forwards run slower than profiled while they draft). Both sides offer draft-ahead, so
 ``wanspec`` streams on both and ``wanspec:ahead=false`` drafts round by round on both.
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=30.0, help="arrival rate, requests/s (default 30: near saturation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="real runs per controller (errors compare medians)")
+    p.add_argument("--iid", action="store_true",
+                   help="give the simulator the i.i.d. per-token acceptance, not acceptance by position in the run")
     p.add_argument("--controllers", nargs="+", default=["no-spec", "static:k=4", "wanspec", "wanspec:ahead=false"])
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -60,7 +63,8 @@ def main() -> None:
                 real = rt.summary()
                 measured = measure_run(rt, profiles)
                 sim = Simulator(calibrated_scenario(rt.scenario, profiles, measured.alpha, measured.round_trip_s,
-                                                    measured.speed), args.seed, args.duration)
+                                                    measured.speed, None if args.iid else measured.table),
+                                args.seed, args.duration)
                 s = sim.run(make_controller(spec))
                 # throughput over the makespan (first arrival to last completion): at a saturating
                 # rate it measures capacity rather than the offered load
@@ -76,6 +80,7 @@ def main() -> None:
             row = {
                 "controller": spec, "repeats": len(runs), "requests": runs[0]["requests"],
                 "alpha": [round(r["measured"].alpha, 3) for r in runs],
+                "acceptance_by_run": [[round(x, 2) for x in r["measured"].table] for r in runs],
                 "speed": [{f"{site}/{model}": round(v, 2) for site, by_model in r["measured"].speed.items()
                            for model, v in by_model.items()} for r in runs],
                 "control": [round(r["measured"].control, 3) for r in runs],

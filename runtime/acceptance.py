@@ -32,7 +32,7 @@ def beta_sample(rng: random.Random, mean: float, std: float) -> float:
 class AcceptanceState:
     """One request's acceptance behaviour for one drafter model."""
 
-    __slots__ = ("spec", "rng", "alpha", "mean", "scale", "cap", "_log_alpha", "_probs")
+    __slots__ = ("spec", "rng", "alpha", "mean", "scale", "cap", "_log_alpha", "_probs", "carry", "run")
 
     def __init__(self, spec: IIDAcceptance | PositionAcceptance | DriftAcceptance, rng: random.Random, cap: int) -> None:
         self.spec = spec
@@ -48,9 +48,14 @@ class AcceptanceState:
         # position: neither do the per-position acceptance probabilities
         self._log_alpha = math.log(self.alpha) if type(spec) is IIDAcceptance else None
         self._probs: list[float] = []
+        # positions counted across rounds (PositionAcceptance.across_rounds): tokens committed
+        # since the last rejection, bonus tokens included; see after_round
+        self.carry = isinstance(spec, PositionAcceptance) and spec.across_rounds
+        self.run = 0
         if isinstance(spec, PositionAcceptance):
             table = spec.table
-            self._probs = [_clip(table[min(n, len(table) - 1)] * self.scale) for n in range(cap)]
+            n_probs = len(table) + cap if self.carry else cap  # a run may start deep in the table
+            self._probs = [_clip(table[min(n, len(table) - 1)] * self.scale) for n in range(n_probs)]
 
     def run_length(self) -> int:
         """Draw this round's run length (advances a drifting alpha by one round)."""
@@ -61,8 +66,10 @@ class AcceptanceState:
         spec, rng = self.spec, self.rng
         if isinstance(spec, PositionAcceptance):
             n = 0
-            for p in self._probs:  # one per position below the cap
-                if rng.random() >= p:
+            probs = self._probs
+            start = min(self.run, len(probs) - self.cap)  # beyond the table its last entry repeats
+            for i in range(start, start + self.cap):  # one per position below the cap
+                if rng.random() >= probs[i]:
                     break
                 n += 1
             return n
@@ -72,3 +79,9 @@ class AcceptanceState:
         u = 1.0 - rng.random()  # (0, 1]
         n = int(math.log(u) / math.log(self.alpha))
         return n if n < self.cap else self.cap
+
+    def after_round(self, k: int, run_length: int) -> None:
+        """A round of ``k`` drafted tokens with this run length was verified: a rejection starts
+        a new run, a fully accepted round extends it by its tokens and the bonus token. Only
+        positions counted ``across_rounds`` use it."""
+        self.run = self.run + k + 1 if run_length >= k else 0

@@ -45,11 +45,17 @@ class PositionAcceptance(_Strict):
 
     ``table`` gives positions 1..n (the last entry repeats); each request scales it by a factor
     ~ N(1, scale_std), clipped. "Heavy-head" Llama acceptance is a falling table.
+
+    Positions count from the round's first draft token, or with ``across_rounds`` from the last
+    rejection: a round that follows a fully accepted one goes on where it ended (past its bonus
+    token). A draft-ahead stream drafts deep into such runs, and the real tiny pair's acceptance
+    falls along them (``runtime.real.replay.acceptance_by_run`` fits such a table).
     """
 
     kind: Literal["position"]
     table: list[Annotated[float, Field(gt=0, lt=1)]] = Field(min_length=1)
     scale_std: float = Field(0.1, ge=0, lt=1)
+    across_rounds: bool = False
 
 
 class DriftAcceptance(_Strict):

@@ -217,6 +217,8 @@ class Simulator(DecisionLoop):
         self.target = self.sites[scenario.target.name]
         self.target_lat = _latency(scenario.target, scenario.spec.target_model, scenario.target_model, tp=scenario.target.tp)
         self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
+        # acceptance positions counted across rounds: each verified round moves them on
+        self._carry = any(getattr(d.acceptance, "across_rounds", False) for d in scenario.spec.drafters.values())
         self._drafter_of = {name: s.drafter for name, s in self.sites.items()}
 
         self.info = RuntimeInfo(
@@ -817,6 +819,8 @@ class Simulator(DecisionLoop):
                         acc = req.acc.get(model)  # type: ignore[arg-type]
                         L = (acc or self._acceptance(req, model)).run_length()  # type: ignore[arg-type]
                     a = k if L >= k else L
+                    if self._carry:
+                        req.acc[model].after_round(k, L)  # type: ignore[index]
                     if st is not None and st.site == site:
                         streamed += 1  # at the stream's site, rounds are drafted by the stream
                     if st is not None and (st.site == site or model == st.home.drafter):
@@ -852,6 +856,9 @@ class Simulator(DecisionLoop):
                 req.last_k = k
                 req.last_accepted = a
                 accs.append(a)
+                if k == 0 and self._carry:  # a plain decode step: nothing drafted, a new run
+                    for acc in req.acc.values():
+                        acc.run = 0
                 if st is not None:  # the round was drafted elsewhere or decoded plainly
                     self._message_stream(st, False)
             if req.run_len:

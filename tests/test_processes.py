@@ -7,12 +7,14 @@ import statistics
 
 import pytest
 
+from controllers import make_controller
 from runtime.acceptance import AcceptanceState
 from runtime.load import LoadProcess
 from runtime.network import Link
 from runtime.scenario import (
     DiurnalLoad, DriftAcceptance, IIDAcceptance, MarkovLoad, NetworkSpec, PositionAcceptance, load_scenario,
 )
+from runtime.sim import Simulator
 from runtime.workload import arrivals
 from tests.helpers import base_spec, scenario
 
@@ -82,6 +84,40 @@ def test_acceptance_models():
         drift.run_length()
         alphas.append(drift.alpha)
     assert statistics.pstdev(alphas) > 0.03 and 0.4 < statistics.fmean(alphas) < 0.95
+
+
+def test_position_acceptance_across_rounds_goes_on_where_a_full_round_ended():
+    """With ``across_rounds`` a round after a fully accepted one drafts deeper into the table (as
+    a draft-ahead stream does); a rejection starts again at its head. Without it every round
+    starts at the head, as before."""
+    spec = PositionAcceptance(kind="position", table=[0.95, 0.95, 0.2], scale_std=0.0, across_rounds=True)
+    carry = AcceptanceState(spec, random.Random(2), cap=4)
+    fresh = AcceptanceState(spec.model_copy(update={"across_rounds": False}), random.Random(2), cap=4)
+    assert carry.carry and not fresh.carry
+    carry.after_round(1, 1)  # one token drafted and accepted: the run is 2 (with the bonus)
+    assert carry.run == 2
+    deep = [carry.run_length() for _ in range(4000)]  # every position here accepts with 0.2
+    assert sum(r >= 1 for r in deep) / len(deep) == pytest.approx(0.2, abs=0.03)
+    carry.after_round(4, 2)  # a rejection: back to the head of the table
+    assert carry.run == 0 and sum(carry.run_length() >= 1 for _ in range(4000)) / 4000 == pytest.approx(0.95, abs=0.02)
+    carry.run = 50  # beyond the table its last entry repeats
+    assert max(carry.run_length() for _ in range(2000)) <= 4
+    fresh.after_round(1, 1)
+    assert sum(fresh.run_length() >= 1 for _ in range(4000)) / 4000 == pytest.approx(0.95, abs=0.02)
+
+
+def test_simulated_runs_across_rounds_accept_less_deep_in_a_run():
+    """In the simulator, streams draft deep into runs: with acceptance falling along a run, the
+    same table counted across rounds accepts fewer of wanspec's drafts than counted per round."""
+    raw = load_scenario("wan-4region").spec.model_dump(mode="json", exclude_none=True)
+    rates = {}
+    for across in (False, True):
+        for d in raw["drafters"].values():
+            d["acceptance"] = {"kind": "position", "table": [0.95, 0.9, 0.6, 0.4], "scale_std": 0.0,
+                               "across_rounds": across}
+        s = Simulator(scenario(raw), seed=3, duration=20.0, rate=10.0).run(make_controller("wanspec"))
+        rates[across] = s["acceptance_per_token"]
+    assert rates[True] < rates[False] - 0.03
 
 
 def test_link_delay_and_peek():

@@ -11,7 +11,7 @@ from controllers import make_controller
 from runtime.latency import ProfileTable
 from runtime.real.profile import profile, verify_seqs
 from runtime.real.deploy import load_deployment
-from runtime.real.replay import calibrated_scenario, mean_tpot, measure_run, replay
+from runtime.real.replay import acceptance_by_run, calibrated_scenario, mean_tpot, measure_run, replay
 from runtime.real.runtime import RealRuntime
 from runtime.sim import Simulator
 from tests.real_fixtures import tiny_dir  # noqa: F401
@@ -51,6 +51,12 @@ def test_same_workload_through_real_runtime_and_calibrated_simulator(profiles, t
     assert all(len(r.output) == r.max_tokens for r in reqs)  # EOS ignored: lengths as drawn
     measured = measure_run(rt, profiles)
     assert measured.alpha == real["acceptance_per_token"] and 0 < measured.alpha < 1
+    # every speculative round logged at its place in its run; acceptance fitted along runs
+    assert len(rt.round_log) == rt.metrics.spec_rounds > 0 and all(k <= 3 for _, k, _ in rt.round_log)
+    assert measured.table and all(0 < p < 1 for p in measured.table)
+    carried = calibrated_scenario(rt.scenario, profiles, measured.alpha, table=measured.table)
+    acc = carried.spec.drafters["tiny-draft"].acceptance
+    assert acc.kind == "position" and acc.across_rounds and acc.table == measured.table
     # every forward of the run held against its profile: the target's verifications and drafts
     assert set(measured.speed) == {"dc"} and set(measured.speed["dc"]) == {"tiny-target", "tiny-draft"}
     assert all(0.1 < f < 20 for f in measured.speed["dc"].values())
@@ -63,6 +69,17 @@ def test_same_workload_through_real_runtime_and_calibrated_simulator(profiles, t
     assert s["requests_completed"] == real["requests_completed"]
     assert sum(r.output_tokens for r in sim.metrics.records) == sum(len(r.output) for r in reqs)
     assert mean_tpot(sim.metrics.records) > 0 and mean_tpot(rt.metrics.records) > 0
+
+
+def test_acceptance_by_run_counts_trials_at_each_position_of_a_run():
+    # (run, k, accepted): positions run..run+k-1 are tried up to the first rejection
+    rounds = [(0, 2, 2)] * 40 + [(0, 2, 1)] * 40 + [(3, 1, 0)] * 10 + [(4, 1, 1)] * 10
+    table = acceptance_by_run(rounds, min_trials=30)
+    # position 0: 80 trials, all accepted; position 1: 80 trials, 40 accepted; positions 2 and
+    # up have fewer than 30 trials each, so they share one (position 3: 0 of 10, 4: 10 of 10)
+    assert table[:2] == [0.99, 0.5]  # clipped to 0.99
+    assert len(table) == 3 and table[2] == pytest.approx(10 / 20)
+    assert acceptance_by_run([]) == []
 
 
 def test_profile_cli_reports_bad_flags_in_one_line():

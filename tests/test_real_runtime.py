@@ -411,3 +411,22 @@ def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(t
             await server.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_site_state_and_draft_estimates_mean_what_the_simulator_means(site_addresses, tiny_dir):
+    """Load is other tenants' use (a site's own drafting shows in its queue and busy flag), and
+    a draft's time grows with the batch it rides in, fitted to the site's jobs: before, a site
+    drafting for us looked loaded, and one step time for every batch size made its big batches
+    look like its pace for one request; wanspec fled to a farther site the simulator never picks."""
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    with rt:  # starts the transport and the clients of both sites
+        rt.clients["near"].load, rt.clients["near"].in_flight = 0.95, 3  # busy with our drafts
+        state = rt.site_state("near")
+        assert (state.load, state.queue, state.busy) == (0.0, 3, True)
+        for _ in range(20):  # jobs of 1 and of 8 sequences, 100 tokens of context each
+            rt._observe_draft("near", 1, 100, 0.002)
+            rt._observe_draft("near", 8, 800, 0.009)
+        one, eight = rt.estimate_draft_time("near", 1, 4, 100), rt.estimate_draft_time("near", 8, 4, 800)
+        assert one == pytest.approx(4 * 0.002, rel=0.05) and eight == pytest.approx(4 * 0.009, rel=0.05)
+        assert rt.estimate_draft_time("near", 1, 0, 100) == 0.0

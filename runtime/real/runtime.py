@@ -104,6 +104,9 @@ class RealRequest(RequestMixin):
         self.output: list[int] = []
         self.cache = SeqCache()  # the target model's KV cache
         self.local_cache = SeqCache()  # the target site's drafter cache
+        # committed tokens since the last rejected draft token or plain decode step: where the
+        # next draft token stands in its run (acceptance falls along a run)
+        self.run = 0
         self.generator = torch.Generator().manual_seed(seed)
         self.seed = seed
         self.synced: dict[str, int] = {}  # committed tokens each drafter site holds
@@ -343,7 +346,13 @@ class RealRuntime(DecisionLoop):
         self._launch_sites = launch_sites
         self.target_lat: Any = (ProfileTable.from_csv(sc.target.profiles[sc.spec.target_model])
                                 if sc.spec.target_model in sc.target.profiles else OnlineLatency())
-        self._draft_step: dict[str, float] = {}
+        # per site: its drafter's forward time by batch and context (the profile where the
+        # site has one, else fitted to the site's jobs as they come back), as the simulator
+        # estimates it; one step time for all batch sizes made a busy site's big batches look
+        # like its pace for one request, and wanspec moved requests to a farther site
+        self._draft_lat: dict[str, Any] = {
+            s.name: ProfileTable.from_csv(s.profiles[s.drafter]) if s.drafter in s.profiles else OnlineLatency()
+            for s in sc.sites if s.drafter}
 
         self.metrics = Metrics()
         self._t0 = time.perf_counter()
@@ -376,6 +385,10 @@ class RealRuntime(DecisionLoop):
         #: replies): ``(site, model, sequences, new tokens, context tokens, seconds)``, to hold
         #: the run against its latency profiles (:func:`runtime.real.replay.measure_run`).
         self.forward_log: collections.deque[tuple[str, str, int, int, int, float]] = collections.deque(maxlen=100_000)
+        #: Every verified round: ``(run, k, accepted)``, the request's tokens committed since its
+        #: last rejected draft token, and the round's drafted and accepted tokens;
+        #: :func:`runtime.real.replay.measure_run` fits acceptance by position in the run from it.
+        self.round_log: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=100_000)
         #: Seconds the driver waited with nothing to do; the rest of its time is the target's
         #: forwards and the control work between them (decisions, replies, stream messages).
         self.driver_idle_s = 0.0
@@ -510,7 +523,10 @@ class RealRuntime(DecisionLoop):
             return SiteState(name, 0.0, 0, False, s.rtt_ms / 1000.0)
         if not c.up:  # a down site looks fully loaded, busy and far away
             return SiteState(name, 1.0, c.in_flight, True, 10.0)
-        return SiteState(name, c.load, c.in_flight, c.load > 0.9, c.rtt_s)
+        # load is other tenants' use (SiteState): the site reports only its own drafting, which
+        # shows in the queue (in flight) and in busy; counted as load too, a site drafting for
+        # us looked up to 10x slower and wanspec fled to a farther one (the simulator does not)
+        return SiteState(name, 0.0, c.in_flight, c.load > 0.9, c.rtt_s)
 
     def site_up(self, name: str) -> bool:
         return name == self.target_name or (name in self.clients and self.clients[name].up)
@@ -519,9 +535,10 @@ class RealRuntime(DecisionLoop):
         return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens)
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
-        if k <= 0 or self.scenario.site(site).drafter is None:
+        lat = self._draft_lat.get(site)
+        if k <= 0 or lat is None:
             return 0.0
-        return self._draft_step.get(site, 0.002) * k
+        return lat.forward_time(n_seqs, n_seqs, context_tokens) * k
 
     # ------------------------------------------------------------------ Runtime protocol
     def next_decision(self) -> DecisionPoint | None:
@@ -748,9 +765,14 @@ class RealRuntime(DecisionLoop):
         self.metrics.draft_tokens += tokens
         self._remote_passes += passes / max(job_size, 1)
         if passes:
-            step = self._draft_step[site] = job_s / passes
-            self.forward_log.append((site, self._drafter_of[site], job_size, job_size,
-                                     job_size * context, step))
+            self._observe_draft(site, job_size, job_size * context, job_s / passes)
+
+    def _observe_draft(self, site: str, n_seqs: int, context: int, step_s: float) -> None:
+        """A draft job's pace: one forward of ``n_seqs`` sequences took ``step_s``."""
+        self.forward_log.append((site, self._drafter_of[site], n_seqs, n_seqs, context, step_s))
+        lat = self._draft_lat.get(site)
+        if isinstance(lat, OnlineLatency):
+            lat.observe(n_seqs, context, step_s)
 
     def _drop_drafter(self, req: RealRequest, site: str) -> None:
         """``site`` no longer drafts ``req``'s open round; with nobody left, the controller plans it again."""
@@ -887,9 +909,7 @@ class RealRuntime(DecisionLoop):
         steps = max(t.k for t in tasks)
         m.target_draft_passes += steps
         m.target_draft_gpu_s += dur
-        self._draft_step[self.target_name] = dur / steps
-        self.forward_log.append((self.target_name, self._drafter_of[self.target_name], len(tasks), len(tasks),
-                                 sum(len(t.req.context) for t in tasks), dur / steps))
+        self._observe_draft(self.target_name, len(tasks), sum(len(t.req.context) for t in tasks), dur / steps)
         for t, d in zip(tasks, drafts):
             m.draft_tokens += len(d.tokens)
             # queued behind what landed while the driver drafted (stream tokens, draft replies),
@@ -956,7 +976,8 @@ class RealRuntime(DecisionLoop):
                 toks = toks[: i + 1]
                 reason = "stop"
                 break
-        if req.phase == "prefill":
+        decoding = req.phase == "decode"
+        if not decoding:
             req.phase = "decode"
             req.first_token_time = now
         elif k > 0:
@@ -987,6 +1008,8 @@ class RealRuntime(DecisionLoop):
         req.generated += len(toks)
         m.tokens_committed += len(toks)
         req.ready_draft = None
+        if decoding:
+            self._track_run(req, k, accepted)
         if reason is not None:
             self._finish_request(req, reason, toks)
         else:
@@ -995,6 +1018,16 @@ class RealRuntime(DecisionLoop):
             if req.listener is not None:
                 req.listener(toks, None)
             self._plan_q.append(req)
+
+    def _track_run(self, req: RealRequest, k: int, accepted: int) -> None:
+        """Log the round at its position in the request's run (draft tokens since the last
+        rejection, bonus tokens included), then move the run on: a rejection or a plain step
+        starts a new one, a fully accepted round extends it by its tokens and the bonus."""
+        if k == 0:
+            req.run = 0
+            return
+        self.round_log.append((req.run, k, accepted))
+        req.run = req.run + k + 1 if accepted == k else 0
 
     def _finish_request(self, req: RealRequest, reason: str, last: list[int] | None = None) -> None:
         req.finish_reason = reason

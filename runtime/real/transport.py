@@ -61,7 +61,7 @@ class SiteClient:
         self.channel: grpc.aio.Channel | None = None
         self.stub: pb_grpc.DrafterSiteStub | None = None
         self.up = True
-        self.rtt_s = site.rtt_ms / 1000.0  # EWMA of measured round trips (emulated + real)
+        self.rtt_s = site.rtt_ms / 1000.0  # EWMA of measured round trips (emulated + real), less queueing and compute
         self.load = 0.0  # the site's reported busy fraction
         self.in_flight = 0
         self.bytes_sent = 0
@@ -116,7 +116,9 @@ class SiteClient:
                 start = 0  # the site restarted or evicted this request: send the whole context
             else:
                 raise SiteDown(f"site {self.name} keeps asking for a context sync")
-            self.rtt_s += 0.2 * (time.perf_counter() - t0 - reply.job_s - self.rtt_s)
+            # the round trip without the site's queueing and compute (as the simulator's links
+            # measure it): the queue is the controller's to weigh, from in_flight
+            self.rtt_s += 0.2 * (time.perf_counter() - t0 - reply.job_s - reply.wait_s - self.rtt_s)
             return DraftResult(draft_of(reply), reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
         finally:
             self.in_flight -= 1
