@@ -27,6 +27,14 @@ class LoadProcess:
             self._level = spec.levels[0]
             self._t_end = rng.expovariate(1.0 / spec.mean_dwell_s[0])
 
+    def reseed(self, rng: random.Random, now: float) -> None:
+        """Draw the future from ``rng``: the level at ``now`` stays, its remaining dwell is drawn
+        anew (memoryless), and so are the hops after it."""
+        self.rng = rng
+        if isinstance(self.spec, MarkovLoad):
+            self.level(now)
+            self._t_end = now + rng.expovariate(1.0 / self.spec.mean_dwell_s[self._state])
+
     def level(self, t: float) -> float:
         spec = self.spec
         if isinstance(spec, ConstantLoad):

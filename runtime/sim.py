@@ -266,6 +266,7 @@ class Simulator(DecisionLoop):
         self._finished = False
 
         # materialised (a list iterator) so a simulator can be deep-copied mid-run (rollouts)
+        self._workload = (trace, rate)
         self._arrivals: Iterator[Arrival] = iter(list(arrivals(scenario, seed, duration, trace=trace, rate=rate)))
         self._schedule_next_arrival()
         self._drain_end = duration + lim.drain_s
@@ -275,6 +276,30 @@ class Simulator(DecisionLoop):
 
             self._bar = tqdm(total=round(duration), unit="sim-s", desc=f"simulate {scenario.name}", leave=False, disable=None)
             self._bar_t = 0
+
+    def resample_future(self, seed: int) -> None:
+        """Redraw everything not yet decided from ``seed``: arrivals after now, background-load
+        hops, link jitter, and every request's acceptance draws (rounds already drawn stay).
+
+        For a deep copy made mid-run: rollouts compare candidates on one shared future (common
+        random numbers), and confirm the winner on futures drawn here, so a label is not just the
+        luckiest of many candidates on one draw of the workload."""
+        self.seed = seed
+        for i, site in enumerate(self.sites.values()):
+            site.load.reseed(random.Random(seed * 7919 + 104729 * (i + 1)), self.now)
+            if site.link is not None:
+                site.link.rng = random.Random(seed * 6007 + 15485863 * (i + 1))
+        for req in self.requests.values():
+            for model, st in req.acc.items():
+                st.rng = random.Random((seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model])
+        if self._arrivals_done:
+            return
+        self._heap = [e for e in self._heap if getattr(e[2], "__func__", None) is not Simulator._on_arrival]
+        heapq.heapify(self._heap)
+        trace, rate = self._workload
+        future = [a for a in arrivals(self.scenario, seed, self.duration, trace=trace, rate=rate) if a.time > self.now]
+        self._arrivals = iter(future)
+        self._schedule_next_arrival()
 
     # ------------------------------------------------------------------ SystemView
     def site_state(self, name: str) -> SiteState:

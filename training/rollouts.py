@@ -43,6 +43,9 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "k_caps": [],
     "hedge": False,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
+    # independent futures on which the best candidate and the current action are rolled out again
+    # where the best wins by min_gain: the label needs the gain on those too (0: no confirmation)
+    "confirm": 0,
     "explore": 0.5,  # chance to hold a random candidate for explore_s before a labelled moment
     "explore_s": 4.0,
     "epochs": 300,
@@ -63,6 +66,9 @@ class Labelled:
     values: np.ndarray  # (candidates,)
     seed: int
     time_s: float
+    # the best candidate's mean gain over the current action on independent futures, as a share
+    # of its value (NaN: not confirmed, because nothing beat the current action or confirm is 0)
+    confirmed: float = math.nan
 
 
 def save_labels(data: Sequence[Labelled], path: Path) -> Path:
@@ -76,7 +82,8 @@ def save_labels(data: Sequence[Labelled], path: Path) -> Path:
         vals[i, : len(d.values)] = d.values
     np.savez_compressed(path, obs=np.stack([d.obs for d in data]), mask=np.stack([d.mask for d in data]),
                         current=np.stack([d.current for d in data]), current_value=np.array([d.current_value for d in data]),
-                        actions=acts, values=vals, seed=np.array([d.seed for d in data]), time_s=np.array([d.time_s for d in data]))
+                        actions=acts, values=vals, seed=np.array([d.seed for d in data]), time_s=np.array([d.time_s for d in data]),
+                        confirmed=np.array([d.confirmed for d in data]))
     return path
 
 
@@ -166,7 +173,11 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
             values = np.array([rollout_value(copy.deepcopy(env), a, steps) for a in cands])
             same = np.flatnonzero((cands == action).all(1))  # the policy's action is often a candidate
             cur = float(values[same[0]]) if len(same) else rollout_value(copy.deepcopy(env), action, steps)
-            out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t))
+            best = int(np.argmax(values))
+            confirmed = math.nan
+            if int(cfg["confirm"]) > 0 and _loss_share(values[best], cur) > float(cfg["min_gain"]):
+                confirmed = confirm_gain(env, cands[best], action, steps, int(cfg["confirm"]), (sim_seed, round(t * 1000)))
+            out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t, confirmed))
         obs, _, term, _, info = env.step(action)
         t = float(info["sim_time"])
         if term:
@@ -174,15 +185,34 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
     return out
 
 
+def confirm_gain(env: Any, best: np.ndarray, current: np.ndarray, steps: int, futures: int,
+                 key: tuple[int, ...]) -> float:
+    """Mean gain of ``best`` over ``current`` (a share of ``best``'s value) on ``futures``
+    futures drawn independently of the one they were selected on (each shared by the two).
+
+    Picking the best of ten candidates on one draw of the future favours the luckiest (the
+    winner's curse); its value on other draws is an unbiased estimate of what it gains."""
+    gains = []
+    for j in range(futures):
+        fork = copy.deepcopy(env)
+        fork.sim.resample_future(int(np.random.SeedSequence([*key, j, 0xC0F]).generate_state(1)[0] >> 1))
+        vb = rollout_value(copy.deepcopy(fork), best, steps)
+        vc = rollout_value(fork, current, steps)
+        gains.append((vb - vc) / max(abs(vb), 1e-9))
+    return float(np.mean(gains))
+
+
 def targets(data: Sequence[Labelled], min_gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per state: the action to fit (the best candidate, or the current action where no candidate
-    beats it by ``min_gain`` of the best value), its weight (1 + that gain relative to the
+    beats it by ``min_gain`` of the best value, on the shared future and, where it was confirmed,
+    on average over independent ones too), its weight (1 + that gain relative to the
     dataset's mean gain), and the best value (for the critic)."""
     actions, gains, best_v = [], [], []
     for d in data:
         i = int(np.argmax(d.values))
         gain = _loss_share(d.values[i], d.current_value)
-        take = gain > min_gain
+        take = gain > min_gain and not d.confirmed <= min_gain  # NaN: not confirmed
+        gain = gain if math.isnan(d.confirmed) else min(gain, d.confirmed)
         actions.append(d.actions[i] if take else d.current)
         gains.append(gain if take else 0.0)
         best_v.append(max(d.values[i], d.current_value))
