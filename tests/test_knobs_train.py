@@ -43,6 +43,7 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"caps": []}}, "rollouts needs caps and at_s"),
     ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps / k_caps: cap=1.2 is not a level; choose one of"),
     ({"rollouts": {"k_caps": [5]}}, r"rollouts.caps / k_caps: k_cap=5 is not a level; choose one of"),
+    ({"rollouts": {"confirm": -1}}, r"rollouts.confirm must be an integer >= 0"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])

@@ -111,6 +111,13 @@ def test_labels_are_deterministic_and_mask_modes_that_cannot_run(tmp_path: Path)
         assert np.array_equal(a.values, b.values) and np.array_equal(a.obs, b.obs)
     for d in first:  # wanspec (mode 0) is never a candidate; every value is a real rollout
         assert 0 not in d.actions[:, 0] and len(d.actions) == len(d.values) and np.all(np.isfinite(d.values))
+    # with confirmation, exactly the states whose best candidate beats the current action by
+    # min_gain are rolled out again (the rest stay NaN), the same way every time
+    job = (job[0], job[1], job[2], {**cfg, "confirm": 1, "min_gain": 0.0})
+    confirmed, again = label_episode(job), label_episode(job)
+    for d, e in zip(confirmed, again):
+        beaten = d.values.max() > d.current_value
+        assert np.isfinite(d.confirmed) == beaten and (d.confirmed == e.confirmed or not beaten)
 
 
 def _lab(values: list[float], current_value: float) -> Labelled:
