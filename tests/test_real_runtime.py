@@ -413,6 +413,66 @@ def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(t
     asyncio.run(scenario())
 
 
+def test_rounds_ride_one_call_concurrently_each_with_its_own_draft_and_fail_over_when_the_site_goes(tiny_models):
+    """SiteClient sends its rounds over the site's one ``Rounds`` call: concurrent rounds each get
+    their own request's draft; a site that goes away fails the waiting round (SiteDown, marked
+    down), and a restarted site at a new address serves the next round over a new call."""
+    import asyncio
+
+    import grpc
+
+    from runtime.real import site_pb2_grpc as pb_grpc
+    from runtime.real.engine import DraftJob, SeqCache, draft_batch
+    from runtime.real.site import DrafterService
+    from runtime.real.transport import SiteClient, SiteDown
+    from runtime.scenario import load_scenario
+
+    _, draft, tok = tiny_models
+    prompts = [tok(p)["input_ids"] for p in tiny_prompts()[:4]]
+    scenario = load_scenario("wan-4region")
+    near = next(s for s in scenario.sites if s.role == "remote")
+
+    def greedy(context: list[int], n: int) -> list[int]:
+        return draft_batch(draft, [DraftJob(SeqCache(), list(context), n)])[0].tokens
+
+    async def start_site() -> tuple[grpc.aio.Server, DrafterService, str]:
+        server = grpc.aio.server()
+        service = DrafterService(near.name, draft)
+        pb_grpc.add_DrafterSiteServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        service.start()
+        return server, service, f"127.0.0.1:{port}"
+
+    async def scenario_run() -> None:
+        server, service, address = await start_site()
+        client = SiteClient(near, address, scenario.spec.network, emulate=False, timeout_s=30.0, seed=0)
+        client.connect()
+        try:
+            results = await asyncio.gather(*(client.draft(rid, ctx, 0, k, 0.0, 0)
+                                              for rid, (ctx, k) in enumerate(zip(prompts, [1, 2, 3, 4]))))
+            for res, ctx, k in zip(results, prompts, [1, 2, 3, 4]):
+                assert res.draft.tokens == greedy(ctx, k) and res.known == len(ctx)
+            # the site stalls inside a job and then goes away: the waiting round fails, nothing hangs
+            stalled = asyncio.Event()
+            service._draft = lambda request: stalled.wait()  # type: ignore[method-assign]
+            waiting = asyncio.ensure_future(client.draft(9, prompts[0], 0, 2, 0.0, 0))
+            await asyncio.sleep(0.2)
+            await server.stop(0)
+            with pytest.raises(SiteDown):
+                await asyncio.wait_for(waiting, 10)
+            assert not client.up
+            server, service, address = await start_site()  # restarted elsewhere, without its old state
+            await client.reconnect(address)
+            res = await client.draft(1, prompts[1], len(prompts[1]), 3, 0.0, 0)  # resyncs the whole context
+            assert res.draft.tokens == greedy(prompts[1], 3)
+        finally:
+            await client.channel.close()
+            await server.stop(0)
+
+    asyncio.run(scenario_run())
+
+
 def test_site_state_and_draft_estimates_mean_what_the_simulator_means(site_addresses, tiny_dir):
     """Load is other tenants' use (a site's own drafting shows in its queue and busy flag), and
     a draft's time grows with the batch it rides in, fitted to the site's jobs: before, a site

@@ -4,8 +4,11 @@ Why gRPC: typed, versioned messages (``site.proto``), HTTP/2 connection reuse wi
 loopback round trips, deadlines and status codes for failover, and a health RPC, all from a
 well-kept library that also runs across real hosts.
 
+The target sends its draft rounds over one long-lived ``Rounds`` call per site (a message on
+an open HTTP/2 stream costs a fraction of a new call's set-up); ``Draft`` answers single calls.
+
 The site keeps, per request, the committed context it has seen and its own KV cache, rolled
-back to the accepted prefix on the next round. Concurrent Draft calls are batched: while one
+back to the accepted prefix on the next round. Concurrent rounds are batched: while one
 batched draft job runs (in a worker thread, so the event loop keeps answering), new calls
 queue up and ride in the next job together.
 
@@ -89,6 +92,53 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def Draft(self, request: pb.DraftRequest, context: grpc.aio.ServicerContext) -> pb.DraftReply:
+        return await self._draft(request)
+
+    async def Rounds(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """Serve draft rounds over one call: each request as ``Draft`` would, concurrently, its
+        reply written as soon as its job ends (out of order; the target matches them by ``call``).
+        A failed job ends the call with its error, as ``Draft`` would fail that one call."""
+        out: asyncio.Queue = asyncio.Queue()  # replies, a job's exception, or None at the end
+        reader = asyncio.get_running_loop().create_task(self._read_rounds(context, out))
+        try:
+            while True:
+                reply = await out.get()
+                if reply is None:
+                    break
+                if isinstance(reply, BaseException):
+                    raise reply
+                await context.write(reply)
+        finally:
+            reader.cancel()
+
+    async def _read_rounds(self, context: grpc.aio.ServicerContext, out: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task] = set()
+
+        async def one(request: pb.DraftRequest) -> None:
+            try:
+                reply = await self._draft(request)
+            except Exception as e:
+                out.put_nowait(e)
+                return
+            reply.call = request.call
+            out.put_nowait(reply)
+
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                task = loop.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:  # the target is done sending: answer what it asked, then end the call
+                await asyncio.gather(*running)
+        except Exception:
+            pass  # the call is over (the target went away)
+        out.put_nowait(None)
+
+    async def _draft(self, request: pb.DraftRequest) -> pb.DraftReply:
         st = self.seqs.pop(request.rid, None)
         if st is None:
             st = _SeqState()

@@ -39,6 +39,11 @@ class DrafterSiteStub:
                 request_serializer=runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
                 response_deserializer=runtime_dot_real_dot_site__pb2.DraftReply.FromString,
                 _registered_method=True)
+        self.Rounds = channel.stream_stream(
+                '/specctl.DrafterSite/Rounds',
+                request_serializer=runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
+                response_deserializer=runtime_dot_real_dot_site__pb2.DraftReply.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/specctl.DrafterSite/Stream',
                 request_serializer=runtime_dot_real_dot_site__pb2.StreamMsg.SerializeToString,
@@ -62,6 +67,14 @@ class DrafterSiteServicer:
     def Draft(self, request, context):
         """Draft k tokens for one request after appending context[start:] (the committed tokens the
         site has not seen yet). need_sync comes back when the site lacks context[:start].
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rounds(self, request_iterator, context):
+        """The same rounds over one long-lived call per site, matched by `call` (what the target uses):
+        a message on an open HTTP/2 stream costs a fraction of a new call's set-up.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +107,11 @@ def add_DrafterSiteServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Draft': grpc.unary_unary_rpc_method_handler(
                     servicer.Draft,
+                    request_deserializer=runtime_dot_real_dot_site__pb2.DraftRequest.FromString,
+                    response_serializer=runtime_dot_real_dot_site__pb2.DraftReply.SerializeToString,
+            ),
+            'Rounds': grpc.stream_stream_rpc_method_handler(
+                    servicer.Rounds,
                     request_deserializer=runtime_dot_real_dot_site__pb2.DraftRequest.FromString,
                     response_serializer=runtime_dot_real_dot_site__pb2.DraftReply.SerializeToString,
             ),
@@ -138,6 +156,33 @@ class DrafterSite:
             request,
             target,
             '/specctl.DrafterSite/Draft',
+            runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
+            runtime_dot_real_dot_site__pb2.DraftReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rounds(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/specctl.DrafterSite/Rounds',
             runtime_dot_real_dot_site__pb2.DraftRequest.SerializeToString,
             runtime_dot_real_dot_site__pb2.DraftReply.FromString,
             options,

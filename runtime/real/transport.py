@@ -16,6 +16,8 @@ each leaves at its own draw of the link's delay, but never before the message se
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import random
 import threading
 import time
@@ -65,6 +67,7 @@ class SiteClient:
         self.load = 0.0  # the site's reported busy fraction
         self.in_flight = 0
         self.bytes_sent = 0
+        self._rounds: _RoundsCall | None = None
 
     def connect(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.address)
@@ -104,11 +107,7 @@ class SiteClient:
                 req = pb.DraftRequest(rid=rid, start=start, tokens=context[start:], k=k, temperature=temperature, seed=seed)
                 up = self.net.header_bytes + (len(context) - start) * self.net.bytes_per_token
                 await self._hop(up)
-                try:
-                    reply = await self.stub.Draft(req, timeout=self.timeout_s)
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
-                    self.up = False
-                    raise SiteDown(f"site {self.name} ({self.address}): {_rpc_reason(e)}") from None
+                reply = await self._round_trip(req)
                 down = self.reply_bytes(reply)
                 await self._hop(down)
                 if not reply.need_sync:
@@ -122,6 +121,18 @@ class SiteClient:
             return DraftResult(draft_of(reply), reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
         finally:
             self.in_flight -= 1
+
+    async def _round_trip(self, req: Any) -> Any:
+        """One round over the site's ``Rounds`` call (opened on first use, and again after it
+        fails); a failed call, or no reply within ``timeout_s``, marks the site down."""
+        assert self.stub is not None
+        if self._rounds is None or self._rounds.error is not None:
+            self._rounds = _RoundsCall(self.stub.Rounds())
+        try:
+            return await self._rounds.ask(req, self.timeout_s)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.TimeoutError) as e:
+            self.up = False
+            raise SiteDown(f"site {self.name} ({self.address}): {_rpc_reason(e)}") from None
 
     async def release(self, rids: list[int]) -> None:
         if self.stub is None or not self.up:
@@ -141,6 +152,64 @@ class SiteClient:
         self.up = True
         self.load = h.busy
         return True
+
+
+class _RoundsCall:
+    """A site's ``Rounds`` call: requests written one at a time (gRPC allows one write in flight),
+    replies matched to their rounds by ``call``; once the call fails, every unanswered round does."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.error: BaseException | None = None
+        self._ids = itertools.count(1)
+        self._out: collections.deque = collections.deque()  # requests waiting for the write in flight
+        self._writing = False
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def ask(self, req: Any, timeout_s: float) -> Any:
+        req.call = n = next(self._ids)
+        loop = asyncio.get_running_loop()
+        fut = self.waiting[n] = loop.create_future()
+        expire = loop.call_later(timeout_s, _fail, fut, asyncio.TimeoutError())
+        try:
+            if self._writing:
+                self._out.append(req)
+            else:  # the caller writes, and then whatever queued meanwhile (no writer task to wake)
+                self._writing = True
+                try:
+                    await self.call.write(req)
+                    while self._out:
+                        await self.call.write(self._out.popleft())
+                except Exception as e:
+                    self._end(e)
+                finally:
+                    self._writing = False
+            return await fut
+        finally:
+            expire.cancel()
+            self.waiting.pop(n, None)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                reply = await self.call.read()
+                if reply is grpc.aio.EOF:
+                    break
+                fut = self.waiting.get(reply.call)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+        except Exception as e:
+            self._end(e)
+        self._end(grpc.aio.UsageError("the site ended the rounds call"))
+
+    def _end(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            for fut in self.waiting.values():
+                _fail(fut, error)
+            self._reader.cancel()  # (when the reader itself ends the call, it returns right after)
+            self.call.cancel()
 
 
 class _Delayed:
@@ -230,6 +299,11 @@ class AheadStream:
             for task in (self._out.task, self._in.task, self._reader):
                 task.cancel()  # the current task too: it ends at its next await
             self.call.cancel()
+
+
+def _fail(fut: asyncio.Future, error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
 
 
 def draft_of(reply: Any) -> Draft:
