@@ -44,6 +44,8 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps / k_caps: cap=1.2 is not a level; choose one of"),
     ({"rollouts": {"k_caps": [5]}}, r"rollouts.caps / k_caps: k_cap=5 is not a level; choose one of"),
     ({"rollouts": {"confirm": -1}}, r"rollouts.confirm must be an integer >= 0"),
+    ({"rollouts": {"gain_per": "value"}}, r"rollouts.gain_per must be 'best' or 'demand', got 'value'"),
+    ({"rollouts": {"gain_per": "demand", "confirm": 2}}, r"set confirm: 0 with gain_per: demand"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])

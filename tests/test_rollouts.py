@@ -137,6 +137,36 @@ def test_targets_relabel_only_clear_gains_and_weigh_them() -> None:
     assert best == pytest.approx([20.0, 10.1, 6.0])
 
 
+def test_gains_per_demand_leave_hopeless_states_alone_and_keep_clear_wins() -> None:
+    """With ``gain_per="demand"`` a gain is a share of the requests the moment had to serve: a
+    state where nothing finishes on track except under one candidate (2 of 100 requests) is
+    ~100% of the best value but 2% of the demand, so it stays; 10 of 100 more is relabelled."""
+    hopeless = _lab([0.0, 2.0], 0.0)
+    hopeless.demand = 100.0
+    clear = _lab([50.0, 60.0], 50.0)
+    clear.demand = 100.0
+    by_best, _, _ = targets([hopeless, clear], min_gain=0.03)
+    assert by_best[0].tolist() == [1, 3, 5, 1] == by_best[1].tolist()  # both relabelled
+    by_demand, weights, _ = targets([hopeless, clear], min_gain=0.03, gain_per="demand")
+    assert by_demand[0].tolist() == [0, 3, 5, 1] and by_demand[1].tolist() == [1, 3, 5, 1]
+    assert weights[0] == 1.0 < weights[1]
+    with pytest.raises(ValueError, match="demand"):
+        targets([_lab([0.0, 2.0], 0.0)], min_gain=0.03, gain_per="demand")  # labelled without it
+
+
+def test_labelled_demand_counts_the_requests_in_flight_and_arriving(tmp_path: Path) -> None:
+    from controllers.policy import export_policy
+    from sb3_contrib import MaskablePPO
+
+    env = SpecKnobsEnv(scenario="wan-4region", duration=8.0)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "p", {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    cfg = {**ROLLOUT_DEFAULTS, "at_s": [3.0], "horizon_s": 2.0, "caps": [1.0], "explore": 0.0}
+    (d,) = label_episode((str(tmp_path / "p"), {"scenario": "wan-4region", "rate": 20.0, "duration": 8.0}, 5, cfg))
+    # about 20 req/s x 2 s arrive in the horizon, plus those in flight at t = 3 s (reward units: / 10)
+    assert 3.0 < d.demand < 3.0 + 20.0 * 3.0 / 10.0 and d.values.max() <= d.demand
+
+
 def test_in_flight_credit_counts_on_track_requests_by_progress() -> None:
     env = SpecKnobsEnv(scenario="wan-4region", rate=20.0, duration=10.0)
     env.reset(seed=1)

@@ -80,6 +80,11 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
         raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
+    if ro["gain_per"] not in ("best", "demand"):
+        raise ConfigError(f"config {path}: rollouts.gain_per must be 'best' or 'demand', got {ro['gain_per']!r}")
+    if ro["gain_per"] == "demand" and ro["confirm"]:
+        raise ConfigError(f"config {path}: rollouts.confirm measures gains as a share of the best value; "
+                          f"set confirm: 0 with gain_per: demand")
     if not (isinstance(ro["confirm"], int) and ro["confirm"] >= 0):
         raise ConfigError(f"config {path}: rollouts.confirm must be an integer >= 0 (independent futures per relabelled "
                           f"state; 0 turns confirmation off), got {ro['confirm']!r}")

@@ -43,6 +43,11 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "k_caps": [],
     "hedge": False,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
+    # what a gain is a share of: "best", the best candidate's value, or "demand", the requests in
+    # flight at the labelled moment plus those arriving in the horizon (the same for every
+    # candidate): a share of the workload, so a state where nothing finishes on track under any
+    # candidate cannot weigh ~100% (README "Knob policy results")
+    "gain_per": "best",
     # independent futures on which the best candidate and the current action are rolled out again
     # where the best wins by min_gain: the label needs the gain on those too (0: no confirmation)
     "confirm": 0,
@@ -69,6 +74,9 @@ class Labelled:
     # the best candidate's mean gain over the current action on independent futures, as a share
     # of its value (NaN: not confirmed, because nothing beat the current action or confirm is 0)
     confirmed: float = math.nan
+    # the requests in flight at this moment plus those arriving in the rollouts' horizon, in
+    # reward units (NaN: not measured)
+    demand: float = math.nan
 
 
 def save_labels(data: Sequence[Labelled], path: Path) -> Path:
@@ -83,7 +91,7 @@ def save_labels(data: Sequence[Labelled], path: Path) -> Path:
     np.savez_compressed(path, obs=np.stack([d.obs for d in data]), mask=np.stack([d.mask for d in data]),
                         current=np.stack([d.current for d in data]), current_value=np.array([d.current_value for d in data]),
                         actions=acts, values=vals, seed=np.array([d.seed for d in data]), time_s=np.array([d.time_s for d in data]),
-                        confirmed=np.array([d.confirmed for d in data]))
+                        confirmed=np.array([d.confirmed for d in data]), demand=np.array([d.demand for d in data]))
     return path
 
 
@@ -170,14 +178,19 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
         if t >= todo[0]:
             todo.pop(0)
             cands = candidate_actions(action, cfg["caps"], env.controller.valid, cfg["k_caps"], bool(cfg["hedge"]))
-            values = np.array([rollout_value(copy.deepcopy(env), a, steps) for a in cands])
+            values = np.empty(len(cands))
+            for j, a in enumerate(cands):
+                fork = copy.deepcopy(env)
+                values[j] = rollout_value(fork, a, steps)
+            # arrivals do not depend on the knobs: any fork counts them
+            demand = (len(env.sim.requests) + fork.sim.metrics.arrived - env.sim.metrics.arrived) / env.reward_scale
             same = np.flatnonzero((cands == action).all(1))  # the policy's action is often a candidate
             cur = float(values[same[0]]) if len(same) else rollout_value(copy.deepcopy(env), action, steps)
             best = int(np.argmax(values))
             confirmed = math.nan
             if int(cfg["confirm"]) > 0 and _loss_share(values[best], cur) > float(cfg["min_gain"]):
                 confirmed = confirm_gain(env, cands[best], action, steps, int(cfg["confirm"]), (sim_seed, round(t * 1000)))
-            out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t, confirmed))
+            out.append(Labelled(obs.copy(), mask.copy(), action, cur, cands, values, sim_seed, t, confirmed, demand))
         obs, _, term, _, info = env.step(action)
         t = float(info["sim_time"])
         if term:
@@ -202,15 +215,15 @@ def confirm_gain(env: Any, best: np.ndarray, current: np.ndarray, steps: int, fu
     return float(np.mean(gains))
 
 
-def targets(data: Sequence[Labelled], min_gain: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def targets(data: Sequence[Labelled], min_gain: float, gain_per: str = "best") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per state: the action to fit (the best candidate, or the current action where no candidate
-    beats it by ``min_gain`` of the best value, on the shared future and, where it was confirmed,
-    on average over independent ones too), its weight (1 + that gain relative to the
-    dataset's mean gain), and the best value (for the critic)."""
+    beats it by ``min_gain`` of the best value, or of the demand with ``gain_per="demand"``, on
+    the shared future and, where it was confirmed, on average over independent ones too), its
+    weight (1 + that gain relative to the dataset's mean gain), and the best value (for the critic)."""
     actions, gains, best_v = [], [], []
     for d in data:
         i = int(np.argmax(d.values))
-        gain = _loss_share(d.values[i], d.current_value)
+        gain = _gain(d, d.values[i], gain_per)
         take = gain > min_gain and not d.confirmed <= min_gain  # NaN: not confirmed
         gain = gain if math.isnan(d.confirmed) else min(gain, d.confirmed)
         actions.append(d.actions[i] if take else d.current)
@@ -219,6 +232,15 @@ def targets(data: Sequence[Labelled], min_gain: float) -> tuple[np.ndarray, np.n
     g = np.asarray(gains)
     weights = 1.0 + g / (g.mean() if g.mean() > 0 else 1.0)
     return np.asarray(actions, dtype=np.int64), weights.astype(np.float32), np.asarray(best_v, dtype=np.float32)
+
+
+def _gain(d: Labelled, best: float, gain_per: str) -> float:
+    """What ``best`` gains over the current action, as a share of ``gain_per``."""
+    if gain_per == "demand":
+        if not d.demand > 0:
+            raise ValueError("gain_per: demand needs states labelled with their demand (this release's rollouts)")
+        return max(best - d.current_value, 0.0) / d.demand
+    return _loss_share(best, d.current_value)
 
 
 def _loss_share(best: float, current: float) -> float:
@@ -270,9 +292,9 @@ def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[
     jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
     for labelled in pool_map(label_episode, jobs, workers, desc="rollouts: label states"):
         data.extend(labelled)
-    actions, weights, values = targets(data, float(cfg["min_gain"]))
+    actions, weights, values = targets(data, float(cfg["min_gain"]), cfg["gain_per"])
     relabelled = float(np.mean([not np.array_equal(a, d.current) for a, d in zip(actions, data)]))
-    gains = [_loss_share(d.values.max(), d.current_value) for d in data]
+    gains = [_gain(d, d.values.max(), cfg["gain_per"]) for d in data]
     stats = fit(model, np.stack([d.obs for d in data]), actions, np.stack([d.mask for d in data]), values, weights,
                 int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit")
     return {**{f"rollouts/{k}": v for k, v in stats.items()}, "rollouts/relabelled_share": relabelled,
