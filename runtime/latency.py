@@ -115,6 +115,9 @@ class Roofline:
         return math.sqrt(t_mem * t_mem + t_flop * t_flop) + self.overhead_s
 
 
+_TABLES: dict[tuple[str, int, int], "ProfileTable"] = {}  # ProfileTable.from_csv's, by (path, mtime, size)
+
+
 class ProfileTable:
     """Measured forward times, interpolated (and linearly extrapolated) in new tokens and context.
 
@@ -143,9 +146,21 @@ class ProfileTable:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> "ProfileTable":
+        """The table in ``path``, read once per version of the file: the sites of a fleet that
+        share a profile, and every simulator of a training run, share one table (no method
+        changes a table after it is built)."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"latency profile {path} does not exist (write one with `python -m runtime profile`)")
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        table = _TABLES.get(key)
+        if table is None:
+            table = _TABLES[key] = cls._read(path)
+        return table
+
+    @classmethod
+    def _read(cls, path: Path) -> "ProfileTable":
         with path.open() as f:
             reader = csv.DictReader(line for line in f if not line.startswith("#"))
             need = {"new_tokens", "context_tokens", "ms"}

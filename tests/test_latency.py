@@ -29,6 +29,19 @@ def test_profile_table_interpolates(tmp_path):
     assert t.forward_time(1, 199, 0) == pytest.approx(0.030)  # extrapolates linearly
 
 
+def test_a_profile_is_read_once_per_version_of_its_file(tmp_path):
+    """Sites sharing a profile share one table; a rewritten profile (a new `runtime profile` run)
+    is read again."""
+    p = tmp_path / "prof.csv"
+    p.write_text("new_tokens,context_tokens,ms\n1,0,10\n100,0,20\n")
+    first = ProfileTable.from_csv(p)
+    assert ProfileTable.from_csv(str(p)) is first
+    p.write_text("new_tokens,context_tokens,ms\n1,0,40\n100,0,80\n1,1000,50\n")
+    again = ProfileTable.from_csv(p)
+    assert again is not first and again.forward_time(1, 1, 0) == pytest.approx(0.040)
+    assert first.forward_time(1, 1, 0) == pytest.approx(0.010)
+
+
 def test_profile_table_errors(tmp_path):
     p = tmp_path / "bad.csv"
     p.write_text("tokens,ms\n1,2\n")
