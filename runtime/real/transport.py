@@ -191,17 +191,13 @@ class _RoundsCall:
             self.waiting.pop(n, None)
 
     async def _read(self) -> None:
-        try:
-            while True:
-                reply = await self.call.read()
-                if reply is grpc.aio.EOF:
-                    break
-                fut = self.waiting.get(reply.call)
-                if fut is not None and not fut.done():
-                    fut.set_result(reply)
-        except Exception as e:
-            self._end(e)
-        self._end(grpc.aio.UsageError("the site ended the rounds call"))
+        error = await _read_all(self.call, self._deliver)
+        self._end(error or grpc.aio.UsageError("the site ended the rounds call"))
+
+    def _deliver(self, reply: Any) -> None:
+        fut = self.waiting.get(reply.call)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
 
     def _end(self, error: BaseException) -> None:
         if self.error is None:
@@ -276,16 +272,12 @@ class AheadStream:
             self._fail(f"site {self.client.name}: {_rpc_reason(e)}")
 
     async def _read(self) -> None:
-        try:
-            while True:
-                reply = await self.call.read()
-                if reply is grpc.aio.EOF:
-                    break
-                self._in.put(self.client.delay(self.client.reply_bytes(reply)), reply)
-            if not self.closed:  # the site ended the stream on its own
-                self._fail(f"site {self.client.name} ended the stream")
-        except Exception as e:
-            self._fail(f"site {self.client.name}: {_rpc_reason(e)}")
+        client = self.client
+        error = await _read_all(self.call, lambda reply: self._in.put(client.delay(client.reply_bytes(reply)), reply))
+        if error is not None:
+            self._fail(f"site {client.name}: {_rpc_reason(error)}")
+        elif not self.closed:  # the site ended the stream on its own
+            self._fail(f"site {client.name} ended the stream")
 
     def _fail(self, reason: str) -> None:
         if not self.closed:
@@ -299,6 +291,19 @@ class AheadStream:
             for task in (self._out.task, self._in.task, self._reader):
                 task.cancel()  # the current task too: it ends at its next await
             self.call.cancel()
+
+
+async def _read_all(call: Any, handle: Callable[[Any], None]) -> BaseException | None:
+    """Hand each message of a gRPC call to ``handle`` until the call ends: None when it ended
+    cleanly, else the error it ended with."""
+    try:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return None
+            handle(msg)
+    except Exception as e:
+        return e
 
 
 def _fail(fut: asyncio.Future, error: BaseException) -> None:
