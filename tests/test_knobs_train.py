@@ -80,11 +80,13 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
 
-    # one policy, three site sets: WAN regions, an edge fleet, a single site (no remote: its mode is masked)
+    # one policy, five site sets: WAN regions, an edge fleet, a single site (no remote: its mode
+    # is masked), other regions, and edge devices beside a remote region (a mix never trained on)
     from controllers import make_controller
     from runtime.scenario import load_scenario
     from runtime.sim import simulate
 
-    for scenario in ("wan-4region", "edge-fleet", "colocated", str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml")):
+    held_out = [str(REPO / "training" / "scenarios" / f) for f in ("eu-3region-bursty.yaml", "apac-hybrid.yaml")]
+    for scenario in ("wan-4region", "edge-fleet", "colocated", *held_out):
         s = simulate(load_scenario(scenario), make_controller(f"policy:{tmp_path / 'ck' / 'best'}"), seed=3, duration=3.0)
         assert s["requests_completed"] > 0, scenario
