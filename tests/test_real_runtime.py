@@ -415,12 +415,13 @@ def test_site_stream_drafts_max_ahead_then_follows_acks_corrections_and_cancel(t
 
 def test_rounds_ride_one_call_concurrently_each_with_its_own_draft_and_fail_over_when_the_site_goes(tiny_models):
     """SiteClient sends its rounds over the site's one ``Rounds`` call: concurrent rounds each get
-    their own request's draft; a site that goes away fails the waiting round (SiteDown, marked
+    their own request's draft (as a unary ``Draft`` call would); a site that goes away fails the waiting round (SiteDown, marked
     down), and a restarted site at a new address serves the next round over a new call."""
     import asyncio
 
     import grpc
 
+    from runtime.real import site_pb2 as pb
     from runtime.real import site_pb2_grpc as pb_grpc
     from runtime.real.engine import DraftJob, SeqCache, draft_batch
     from runtime.real.site import DrafterService
@@ -453,6 +454,9 @@ def test_rounds_ride_one_call_concurrently_each_with_its_own_draft_and_fail_over
                                               for rid, (ctx, k) in enumerate(zip(prompts, [1, 2, 3, 4]))))
             for res, ctx, k in zip(results, prompts, [1, 2, 3, 4]):
                 assert res.draft.tokens == greedy(ctx, k) and res.known == len(ctx)
+            # a single unary Draft call (for tools and simple clients) answers the same
+            single = await client.stub.Draft(pb.DraftRequest(rid=5, tokens=prompts[2], k=2), timeout=30)
+            assert list(single.tokens) == greedy(prompts[2], 2) and single.known == len(prompts[2])
             # the site stalls inside a job and then goes away: the waiting round fails, nothing hangs
             stalled = asyncio.Event()
             service._draft = lambda request: stalled.wait()  # type: ignore[method-assign]
