@@ -120,6 +120,25 @@ def test_labels_are_deterministic_and_mask_modes_that_cannot_run(tmp_path: Path)
         assert np.isfinite(d.confirmed) == beaten and (d.confirmed == e.confirmed or not beaten)
 
 
+def test_detours_hold_at_least_one_control_step_at_long_intervals(tmp_path: Path) -> None:
+    """With 5-s control steps a 4-s detour window holds no step; the detour must still happen:
+    the labelled state's knob features are the detour's, not the policy's own."""
+    from controllers.policy import export_policy
+    from sb3_contrib import MaskablePPO
+
+    kwargs = {"scenario": "wan-4region", "rate": 20.0, "duration": 30.0, "interval_s": 5.0}
+    env = SpecKnobsEnv(**kwargs)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "p", {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    cfg = {**ROLLOUT_DEFAULTS, "at_s": [10.0, 20.0], "horizon_s": 5.0, "caps": [1.0, 3.0], "explore_s": 4.0}
+    own = label_episode((str(tmp_path / "p"), kwargs, 3, {**cfg, "explore": 0.0}))
+    detoured = label_episode((str(tmp_path / "p"), kwargs, 3, {**cfg, "explore": 1.0}))
+    from controllers.knobs import KNOB_FEATURES
+
+    knobs = KNOB_FEATURES.index("cap")  # cap, k_cap, hedge, then the mode one-hot and validity
+    assert any(not np.array_equal(a.obs[knobs:], b.obs[knobs:]) for a, b in zip(own, detoured))
+
+
 def _lab(values: list[float], current_value: float) -> Labelled:
     actions = np.array([[0, 0, 5, 1], [1, 3, 5, 1], [2, 3, 5, 1]])[: len(values)]
     return Labelled(np.zeros(3, np.float32), np.ones(4, bool), np.array([0, 3, 5, 1]), current_value, actions,

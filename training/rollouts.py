@@ -52,7 +52,7 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # where the best wins by min_gain: the label needs the gain on those too (0: no confirmation)
     "confirm": 0,
     "explore": 0.5,  # chance to hold a random candidate for explore_s before a labelled moment
-    "explore_s": 4.0,
+    "explore_s": 4.0,  # (at least one control step: with 5-s steps a 4-s window would hold no step)
     "epochs": 300,
     "learning_rate": 3e-3,
 }
@@ -167,13 +167,14 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
     detours = [np.array([rng.choice(runnable), cap_level(rng.choice(cfg["caps"])),
                          rng.choice(k_levels) if k_levels else k_cap_level(None), rng.integers(2) if cfg["hedge"] else 1])
                if rng.random() < float(cfg["explore"]) else None for _ in todo]
+    window = max(float(cfg["explore_s"]), env.interval_s)
     out: list[Labelled] = []
     t = 0.0
     while todo:
         mask = env.action_masks()
         action = np.asarray(net(obs, mask), dtype=np.int64)
         detour = detours[len(detours) - len(todo)]
-        if detour is not None and todo[0] - float(cfg["explore_s"]) <= t < todo[0]:
+        if detour is not None and todo[0] - window <= t < todo[0]:
             action = detour
         if t >= todo[0]:
             todo.pop(0)
