@@ -31,6 +31,7 @@ SCENARIOS = {
     "edge-fleet": "runtime/scenarios/edge-fleet.yaml",
     "wan-4region": "runtime/scenarios/wan-4region.yaml",
     "eu-3region-bursty": "training/scenarios/eu-3region-bursty.yaml",
+    "apac-hybrid": "training/scenarios/apac-hybrid.yaml",
     "tiny-local": "runtime/real/scenarios/tiny-local.yaml",
 }
 #: Every registered controller (``policy:`` needs a trained checkpoint and is left out), plus
