@@ -43,7 +43,7 @@ CAP_LEVELS: tuple[float, ...] = (1.0, 1.5, 1.75, 2.0, 2.5, 3.0, math.inf)
 #: Draft-length caps (clipped to the scenario's max_k).
 K_CAP_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
 DEFAULT_MODES: tuple[str, ...] = ("wanspec", "wisp", "centralized")
-KNOB_VERSION = 1
+KNOB_VERSION = 2
 
 #: Observation features, in order; every one is scale-free (ratios to the scenario's own limits
 #: and SLOs) and site-agnostic. ``mode_*``/``valid_*`` blocks follow, one entry per mode.
@@ -68,6 +68,13 @@ KNOB_FEATURES: tuple[str, ...] = (
     "edge_rtt",  # mean edge RTT / 100 ms
     "target_drafts",  # the target site hosts a drafter
     "draft_ahead",  # the runtime streams draft-ahead tokens
+    # GPU speed, as what it costs here: one drafted token's step at a site / one verification
+    # step of the target / 2 (a single sequence at the window's mean context, background load included)
+    "target_draft_cost",  # the target's own drafter (0: none)
+    "remote_draft_cost",  # the nearest remote site's drafter (0: none)
+    "edge_draft_cost",  # the mean edge device's drafter (0: none)
+    "context",  # mean context of requests starting a round / 2048 tokens
+    "edge_origin_share",  # share of arrivals that come from edge devices
     "cap",  # current cap level / (levels - 1)
     "k_cap",  # current k cap level / (levels - 1)
     "hedge",  # current hedge knob
@@ -109,12 +116,13 @@ class _Window:
     """What the controller saw since the last tick (reset when the knobs are set)."""
 
     __slots__ = ("start", "arrived", "admitted", "batches", "batch_reqs", "batch_s", "drafted", "accepted",
-                 "committed", "behind", "planned", "slacks")
+                 "committed", "behind", "planned", "slacks", "context", "from_edge")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.arrived = self.admitted = self.batches = self.batch_reqs = 0
         self.drafted = self.accepted = self.committed = self.behind = self.planned = 0
+        self.context = self.from_edge = 0
         self.batch_s = 0.0
         self.slacks: list[float] = []
 
@@ -180,6 +188,7 @@ class KnobController(Controller):
     def bind(self, info: RuntimeInfo) -> None:
         super().bind(info)
         self.valid = []
+        self._edge_sites = frozenset(s.name for s in info.sites if s.role == "edge")
         for m in self.modes:
             try:
                 m.bind(info)
@@ -229,6 +238,12 @@ class KnobController(Controller):
         edges = [s for s in info.sites if s.role == "edge" and s.drafter]
         states = [sys.site_state(s.name) for s in remotes]
         near = min(states, key=lambda s: s.rtt_s) if states else None
+        ctx = w.context / w.planned if w.planned else 512.0
+        verify = max(sys.estimate_verify_time(1, 1, int(ctx)), 1e-6)
+
+        def cost(site: str) -> float:
+            return sys.estimate_draft_time(site, 1, 1, int(ctx)) / verify / 2.0
+
         slack = float(np.median(w.slacks)) if w.slacks else 16.0
         f = [
             w.arrived / span / mb,
@@ -251,6 +266,11 @@ class KnobController(Controller):
             float(np.mean([s.rtt_s for s in edges])) / 0.1 if edges else 0.0,
             1.0 if info.site(info.target_site).drafter else 0.0,
             1.0 if info.draft_ahead else 0.0,
+            cost(info.target_site) if info.site(info.target_site).drafter else 0.0,
+            cost(near.name) if near else 0.0,
+            float(np.mean([cost(s.name) for s in edges])) if edges else 0.0,
+            ctx / 2048.0,
+            w.from_edge / w.arrived if w.arrived else 0.0,
             self.knobs.cap / (len(CAP_LEVELS) - 1),
             self.knobs.k_cap / (len(K_CAP_LEVELS) - 1),
             float(self.knobs.hedge),
@@ -282,7 +302,9 @@ class KnobController(Controller):
             now = point.time
             for r in point.admit:
                 self._tpot_ref = min(self._tpot_ref, r.tpot_slo)
+                w.from_edge += r.origin in self._edge_sites
             for r in point.plan:
+                w.context += r.context_tokens
                 slack = (r.deadline() - now) / r.tpot_slo
                 w.behind += slack < 0
                 w.planned += 1

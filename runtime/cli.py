@@ -4,6 +4,7 @@
     python -m runtime simulate --scenario my.yaml --controller static:k=6 --json
     python -m runtime scenarios            # list shipped scenarios
     python -m runtime check my.yaml        # validate a scenario file
+    python -m runtime check-dist training/configs/scenario-mix.yaml   # validate a scenario distribution
 
 Errors in flags, scenarios or controllers print one line (``error: ...``) and exit 2.
 """
@@ -36,6 +37,9 @@ def build_parser() -> OneLineParser:
     sub.add_parser("scenarios", help="list the shipped scenarios")
     c = sub.add_parser("check", help="validate a scenario file")
     c.add_argument("scenario")
+    d = sub.add_parser("check-dist", help="validate a scenario distribution and summarise systems drawn from it")
+    d.add_argument("distribution")
+    d.add_argument("--samples", type=positive("samples"), default=200, help="systems to draw and validate (default: 200)")
 
     from runtime.real.profile import add_parser as add_profile_parser
 
@@ -76,6 +80,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_dist(args: argparse.Namespace) -> int:
+    """Draw ``--samples`` systems (seeds 0..n-1, as training episodes do) and summarise them, so
+    a range that yields invalid systems fails here, not an hour into training."""
+    import random
+    from collections import Counter
+
+    from runtime.distribution import ScenarioDistribution
+
+    dist = ScenarioDistribution.load(args.distribution)
+    n = int(args.samples)
+    bases: Counter[str] = Counter()
+    gpus: dict[str, Counter[str]] = {}
+    rates, prompts = [], []
+    for i in range(n):
+        sc, rate = dist.sample(random.Random(i))
+        bases[sc.name.split("~")[0]] += 1
+        rates.append(rate)
+        prompts.append(sc.spec.workload.prompt_tokens.mean)
+        for site in sc.sites:
+            gpus.setdefault(site.role, Counter())[site.gpu.name] += 1
+    print(f"ok: {dist.name}: {n} systems drawn and validated")
+    print("  bases:  " + ", ".join(f"{b} {c / n:.0%}" for b, c in bases.most_common()))
+    print(f"  rate:   {min(rates):.1f}-{max(rates):.1f} req/s; mean prompt {min(prompts):.0f}-{max(prompts):.0f} tokens")
+    for role, counts in gpus.items():
+        print(f"  {role + ' GPUs:':<14}" + ", ".join(f"{g} {c}" for g, c in counts.most_common()))
+    return 0
+
+
 def _finite(d: dict) -> bool:
     return all(not (isinstance(v, float) and not math.isfinite(v)) for v in d.values())
 
@@ -102,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from runtime.real.profile import cmd_profile
 
             return cmd_profile(args)
+        if args.command == "check-dist":
+            return cmd_check_dist(args)
         if args.command == "check":
             sc = load_scenario(args.scenario)
             print(f"ok: {sc.name}: {len(sc.sites)} sites, target {sc.target.name}, drafters {sorted(sc.spec.drafters)}")

@@ -13,7 +13,10 @@ A distribution is a YAML file naming base scenarios and ranges to draw their kno
     alpha_shift: {low: -0.1, high: 0.08}   # drafter acceptance
     drift_prob: 0.3                        # acceptance drifts within a request
     slo_scale: {low: 0.8, high: 1.3}       # TTFT and TPOT deadlines
+    prompt_scale: {low: 0.5, high: 3.0}    # mean prompt length (its clip range stretches with it)
+    output_scale: {low: 0.5, high: 1.5}    # mean output length
     gpus: {target: [H100, A100], remote: [A10G, L4, A100]}   # GPU types drawn per site role
+    rate_per_capacity: true                # rates relative to the drawn system's capacity
 
 :meth:`ScenarioDistribution.sample` draws a validated :class:`~runtime.scenario.Scenario` and
 an arrival rate from a seeded RNG, so an episode's system is reproducible from its seed.
@@ -29,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runtime.latency import Roofline
 from runtime.scenario import Scenario, ScenarioError, beside, build_scenario, format_validation_error, load_scenario, read_yaml_mapping
 
 
@@ -78,12 +82,18 @@ class DistributionSpec(_Strict):
     alpha_shift: Range = Field(default_factory=lambda: Range(low=0.0, high=0.0))
     drift_prob: float = Field(0.0, ge=0, le=1)
     slo_scale: Range = Field(default_factory=_one)
+    prompt_scale: Range = Field(default_factory=_one)
+    output_scale: Range = Field(default_factory=_one)
+    #: scale each drawn rate by the drawn system's nominal capacity against its base's
+    #: (:func:`nominal_service_s`), so rate_scale means the same load on a slower GPU or longer prompts
+    rate_per_capacity: bool = False
     #: GPU types to draw per site role (``target``, ``remote``, ``edge``); a role not listed keeps its GPUs
     gpus: dict[Literal["target", "remote", "edge"], list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _positive(self) -> "DistributionSpec":
-        for name in ("rate_scale", "rtt_scale", "slo_scale", "burst_factor", "mean_burst_s", "mean_calm_s"):
+        for name in ("rate_scale", "rtt_scale", "slo_scale", "prompt_scale", "output_scale", "burst_factor", "mean_burst_s",
+                     "mean_calm_s"):
             if getattr(self, name).low <= 0:
                 raise ValueError(f"{name}.low must be > 0")
         if self.load_scale.low < 0:
@@ -172,10 +182,48 @@ class ScenarioDistribution:
         drift = rng.random() < s.drift_prob
         for d in raw.get("drafters", {}).values():
             d["acceptance"] = _shifted_acceptance(d.get("acceptance", {"kind": "iid"}), shift, drift)
+        # lengths (drawn last, so a file without these ranges draws the systems it drew before):
+        # the lognormal's mean scales, and its clip range with it, up to 8,192 tokens
+        for key, scale in (("prompt_tokens", s.prompt_scale), ("output_tokens", s.output_scale)):
+            if scale.low == scale.high == 1.0:
+                continue
+            k = scale.draw(rng)
+            dist = getattr(base.spec.workload, key)
+            work[key] = {"mean": dist.mean * k, "sigma": dist.sigma, "min": dist.min,
+                         "max": max(dist.min, min(8192, round(dist.max * k)))}
         try:
-            return build_scenario(raw, source=f"{base.source} ~ {self.source}"), rate
+            drawn = build_scenario(raw, source=f"{base.source} ~ {self.source}")
+            if s.rate_per_capacity:
+                rate *= nominal_service_s(base) / nominal_service_s(drawn)
+                work["arrivals"]["rate"] = rate
+                drawn = build_scenario(raw, source=f"{base.source} ~ {self.source}")
+            return drawn, rate
         except ScenarioError as e:  # a range that produced an invalid system
             raise DistributionError(f"{self.source}: a sample of {base.name} is invalid ({e}); narrow the ranges") from None
+
+
+def nominal_service_s(sc: Scenario) -> float:
+    """Target GPU seconds per request at half the max batch: a capacity proxy (its inverse is
+    roughly the requests per second the target can verify), from the roofline, the mean lengths
+    and the target's mean background load. Only ratios of it are used."""
+    t, w = sc.target, sc.spec.workload
+    lat = Roofline(sc.target_model, t.gpu, tp=t.tp)
+    prompt, out = w.prompt_tokens.mean, w.output_tokens.mean
+    b = max(sc.spec.limits.max_batch_size // 2, 1)
+    step = lat.forward_time(b, 3 * b, int(b * (prompt + out / 2)))  # a round of ~3 tokens per sequence
+    decode = out * step / (2.5 * b)  # ~2.5 tokens committed per sequence and round
+    prefill = lat.forward_time(1, int(prompt), 0)
+    return (decode + prefill) / (1.0 - _mean_load(t.load))
+
+
+def _mean_load(load: Any) -> float:
+    if load is None:
+        return 0.0
+    if load.kind == "constant":
+        return load.level
+    if load.kind == "diurnal":
+        return load.mean
+    return sum(x * d for x, d in zip(load.levels, load.mean_dwell_s)) / sum(load.mean_dwell_s)
 
 
 def _scaled_load(load: Any, k: float) -> dict[str, Any]:

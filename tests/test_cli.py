@@ -68,3 +68,15 @@ def test_bad_scenario_file_gives_one_line(tmp_path):
     p = run("check", str(bad))
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "rate" in p.stderr and "greater than 0" in p.stderr
+
+
+def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
+    p = run("check-dist", "training/configs/scenario-mix.yaml", "--samples", "30")
+    assert p.returncode == 0, p.stderr
+    assert "ok: scenario-mix: 30 systems drawn and validated" in p.stdout
+    assert "mix-wan-edge-hybrid" in p.stdout and "edge GPUs:" in p.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nscenarios: [{scenario: wan-4region}]\nprompt_scale: {low: 0, high: 2}\n")
+    p = run("check-dist", str(bad))
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "prompt_scale.low must be > 0" in p.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from gymnasium.utils.env_checker import check_env
 
 from controllers import ControllerError, make_controller
@@ -19,6 +21,7 @@ from runtime.sim import Simulator
 REPO = Path(__file__).resolve().parents[1]
 MIX = REPO / "training" / "configs" / "scenario-mix.yaml"
 HELD_OUT = REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"
+HELD_OUT_FILES = sorted((REPO / "training" / "scenarios").glob("*.yaml"))
 
 
 def run(scenario, spec, seed=0, duration=10.0, rate=None):
@@ -101,7 +104,7 @@ def test_distribution_samples_valid_reproducible_systems():
         assert s1.spec == s2.spec and r1 == r2
         names.add(s1.name.split("~")[0])
         assert r1 > 0
-    assert names == {"wan-4region", "edge-fleet"}
+    assert names == {"wan-4region", "edge-fleet", "mix-wan-edge-hybrid"}
 
 
 def test_distribution_errors_name_the_field(tmp_path):
@@ -116,11 +119,60 @@ def test_distribution_errors_name_the_field(tmp_path):
         ScenarioDistribution.load(tmp_path / "missing.yaml")
 
 
-def test_held_out_scenario_is_not_in_the_training_distribution():
+@pytest.mark.parametrize("held_out", HELD_OUT_FILES, ids=lambda p: p.stem)
+def test_held_out_scenario_is_not_in_the_training_distribution(held_out):
     d = ScenarioDistribution.load(MIX)
-    held = load_scenario(HELD_OUT)
+    held = load_scenario(held_out)
     assert held.name not in {b.name for b in d.bases}
-    assert not {s.name for s in held.sites} & {s.name for b in d.bases for s in b.sites}
+    # other data-centre sites (edge devices are numbered alike everywhere)
+    sites = lambda sc: {(s.name, s.role) for s in sc.sites if s.role != "edge"}  # noqa: E731
+    assert not sites(held) & {x for b in d.bases for x in sites(b)}
+
+
+def test_distribution_scales_lengths_and_a_file_without_the_ranges_draws_as_before(tmp_path):
+    head = "name: x\nscenarios: [{scenario: wan-4region}]\nrate_scale: {low: 1.2, high: 2.0}\nload_flip_prob: 0.5\n"
+
+    def draw(extra: str, seed: int = 5):
+        f = tmp_path / "d.yaml"
+        f.write_text(head + extra)
+        return ScenarioDistribution.load(f).sample(random.Random(seed))
+
+    plain, unit = draw(""), draw("prompt_scale: {low: 1, high: 1}\n")
+    assert plain[0].spec == unit[0].spec and plain[1] == unit[1]
+    longer, rate = draw("prompt_scale: {low: 3, high: 3}\noutput_scale: {low: 0.5, high: 0.5}\n")
+    base = load_scenario("wan-4region").spec.workload
+    assert rate == plain[1] and longer.spec.sites == plain[0].spec.sites  # the earlier draws are unchanged
+    assert longer.spec.workload.prompt_tokens.mean == pytest.approx(3 * base.prompt_tokens.mean)
+    assert longer.spec.workload.prompt_tokens.max == min(8192, 3 * base.prompt_tokens.max)
+    assert longer.spec.workload.output_tokens.mean == pytest.approx(0.5 * base.output_tokens.mean)
+
+
+def _features(scenario, rate, steps=8):
+    env = SpecKnobsEnv(scenario, rate=rate, duration=20.0)
+    obs, _ = env.reset(options={"sim_seed": 2})
+    for _ in range(steps):
+        obs, *_ = env.step(np.array([1, len(CAP_LEVELS) - 1, 5, 1]))  # wisp: it runs on every one
+    return dict(zip(KNOB_FEATURES, obs))
+
+
+def test_knob_features_read_gpu_speed_context_and_where_requests_come_from():
+    from runtime.scenario import build_scenario
+
+    raw = yaml.safe_load((REPO / "runtime" / "scenarios" / "edge-fleet.yaml").read_text())
+
+    def variant(edge_gpu: str, prompt_mean: float):
+        r = copy.deepcopy(raw)
+        r["sites"][1]["gpu"] = edge_gpu
+        r["workload"]["prompt_tokens"]["mean"] = prompt_mean
+        return build_scenario(r)
+
+    slow, fast, long = (_features(variant(g, p), 12) for g, p in (("AppleM2", 256), ("RTX4090", 256), ("RTX4090", 1024)))
+    assert slow["edge_draft_cost"] > 2 * fast["edge_draft_cost"] > 0
+    assert slow["remote_draft_cost"] == 0 and slow["edge_origin_share"] == 1.0
+    assert long["context"] > 2 * fast["context"]
+    wan = _features("wan-4region", 12)
+    assert wan["edge_draft_cost"] == 0 and wan["edge_origin_share"] == 0 and wan["remote_draft_cost"] > 0
+    assert 0 < wan["target_draft_cost"] < wan["remote_draft_cost"]  # an H100 drafts faster than the nearest A10G
 
 
 def test_a_policy_refuses_a_scenario_where_none_of_its_modes_runs():
