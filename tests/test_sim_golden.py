@@ -32,6 +32,8 @@ SCENARIOS = {
     "wan-4region": "runtime/scenarios/wan-4region.yaml",
     "eu-3region-bursty": "training/scenarios/eu-3region-bursty.yaml",
     "apac-hybrid": "training/scenarios/apac-hybrid.yaml",
+    "us-code-edge": "training/scenarios/us-code-edge.yaml",
+    "mix-wan-edge-hybrid": "training/configs/mix-wan-edge-hybrid.yaml",
     "tiny-local": "runtime/real/scenarios/tiny-local.yaml",
 }
 #: Every registered controller (``policy:`` needs a trained checkpoint and is left out), plus
