@@ -46,6 +46,7 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"confirm": -1}}, r"rollouts.confirm must be an integer >= 0"),
     ({"rollouts": {"gain_per": "value"}}, r"rollouts.gain_per must be 'best' or 'demand', got 'value'"),
     ({"rollouts": {"gain_per": "demand", "confirm": 2}}, r"set confirm: 0 with gain_per: demand"),
+    ({"rollouts": {"anchor": -0.5}}, r"rollouts.anchor must be a weight >= 0 \(0: no warm-start anchors\), got -0.5"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])

@@ -16,8 +16,10 @@ from training.rollouts import (
     confirm_gain,
     in_flight_credit,
     label_episode,
+    fit,
     rollout_value,
     targets,
+    training_set,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,3 +199,33 @@ def test_in_flight_credit_counts_on_track_requests_by_progress() -> None:
     for r in reqs:  # every request now far past its TTFT SLO and not started: no credit
         r.first_token_time = -1.0
     assert in_flight_credit(env) == 0.0
+
+
+def test_anchors_keep_the_warm_setting_where_no_labelled_state_is_near() -> None:
+    """Labels say "wisp" in one corner of the feature space; warm-start states elsewhere say
+    "wanspec". Without anchors the fit answers "wisp" everywhere; with them, only near the labels."""
+    from sb3_contrib import MaskablePPO
+
+    env = SpecKnobsEnv("wan-4region", rate=20.0, duration=5.0)
+    n = env.observation_space.shape[0]
+    rng = np.random.default_rng(0)
+    labelled_obs = rng.normal(0.5, 0.2, (16, n)).astype(np.float32)
+    anchor_obs = rng.normal(0.5, 0.2, (48, n)).astype(np.float32)
+    labelled_obs[:, 0], anchor_obs[:, 0] = 1.5, -1.5  # one feature tells the two apart
+    wisp, wanspec = np.array([1, 3, 5, 1]), np.array([0, 3, 5, 1])
+    mask = np.ones(int(sum(env.action_space.nvec)), bool)
+    data = [Labelled(o, mask, wanspec, 1.0, np.stack([wanspec, wisp]), np.array([1.0, 2.0]), 0, 0.0) for o in labelled_obs]
+    actions, weights, values = targets(data, 0.03)
+    anchors = (anchor_obs, np.tile(wanspec, (len(anchor_obs), 1)), np.tile(mask, (len(anchor_obs), 1)))
+
+    plain = training_set(data, actions, weights, values, anchors, 0.0)
+    assert len(plain[0]) == 16  # weight 0: no anchors
+    anchored = training_set(data, actions, weights, values, anchors, 0.25)
+    assert len(anchored[0]) == 64 and set(anchored[4][16:]) == {0.25} and not anchored[5][16:].any()
+
+    modes = []
+    for arrays in (plain, anchored):
+        model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16]}, n_steps=8, batch_size=8)
+        fit(model, *arrays[:5], epochs=150, learning_rate=3e-3, value_weights=arrays[5])
+        modes.append([model.predict(o, deterministic=True)[0][0] for o in (labelled_obs[0], anchor_obs[0])])
+    assert modes == [[1, 1], [1, 0]]

@@ -88,6 +88,8 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     if not (isinstance(ro["confirm"], int) and ro["confirm"] >= 0):
         raise ConfigError(f"config {path}: rollouts.confirm must be an integer >= 0 (independent futures per relabelled "
                           f"state; 0 turns confirmation off), got {ro['confirm']!r}")
+    if not (isinstance(ro["anchor"], (int, float)) and not isinstance(ro["anchor"], bool) and ro["anchor"] >= 0):
+        raise ConfigError(f"config {path}: rollouts.anchor must be a weight >= 0 (0: no warm-start anchors), got {ro['anchor']!r}")
     from controllers.knobs import cap_level, k_cap_level
 
     try:
@@ -115,8 +117,10 @@ def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
     return np.array([mode, cap_level(knobs.get("cap")), k_cap_level(knobs.get("k_cap")), int(knobs.get("hedge", 1))])
 
 
-def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int, gamma: float) -> dict[str, float]:
-    """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns."""
+def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int,
+               gamma: float) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns.
+    Returns the fit's statistics and the states it saw (observations, actions, masks)."""
     from policy_env.knobs_env import SpecKnobsEnv
     from training.rollouts import fit
 
@@ -141,7 +145,7 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
         ret_l += rets[::-1]
     stats = fit(model, np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l), np.asarray(ret_l), np.ones(len(act_l)),
                 int(cfg["epochs"]), float(cfg["learning_rate"]), confidence=float(cfg["confidence"]), desc="warm start: fit")
-    return {f"warm/{k}": v for k, v in stats.items()}
+    return {f"warm/{k}": v for k, v in stats.items()}, (np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l))
 
 
 # ------------------------------------------------------------------------------ validation
@@ -272,7 +276,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         def export(directory: Path) -> Path:
             return export_policy(model, layout, directory, meta)
 
-        stats = warm_start(model, env_kwargs, warm, args.seed, gamma)
+        stats, anchors = warm_start(model, env_kwargs, warm, args.seed, gamma)
         mlflow.log_metrics(stats, step=0)
         print(f"warm start: cloned the fixed knobs {warm['knobs']} from {int(stats['warm/samples'])} steps "
               f"({stats['warm/agreement']:.0%} agreement)")
@@ -313,7 +317,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         for it in range(ro["iterations"]):
             # training systems only (below TRAIN_SEED_MAX); a new set each iteration
             seeds = [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])]
-            stats = improve(model, current, env_kwargs, ro, seeds, data, workers)
+            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors)
             mlflow.log_metrics(stats, step=it + 1)
             mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
             current = export(out_dir / f"rollouts-{it + 1}")

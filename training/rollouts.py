@@ -55,6 +55,10 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "explore_s": 4.0,  # (at least one control step: with 5-s steps a 4-s window would hold no step)
     "epochs": 300,
     "learning_rate": 3e-3,
+    # weight of each warm-start state, kept in every fit with the warm start's fixed knobs as its
+    # label: where no labelled state is near, the policy keeps the fixed setting instead of
+    # extrapolating from a few dozen labels (0: the fit sees the labelled states only)
+    "anchor": 0.0,
 }
 
 
@@ -250,10 +254,12 @@ def _loss_share(best: float, current: float) -> float:
 
 
 def fit(model: Any, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray, values: np.ndarray, weights: np.ndarray,
-        epochs: int, learning_rate: float, confidence: float | None = None, desc: str = "fit") -> dict[str, float]:
+        epochs: int, learning_rate: float, confidence: float | None = None, desc: str = "fit",
+        value_weights: np.ndarray | None = None) -> dict[str, float]:
     """Fit a MaskablePPO policy's actor to ``actions`` (weighted log-likelihood) and its critic
-    to ``values``. With ``confidence``, the actor stops once the geometric-mean probability of
-    the target per knob reaches it (a clone sure of everything leaves PPO nothing to explore)."""
+    to ``values`` (only where ``value_weights`` is nonzero, if given). With ``confidence``, the
+    actor stops once the geometric-mean probability of the target per knob reaches it (a clone
+    sure of everything leaves PPO nothing to explore)."""
     import torch
 
     from training.common import progress
@@ -262,6 +268,7 @@ def fit(model: Any, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray, val
     a = torch.as_tensor(np.asarray(actions, dtype=np.int64))
     v_t = torch.as_tensor(np.asarray(values, dtype=np.float32))
     w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    vw = torch.ones_like(v_t) if value_weights is None else torch.as_tensor(np.asarray(value_weights, dtype=np.float32))
     m = np.asarray(masks, dtype=bool)
     policy = model.policy
     opt = torch.optim.Adam(policy.parameters(), lr=learning_rate)
@@ -271,7 +278,7 @@ def fit(model: Any, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray, val
     nll = vloss = 0.0
     for _ in progress(iterable=range(int(epochs)), desc=desc, unit="epoch"):
         v, log_prob, _ = policy.evaluate_actions(o, a, action_masks=m)
-        vl = torch.nn.functional.mse_loss(v.flatten(), v_t)
+        vl = (vw * (v.flatten() - v_t) ** 2).sum() / vw.sum()
         fitted = fitted or (target is not None and log_prob.mean().item() >= target)
         loss = (0.0 if fitted else -(w * log_prob).sum() / w.sum()) + 0.5 * vl
         opt.zero_grad()
@@ -284,10 +291,28 @@ def fit(model: Any, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray, val
             "samples": float(len(o)), "confidence": float(math.exp(-nll / a.shape[1]))}
 
 
+def training_set(data: Sequence[Labelled], actions: np.ndarray, weights: np.ndarray, values: np.ndarray,
+                 anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None, anchor: float) -> tuple[np.ndarray, ...]:
+    """What :func:`fit` sees: the labelled states with their :func:`targets`, plus the warm-start
+    states (``anchors``: observations, actions, masks) at weight ``anchor`` each, whose critic
+    targets are not fitted (they have no rollout value). Returns (obs, actions, masks, values,
+    weights, value weights)."""
+    obs, masks = np.stack([d.obs for d in data]), np.stack([d.mask for d in data])
+    value_weights = np.ones(len(data), dtype=np.float32)
+    if anchors is None or anchor <= 0:
+        return obs, actions, masks, values, weights, value_weights
+    a_obs, a_act, a_mask = anchors
+    none = np.zeros(len(a_obs), dtype=np.float32)
+    return (np.concatenate([obs, a_obs]), np.concatenate([actions, a_act]), np.concatenate([masks, a_mask]),
+            np.concatenate([values, none]), np.concatenate([weights, np.full(len(a_obs), anchor, dtype=np.float32)]),
+            np.concatenate([value_weights, none]))
+
+
 def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[str, Any], seeds: Sequence[int],
-            data: list[Labelled], workers: int) -> dict[str, float]:
+            data: list[Labelled], workers: int, anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """One iteration: label the states the policy in ``policy_dir`` visits on the systems of
-    ``seeds``, add them to ``data``, and fit ``model`` to the aggregate. Returns statistics."""
+    ``seeds``, add them to ``data``, and fit ``model`` to the aggregate, plus the ``anchors``
+    (warm-start observations, actions and masks) at weight ``cfg["anchor"]``. Returns statistics."""
     from training.compare import pool_map
 
     jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
@@ -296,7 +321,7 @@ def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[
     actions, weights, values = targets(data, float(cfg["min_gain"]), cfg["gain_per"])
     relabelled = float(np.mean([not np.array_equal(a, d.current) for a, d in zip(actions, data)]))
     gains = [_gain(d, d.values.max(), cfg["gain_per"]) for d in data]
-    stats = fit(model, np.stack([d.obs for d in data]), actions, np.stack([d.mask for d in data]), values, weights,
-                int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit")
+    arrays = training_set(data, actions, weights, values, anchors, float(cfg["anchor"]))
+    stats = fit(model, *arrays[:5], int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit", value_weights=arrays[5])
     return {**{f"rollouts/{k}": v for k, v in stats.items()}, "rollouts/relabelled_share": relabelled,
             "rollouts/mean_gain": float(np.mean(gains)), "rollouts/states": float(len(data))}
