@@ -20,7 +20,7 @@ TINY = {
     "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0,
     "env_kwargs": {"distribution": str(REPO / "training" / "configs" / "scenario-mix.yaml"), "duration": 5.0},
     "warm_start": {"episodes": 1, "epochs": 5},
-    "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5},
+    "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5, "anchor": 0.25},
     "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 1, "every": 20, "scenarios": [
         {"scenario": "wan-4region", "rate": 20.0, "baselines": ["wanspec", "wanspec+inflight-cap:max_inflight=100"], "references": []},
         {"scenario": str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"), "rate": 8.0, "held_out": True,
