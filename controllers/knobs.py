@@ -4,7 +4,8 @@ Admission and site choices play out over tens of seconds, draft lengths over mil
 :class:`KnobController` splits the two time scales: every ``interval_s`` it reads a
 site-agnostic summary of the system (:data:`KNOB_FEATURES`: load, queues, pace, acceptance and
 the *shape* of the sites - nearest remote RTT, its load, edge devices or not, what a drafted
-token costs at each kind of site - never their names) and sets four knobs; between ticks a heuristic carries them out request by request:
+token costs at each kind of site - never their names) and sets four knobs; between ticks a
+heuristic carries them out request by request:
 
 | knob | levels | what it does |
 |---|---|---|

@@ -36,3 +36,10 @@ def positive(what: str) -> Callable[[str], float]:
 
 
 positive_float = positive("number of seconds")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a whole number >= 1 (a count)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return int(text)

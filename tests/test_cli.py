@@ -80,3 +80,5 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
     p = run("check-dist", str(bad))
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "prompt_scale.low must be > 0" in p.stderr
+    p = run("check-dist", "training/configs/scenario-mix.yaml", "--samples", "0")
+    assert p.returncode == 2 and "--samples: must be a whole number >= 1, got 0" in p.stderr
