@@ -239,6 +239,7 @@ class KnobController(Controller):
         edges = [s for s in info.sites if s.role == "edge" and s.drafter]
         states = [sys.site_state(s.name) for s in remotes]
         near = min(states, key=lambda s: s.rtt_s) if states else None
+        target_drafts = bool(info.site(info.target_site).drafter)
         ctx = w.context / w.planned if w.planned else 512.0
         verify = max(sys.estimate_verify_time(1, 1, int(ctx)), 1e-6)
 
@@ -265,9 +266,9 @@ class KnobController(Controller):
             float(np.mean([s.load for s in states])) if states else 0.0,
             1.0 if edges else 0.0,
             float(np.mean([s.rtt_s for s in edges])) / 0.1 if edges else 0.0,
-            1.0 if info.site(info.target_site).drafter else 0.0,
+            1.0 if target_drafts else 0.0,
             1.0 if info.draft_ahead else 0.0,
-            cost(info.target_site) if info.site(info.target_site).drafter else 0.0,
+            cost(info.target_site) if target_drafts else 0.0,
             cost(near.name) if near else 0.0,
             float(np.mean([cost(s.name) for s in edges])) if edges else 0.0,
             ctx / 2048.0,

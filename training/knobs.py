@@ -143,9 +143,10 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
             acc = r + gamma * acc
             rets.append(acc)
         ret_l += rets[::-1]
-    stats = fit(model, np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l), np.asarray(ret_l), np.ones(len(act_l)),
-                int(cfg["epochs"]), float(cfg["learning_rate"]), confidence=float(cfg["confidence"]), desc="warm start: fit")
-    return {f"warm/{k}": v for k, v in stats.items()}, (np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l))
+    states = (np.asarray(obs_l), np.asarray(act_l), np.asarray(mask_l))
+    stats = fit(model, *states, np.asarray(ret_l), np.ones(len(act_l)), int(cfg["epochs"]), float(cfg["learning_rate"]),
+                confidence=float(cfg["confidence"]), desc="warm start: fit")
+    return {f"warm/{k}": v for k, v in stats.items()}, states
 
 
 # ------------------------------------------------------------------------------ validation
