@@ -213,17 +213,7 @@ def nominal_service_s(sc: Scenario) -> float:
     step = lat.forward_time(b, 3 * b, int(b * (prompt + out / 2)))  # a round of ~3 tokens per sequence
     decode = out * step / (2.5 * b)  # ~2.5 tokens committed per sequence and round
     prefill = lat.forward_time(1, int(prompt), 0)
-    return (decode + prefill) / (1.0 - _mean_load(t.load))
-
-
-def _mean_load(load: Any) -> float:
-    if load is None:
-        return 0.0
-    if load.kind == "constant":
-        return load.level
-    if load.kind == "diurnal":
-        return load.mean
-    return sum(x * d for x, d in zip(load.levels, load.mean_dwell_s)) / sum(load.mean_dwell_s)
+    return (decode + prefill) / (1.0 - (t.load.long_run_mean if t.load is not None else 0.0))
 
 
 def _scaled_load(load: Any, k: float) -> dict[str, Any]:

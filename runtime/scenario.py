@@ -81,6 +81,10 @@ class ConstantLoad(_Strict):
     kind: Literal["constant"] = "constant"
     level: float = Field(0.0, ge=0, lt=1)
 
+    @property
+    def long_run_mean(self) -> float:
+        return self.level
+
 
 class DiurnalLoad(_Strict):
     kind: Literal["diurnal"]
@@ -88,6 +92,10 @@ class DiurnalLoad(_Strict):
     amplitude: float = Field(ge=0, lt=1)
     period_s: float = Field(gt=0)
     phase: float = 0.0  # fraction of a period
+
+    @property
+    def long_run_mean(self) -> float:
+        return self.mean
 
     @model_validator(mode="after")
     def _bounds(self) -> "DiurnalLoad":
@@ -102,6 +110,12 @@ class MarkovLoad(_Strict):
     kind: Literal["markov"]
     levels: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=2)
     mean_dwell_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=2)
+
+    @property
+    def long_run_mean(self) -> float:
+        """Levels weighted by their dwell: every level is entered equally often (each hop goes to
+        one of the others uniformly), so time shares follow the mean dwells."""
+        return sum(x * d for x, d in zip(self.levels, self.mean_dwell_s)) / sum(self.mean_dwell_s)
 
     @model_validator(mode="after")
     def _same_len(self) -> "MarkovLoad":

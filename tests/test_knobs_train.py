@@ -91,3 +91,27 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     for scenario in ("wan-4region", "edge-fleet", "colocated", *held_out):
         s = simulate(load_scenario(scenario), make_controller(f"policy:{tmp_path / 'ck' / 'best'}"), seed=3, duration=3.0)
         assert s["requests_completed"] > 0, scenario
+
+
+def test_judging_an_old_export_fails_before_any_run_is_logged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from sb3_contrib import MaskablePPO
+
+    from controllers.policy import export_policy
+    from policy_env.knobs_env import SpecKnobsEnv
+    from training.knobs import compare_main
+
+    env = SpecKnobsEnv(scenario="colocated", duration=2.0)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    for d in ("best", "warm"):
+        export_policy(model, env.controller.layout, tmp_path / "run" / d, {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    spec_file = tmp_path / "run" / "best" / "policy.json"
+    spec = json.loads(spec_file.read_text())
+    spec["knobs"]["version"] = 1  # an export of an earlier release's codec
+    spec_file.write_text(json.dumps(spec))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert compare_main([str(tmp_path / "run"), "--eval-seeds", "2", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "knob format v1 is not v" in err and "retrain it" in err
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was logged

@@ -98,3 +98,12 @@ def test_roundtrip_from_file(tmp_path):
     sc = load_scenario(p)
     assert [s.name for s in sc.sites] == ["dc", "far"]
     assert sc.site("far").rtt_ms == 20
+
+
+def test_long_run_mean_of_each_load_kind() -> None:
+    from runtime.scenario import ConstantLoad, DiurnalLoad, MarkovLoad
+
+    assert ConstantLoad(level=0.3).long_run_mean == 0.3
+    assert DiurnalLoad(kind="diurnal", mean=0.4, amplitude=0.2, period_s=60).long_run_mean == 0.4
+    # levels weighted by their mean dwell: 0.1 for 30 s, then 0.7 for 10 s
+    assert MarkovLoad(kind="markov", levels=[0.1, 0.7], mean_dwell_s=[30, 10]).long_run_mean == pytest.approx(0.25)

@@ -380,6 +380,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         for d in ("best", "warm"):
             if not (args.run_dir / d / "policy.json").is_file():
                 raise ConfigError(f"{args.run_dir / d} holds no policy.json: pass the --out directory of a knob training run")
+            load_policy(str(args.run_dir / d))  # an old or broken export fails here, before any run is logged
         cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO)
         cfg["config_file"] = str(args.config)
         if args.eval_seeds is not None:
