@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Sequence
 
-from runtime.flags import OneLineParser, positive, positive_float, positive_int
+from runtime.flags import OneLineParser, positive, positive_float, whole
 
 
 def build_parser() -> OneLineParser:
@@ -39,7 +39,7 @@ def build_parser() -> OneLineParser:
     c.add_argument("scenario")
     d = sub.add_parser("check-dist", help="validate a scenario distribution and summarise systems drawn from it")
     d.add_argument("distribution")
-    d.add_argument("--samples", type=positive_int, default=200, help="systems to draw and validate (default: 200)")
+    d.add_argument("--samples", type=whole("number"), default=200, help="systems to draw and validate (default: 200)")
 
     from runtime.real.profile import add_parser as add_profile_parser
 

@@ -38,8 +38,13 @@ def positive(what: str) -> Callable[[str], float]:
 positive_float = positive("number of seconds")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a whole number >= 1 (a count)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
-    return int(text)
+def whole(what: str) -> Callable[[str], int]:
+    """argparse type for a whole number >= 1 (a count); ``what`` names it in the error."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole {what} >= 1, got {text}")
+        return int(text)
+
+    parse.__name__ = what
+    return parse

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from runtime.flags import OneLineParser, positive, positive_float
+from runtime.flags import OneLineParser, positive, positive_float, whole
 from training.backend import add_ray_flag
 
 #: Search space per controller: parameter -> Optuna distribution. Each controller's own default
@@ -347,19 +347,6 @@ class _MlflowTrials:
         import mlflow
 
         mlflow.end_run("FAILED" if exc[0] is not None else "FINISHED")
-
-
-def whole(what: str) -> Any:
-    """argparse type for a whole number >= 1; ``what`` names it in the error."""
-    import argparse
-
-    def parse(text: str) -> int:
-        if not text.strip().isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"must be a whole {what} >= 1, got {text}")
-        return int(text)
-
-    parse.__name__ = what
-    return parse
 
 
 def build_parser() -> OneLineParser:
