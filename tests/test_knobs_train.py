@@ -20,7 +20,8 @@ TINY = {
     "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0,
     "env_kwargs": {"distribution": str(REPO / "training" / "configs" / "scenario-mix.yaml"), "duration": 5.0},
     "warm_start": {"episodes": 1, "epochs": 5},
-    "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5, "anchor": 0.25},
+    "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5, "anchor": 0.25,
+                 "survey": 1},
     "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 1, "every": 20, "scenarios": [
         {"scenario": "wan-4region", "rate": 20.0, "baselines": ["wanspec", "wanspec+inflight-cap:max_inflight=100"], "references": []},
         {"scenario": str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"), "rate": 8.0, "held_out": True,
@@ -47,6 +48,7 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"gain_per": "value"}}, r"rollouts.gain_per must be 'best' or 'demand', got 'value'"),
     ({"rollouts": {"gain_per": "demand", "confirm": 2}}, r"set confirm: 0 with gain_per: demand"),
     ({"rollouts": {"anchor": -0.5}}, r"rollouts.anchor must be a weight >= 0 \(0: no warm-start anchors\), got -0.5"),
+    ({"rollouts": {"survey": -1}}, r"rollouts.survey must be a whole number of systems >= 0 \(0: no survey\), got -1"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])
@@ -71,7 +73,11 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warm start (clone)" in out.stdout and "(held out)" in out.stdout and "vs warm start" in out.stdout
-    assert "rollouts 1/1: 1 states labelled" in out.stdout and (tmp_path / "ck" / "rollout-labels.npz").is_file()
+    # the survey labels one moment in each mode's episode; the rollouts one more state
+    survey = re.search(r"survey: 1 systems, (\d) states labelled with every mode's episode goodput", out.stdout)
+    assert survey and (tmp_path / "ck" / "survey" / "policy.json").is_file(), out.stdout[-2000:]
+    assert f"rollouts 1/1: {int(survey.group(1)) + 1} states labelled" in out.stdout
+    assert (tmp_path / "ck" / "rollout-labels.npz").is_file()
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
 
     import mlflow

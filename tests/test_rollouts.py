@@ -18,6 +18,7 @@ from training.rollouts import (
     in_flight_credit,
     label_episode,
     rollout_value,
+    survey_episode,
     targets,
     training_set,
 )
@@ -139,6 +140,37 @@ def test_detours_hold_at_least_one_control_step_at_long_intervals(tmp_path: Path
 
     knobs = KNOB_FEATURES.index("cap")  # cap, k_cap, hedge, then the mode one-hot and validity
     assert any(not np.array_equal(a.obs[knobs:], b.obs[knobs:]) for a, b in zip(own, detoured))
+
+
+def test_a_survey_values_each_mode_by_its_whole_episode(tmp_path: Path) -> None:
+    """The survey holds every mode that runs for a whole episode: each state it labels, in every
+    mode's episode, carries all the modes' SLO-met totals, and each total is what holding that
+    mode scores in a plain episode of the env (the policy's other knobs kept)."""
+    from controllers.policy import export_policy
+    from sb3_contrib import MaskablePPO
+
+    kwargs = {"distribution": MIX, "duration": 8.0}
+    env = SpecKnobsEnv(**kwargs)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "p", {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    job = (str(tmp_path / "p"), kwargs, 8, {**ROLLOUT_DEFAULTS, "at_s": [2.0, 6.0]})
+    labels, again = survey_episode(job), survey_episode(job)
+    env.reset(options={"sim_seed": 8})
+    modes = [m for m, ok in enumerate(env.controller.valid) if ok]
+    assert len(labels) == 2 * len(modes) and [d.time_s for d in labels] == [d.time_s for d in again]
+    first = labels[0]
+    assert list(first.actions[:, 0]) == modes and (first.actions[:, 1:] == first.actions[0, 1:]).all()
+    for d, e in zip(labels, again):
+        assert np.array_equal(d.values, first.values) and np.array_equal(d.obs, e.obs) and d.demand > 0
+        assert d.current_value == d.values[list(d.actions[:, 0]).index(d.current[0])]
+    for a, value in zip(first.actions, first.values):
+        env.reset(options={"sim_seed": 8})
+        total, term = 0.0, False
+        while not term:
+            _, r, term, _, _ = env.step(a)
+            total += r
+        assert total == value
+    assert len(set(first.values)) > 1  # the modes differ on this system
 
 
 def _lab(values: list[float], current_value: float) -> Labelled:

@@ -78,6 +78,8 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     ro = cfg["rollouts"]
     if not (isinstance(ro["iterations"], int) and ro["iterations"] >= 0 and isinstance(ro["systems"], int) and ro["systems"] >= 1):
         raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
+    if not (isinstance(ro["survey"], int) and not isinstance(ro["survey"], bool) and ro["survey"] >= 0):
+        raise ConfigError(f"config {path}: rollouts.survey must be a whole number of systems >= 0 (0: no survey), got {ro['survey']!r}")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
         raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
     if ro["gain_per"] not in ("best", "demand"):
@@ -238,7 +240,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     from controllers.policy import export_policy
     from policy_env import TRAIN_SEED_MAX
     from policy_env.knobs_env import SpecKnobsEnv, gamma_for
-    from training.rollouts import improve, save_labels
+    from training.rollouts import improve, save_labels, survey_episode
     from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
     from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
 
@@ -315,6 +317,15 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         warm_goodput = select.evaluate(out_dir / "warm")
         t_train = time.time()
         ro, data, current = cfg["rollouts"], [], out_dir / "warm"
+        if ro["survey"]:
+            seeds = [(args.seed * 7919 + j) % TRAIN_SEED_MAX for j in range(ro["survey"])]  # apart from the iterations'
+            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors, label=survey_episode)
+            mlflow.log_metrics(stats, step=0)
+            mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
+            current = export(out_dir / "survey")
+            tqdm_write(f"survey: {len(seeds)} systems, {int(stats['rollouts/states'])} states labelled with every mode's "
+                       f"episode goodput, {stats['rollouts/relabelled_share']:.0%} relabelled, fit agreement {stats['rollouts/agreement']:.0%}")
+            select.evaluate(current)
         for it in range(ro["iterations"]):
             # training systems only (below TRAIN_SEED_MAX); a new set each iteration
             seeds = [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])]

@@ -27,7 +27,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -59,6 +59,11 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # label: where no labelled state is near, the policy keeps the fixed setting instead of
     # extrapolating from a few dozen labels (0: the fit sees the labelled states only)
     "anchor": 0.0,
+    # systems surveyed before the first iteration: each mode that runs there is held for a whole
+    # episode (the warm start's other knobs), and the states of every such episode are labelled
+    # with the modes' episode goodputs. Which heuristic fits a system shows over a run, not a
+    # horizon_s window (README "Knob policy results"); a survey costs no forks (0: none)
+    "survey": 0,
 }
 
 
@@ -203,6 +208,44 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
     return out
 
 
+def survey_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[Labelled]:
+    """Hold every mode that runs on the system of ``sim_seed`` for a whole episode (with the
+    other knobs the policy in ``policy_dir`` sets at the start) and label the states each episode
+    visits at ``cfg["at_s"]`` with all the modes' episode goodputs (one worker process's job).
+
+    Every episode's states are labelled, not only those of the policy's own mode: it must also
+    learn to stay in a system's best mode once there (the current mode is a feature)."""
+    from controllers.policy import load_policy_dir
+    from policy_env.knobs_env import SpecKnobsEnv
+
+    policy_dir, env_kwargs, sim_seed, cfg = job
+    _, net = load_policy_dir(Path(policy_dir))
+    env = SpecKnobsEnv(**env_kwargs)
+    obs, _ = env.reset(options={"sim_seed": sim_seed})
+    base = np.asarray(net(obs, env.action_masks()), dtype=np.int64)
+    cands = np.array([[m, *base[1:]] for m, ok in enumerate(env.controller.valid) if ok], dtype=np.int64)
+    runs: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
+    values = np.empty(len(cands))
+    demand = math.nan
+    for j, a in enumerate(cands):
+        obs, _ = env.reset(options={"sim_seed": sim_seed})
+        todo, states, total, t = sorted(float(x) for x in cfg["at_s"]), [], 0.0, 0.0
+        while True:
+            if todo and t >= todo[0]:
+                todo.pop(0)
+                states.append((obs.copy(), env.action_masks().copy(), t))
+            obs, r, term, _, info = env.step(a)
+            total += r
+            t = float(info["sim_time"])
+            if term:
+                break
+        runs.append(states)
+        values[j] = total
+        demand = env.sim.metrics.arrived / env.reward_scale  # arrivals do not depend on the mode
+    return [Labelled(o, m, cands[j], float(values[j]), cands, values, sim_seed, t, demand=demand)
+            for j, states in enumerate(runs) for o, m, t in states]
+
+
 def confirm_gain(env: Any, best: np.ndarray, current: np.ndarray, steps: int, futures: int,
                  key: tuple[int, ...]) -> float:
     """Mean gain of ``best`` over ``current`` (a share of ``best``'s value) on ``futures``
@@ -309,14 +352,17 @@ def training_set(data: Sequence[Labelled], actions: np.ndarray, weights: np.ndar
 
 
 def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[str, Any], seeds: Sequence[int],
-            data: list[Labelled], workers: int, anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+            data: list[Labelled], workers: int, anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+            label: Callable[[tuple[str, dict[str, Any], int, dict[str, Any]]], list[Labelled]] = label_episode) -> dict[str, float]:
     """One iteration: label the states the policy in ``policy_dir`` visits on the systems of
-    ``seeds``, add them to ``data``, and fit ``model`` to the aggregate, plus the ``anchors``
-    (warm-start observations, actions and masks) at weight ``cfg["anchor"]``. Returns statistics."""
+    ``seeds`` (with ``label``: :func:`label_episode`'s rollouts, or :func:`survey_episode`), add
+    them to ``data``, and fit ``model`` to the aggregate, plus the ``anchors`` (warm-start
+    observations, actions and masks) at weight ``cfg["anchor"]``. Returns statistics."""
     from training.compare import pool_map
 
     jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
-    for labelled in pool_map(label_episode, jobs, workers, desc="rollouts: label states"):
+    desc = "survey: every mode for a whole episode" if label is survey_episode else "rollouts: label states"
+    for labelled in pool_map(label, jobs, workers, desc=desc):
         data.extend(labelled)
     actions, weights, values = targets(data, float(cfg["min_gain"]), cfg["gain_per"])
     relabelled = float(np.mean([not np.array_equal(a, d.current) for a, d in zip(actions, data)]))
