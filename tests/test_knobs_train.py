@@ -74,7 +74,7 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warm start (clone)" in out.stdout and "(held out)" in out.stdout and "vs warm start" in out.stdout
     # the survey labels one moment in each mode's episode; the rollouts one more state
-    survey = re.search(r"survey: 1 systems, (\d) states labelled with every mode's episode goodput", out.stdout)
+    survey = re.search(r"survey \(1 systems, every mode for a whole episode\): (\d) states labelled", out.stdout)
     assert survey and (tmp_path / "ck" / "survey" / "policy.json").is_file(), out.stdout[-2000:]
     assert f"rollouts 1/1: {int(survey.group(1)) + 1} states labelled" in out.stdout
     assert (tmp_path / "ck" / "rollout-labels.npz").is_file()

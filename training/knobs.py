@@ -240,7 +240,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     from controllers.policy import export_policy
     from policy_env import TRAIN_SEED_MAX
     from policy_env.knobs_env import SpecKnobsEnv, gamma_for
-    from training.rollouts import improve, save_labels, survey_episode
+    from training.rollouts import improve, label_episode, save_labels, survey_episode
     from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
     from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
 
@@ -317,23 +317,20 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         warm_goodput = select.evaluate(out_dir / "warm")
         t_train = time.time()
         ro, data, current = cfg["rollouts"], [], out_dir / "warm"
-        if ro["survey"]:
-            seeds = [(args.seed * 7919 + j) % TRAIN_SEED_MAX for j in range(ro["survey"])]  # apart from the iterations'
-            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors, label=survey_episode)
-            mlflow.log_metrics(stats, step=0)
+        # the survey (if any), then the rollout iterations: each labels states of training systems
+        # (below TRAIN_SEED_MAX; a new set each round), fits the policy to every label so far, and
+        # is exported and validated
+        rounds = [(0, "survey", f"survey ({ro['survey']} systems, every mode for a whole episode)", survey_episode,
+                   [(args.seed * 7919 + j) % TRAIN_SEED_MAX for j in range(ro["survey"])])] if ro["survey"] else []
+        rounds += [(it + 1, f"rollouts-{it + 1}", f"rollouts {it + 1}/{ro['iterations']}", label_episode,
+                    [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])])
+                   for it in range(ro["iterations"])]
+        for step, name, title, label, seeds in rounds:
+            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors, label=label, desc=f"{title}: label states")
+            mlflow.log_metrics(stats, step=step)
             mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
-            current = export(out_dir / "survey")
-            tqdm_write(f"survey: {len(seeds)} systems, {int(stats['rollouts/states'])} states labelled with every mode's "
-                       f"episode goodput, {stats['rollouts/relabelled_share']:.0%} relabelled, fit agreement {stats['rollouts/agreement']:.0%}")
-            select.evaluate(current)
-        for it in range(ro["iterations"]):
-            # training systems only (below TRAIN_SEED_MAX); a new set each iteration
-            seeds = [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])]
-            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors)
-            mlflow.log_metrics(stats, step=it + 1)
-            mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
-            current = export(out_dir / f"rollouts-{it + 1}")
-            tqdm_write(f"rollouts {it + 1}/{ro['iterations']}: {int(stats['rollouts/states'])} states labelled, "
+            current = export(out_dir / name)
+            tqdm_write(f"{title}: {int(stats['rollouts/states'])} states labelled, "
                        f"{stats['rollouts/relabelled_share']:.0%} relabelled (mean best-candidate gain "
                        f"{stats['rollouts/mean_gain']:+.1%}), fit agreement {stats['rollouts/agreement']:.0%}")
             select.evaluate(current)

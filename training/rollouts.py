@@ -227,7 +227,6 @@ def survey_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list
     cands = np.array([[m, *base[1:]] for m, ok in enumerate(env.controller.valid) if ok], dtype=np.int64)
     runs: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
     values = np.empty(len(cands))
-    demand = math.nan
     for j, a in enumerate(cands):
         obs, _ = env.reset(options={"sim_seed": sim_seed})
         todo, states, total, t = sorted(float(x) for x in cfg["at_s"]), [], 0.0, 0.0
@@ -242,7 +241,7 @@ def survey_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list
                 break
         runs.append(states)
         values[j] = total
-        demand = env.sim.metrics.arrived / env.reward_scale  # arrivals do not depend on the mode
+    demand = env.sim.metrics.arrived / env.reward_scale  # the last episode's: arrivals do not depend on the mode
     return [Labelled(o, m, cands[j], float(values[j]), cands, values, sim_seed, t, demand=demand)
             for j, states in enumerate(runs) for o, m, t in states]
 
@@ -354,15 +353,16 @@ def training_set(data: Sequence[Labelled], actions: np.ndarray, weights: np.ndar
 
 def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[str, Any], seeds: Sequence[int],
             data: list[Labelled], workers: int, anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-            label: Callable[[tuple[str, dict[str, Any], int, dict[str, Any]]], list[Labelled]] = label_episode) -> dict[str, float]:
+            label: Callable[[tuple[str, dict[str, Any], int, dict[str, Any]]], list[Labelled]] = label_episode,
+            desc: str = "rollouts: label states") -> dict[str, float]:
     """One iteration: label the states the policy in ``policy_dir`` visits on the systems of
-    ``seeds`` (with ``label``: :func:`label_episode`'s rollouts, or :func:`survey_episode`), add
-    them to ``data``, and fit ``model`` to the aggregate, plus the ``anchors`` (warm-start
-    observations, actions and masks) at weight ``cfg["anchor"]``. Returns statistics."""
+    ``seeds`` (with ``label``: :func:`label_episode`'s rollouts, or :func:`survey_episode`; ``desc``
+    names the progress bar), add them to ``data``, and fit ``model`` to the aggregate, plus the
+    ``anchors`` (warm-start observations, actions and masks) at weight ``cfg["anchor"]``.
+    Returns statistics."""
     from training.compare import pool_map
 
     jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
-    desc = "survey: every mode for a whole episode" if label is survey_episode else "rollouts: label states"
     for labelled in pool_map(label, jobs, workers, desc=desc):
         data.extend(labelled)
     actions, weights, values = targets(data, float(cfg["min_gain"]), cfg["gain_per"])
