@@ -1,12 +1,14 @@
 """The protocol core both backends share: decision points, applying decisions, checking round
-plans and verification batches, the allowed drafting sites and the system view's request counters.
+plans and verification batches, the allowed drafting sites, backup races and round deadlines,
+switching and closing a request's draft-ahead stream, the target's per-epoch stream counts
+(:class:`AheadLedger`) and the system view's request counters.
 
-Issue 10 moves the request lifecycle (rounds, draft-ahead streams, redundancy races, commits)
-here piece by piece, so the simulator (``runtime/sim.py``) and the real runtime
-(``runtime/real/runtime.py``) stop writing it twice. What is here knows nothing of a clock
-source, an event heap, torch or gRPC: a backend passes its ``now`` in and implements the hooks
-:meth:`DecisionLoop._admit`, :meth:`~DecisionLoop._reject`, :meth:`~DecisionLoop._start_round`
-and :meth:`~DecisionLoop._start_verify`.
+The simulator (``runtime/sim/``) and the real runtime (``runtime/real/``) are this core plus a
+clock and a way to move work and messages. What is here knows nothing of a clock source, an
+event heap, torch or gRPC: a backend passes its ``now`` in and implements the hooks
+:meth:`DecisionLoop._admit`, :meth:`~DecisionLoop._reject`, :meth:`~DecisionLoop._start_round`,
+:meth:`~DecisionLoop._start_verify`, :meth:`~DecisionLoop._launch`, :meth:`~DecisionLoop._call_at`
+and the stream hooks :meth:`~DecisionLoop._open_stream` and :meth:`~DecisionLoop._close_stream`.
 """
 
 from __future__ import annotations

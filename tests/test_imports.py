@@ -136,3 +136,29 @@ def test_relative_and_from_imports_resolve() -> None:
                      "from controllers import make_controller\nif TYPE_CHECKING:\n    import runtime.cli\n")
     mods = set(project_modules())
     assert dependencies(tree, "policy_env", mods) == {"policy_env.codec", "policy_env.env", "runtime.sim", "controllers"}
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of everything ``path`` imports (at any depth, lazily or not)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_core_knows_no_backend_and_the_backends_not_each_other() -> None:
+    """Issue 10's split: the protocol core imports nothing of a clock's machinery (an event heap,
+    asyncio), torch or gRPC, and neither backend (``runtime.sim``, ``runtime.real``) imports the
+    other, so each is the core plus its own way of moving time, work and messages."""
+    core = ROOT / "runtime" / "core.py"
+    assert not _external_imports(core) & {"heapq", "asyncio", "torch", "grpc", "transformers"}
+    assert not {d for d in import_graph()["runtime.core"] if d.startswith(("runtime.sim", "runtime.real"))}
+    graph = import_graph()
+    for mod, deps in graph.items():
+        if mod.startswith("runtime.sim"):
+            assert not {d for d in deps if d.startswith("runtime.real")}, mod
+        if mod.startswith("runtime.real"):
+            assert not {d for d in deps if d == "runtime.sim" or d.startswith("runtime.sim.")}, mod

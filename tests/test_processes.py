@@ -8,8 +8,8 @@ import statistics
 import pytest
 
 from controllers import make_controller
-from runtime.acceptance import AcceptanceState
-from runtime.load import LoadProcess
+from runtime.sim.acceptance import AcceptanceState
+from runtime.sim.load import LoadProcess
 from runtime.network import Link
 from runtime.scenario import (
     DiurnalLoad, DriftAcceptance, IIDAcceptance, MarkovLoad, NetworkSpec, PositionAcceptance, load_scenario,

@@ -21,7 +21,6 @@ import math
 import random
 from typing import Any, Callable, Iterator
 
-from runtime.acceptance import AcceptanceState
 from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.contract import (
     BatchResult,
@@ -38,10 +37,11 @@ from runtime.contract import (
     fcfs_batch,
 )
 from runtime.latency import LatencyModel, ModelSpec, ProfileTable, Roofline
-from runtime.load import LoadProcess
 from runtime.metrics import Metrics, RequestRecord
 from runtime.network import Link
 from runtime.scenario import Scenario, Site
+from runtime.sim.acceptance import AcceptanceState
+from runtime.sim.load import LoadProcess
 from runtime.workload import Arrival, arrivals
 
 
