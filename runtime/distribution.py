@@ -9,6 +9,7 @@ A distribution is a YAML file naming base scenarios and ranges to draw their kno
     burst_factor: {low: 1.5, high: 3.0}
     load_scale: {low: 0.5, high: 1.5}      # every site's background load levels
     load_flip_prob: 0.3                    # a site's load becomes an idle/busy Markov flip
+    tier_load: {remote: {low: 0.0, high: 0.8}}   # a whole role's mean load, drawn once per system
     rtt_scale: {low: 0.5, high: 2.0}       # remote and edge RTTs
     alpha_shift: {low: -0.1, high: 0.08}   # drafter acceptance
     drift_prob: 0.3                        # acceptance drifts within a request
@@ -78,6 +79,10 @@ class DistributionSpec(_Strict):
     mean_calm_s: Range = Field(default_factory=lambda: Range(low=10.0, high=40.0))
     load_scale: Range = Field(default_factory=_one)
     load_flip_prob: float = Field(0.0, ge=0, le=1)
+    #: per site role, the long-run mean background load of all its sites, drawn once per system
+    #: (a busy or an idle hour across a whole tier of regions), instead of load_scale x the
+    #: base's; sites that flip (load_flip_prob) keep their flip
+    tier_load: dict[Literal["target", "remote", "edge"], Range] = Field(default_factory=dict)
     rtt_scale: Range = Field(default_factory=_one)
     alpha_shift: Range = Field(default_factory=lambda: Range(low=0.0, high=0.0))
     drift_prob: float = Field(0.0, ge=0, le=1)
@@ -98,6 +103,9 @@ class DistributionSpec(_Strict):
                 raise ValueError(f"{name}.low must be > 0")
         if self.load_scale.low < 0:
             raise ValueError("load_scale.low must be >= 0")
+        for role, r in self.tier_load.items():
+            if r.low < 0 or r.high > 0.9:
+                raise ValueError(f"tier_load.{role} must lie within [0, 0.9] (a utilisation), got [{r.low}, {r.high}]")
         return self
 
 
@@ -162,6 +170,7 @@ class ScenarioDistribution:
         ]
         # sites: background load and RTTs
         load_k, rtt_k = s.load_scale.draw(rng), s.rtt_scale.draw(rng)
+        steady: list[tuple[dict[str, Any], Any]] = []  # (raw site, base load) of the sites that do not flip
         for site in raw["sites"]:
             resolved = [x for x in base.sites if x.group == site["name"]]
             if rng.random() < s.load_flip_prob:
@@ -169,6 +178,7 @@ class ScenarioDistribution:
                 site["load"] = {"kind": "markov", "levels": [lo, hi], "mean_dwell_s": [rng.uniform(10, 60), rng.uniform(5, 30)]}
             else:
                 site["load"] = _scaled_load(resolved[0].load if resolved else None, load_k)
+                steady.append((site, resolved[0].load if resolved else None))
             choices = s.gpus.get(site.get("role", "remote"))
             if choices:
                 site["gpu"] = rng.choice(choices)
@@ -191,6 +201,12 @@ class ScenarioDistribution:
             dist = getattr(base.spec.workload, key)
             work[key] = {"mean": dist.mean * k, "sigma": dist.sigma, "min": dist.min,
                          "max": max(dist.min, min(8192, round(dist.max * k)))}
+        # a whole tier's load (drawn after everything else, so a file without tier_load draws the
+        # systems it drew before)
+        for role, level in ((role, r.draw(rng)) for role, r in s.tier_load.items()):
+            for site, load in steady:
+                if site.get("role", "remote") == role:
+                    site["load"] = _load_with_mean(load, level)
         try:
             drawn = build_scenario(raw, source=f"{base.source} ~ {self.source}")
             if s.rate_per_capacity:
@@ -225,6 +241,21 @@ def _scaled_load(load: Any, k: float) -> dict[str, Any]:
     mean = cap(load.mean)
     amp = min(load.amplitude * k, mean, 0.95 - mean)
     return {"kind": "diurnal", "mean": mean, "amplitude": max(0.0, amp), "period_s": load.period_s, "phase": load.phase}
+
+
+def _load_with_mean(load: Any, level: float) -> dict[str, Any]:
+    """``load``'s dynamics moved to the long-run mean ``level``: its swings around its own mean
+    scale as the mean does, shrunk where a level would leave [0, 0.9] (so the mean stays exact)."""
+    mean = load.long_run_mean if load is not None else 0.0
+    if mean <= 0:
+        return {"kind": "constant", "level": level}
+    if load.kind != "markov":
+        return _scaled_load(load, level / mean)  # a constant's or diurnal's mean scales exactly
+    k = level / mean
+    devs = [x - mean for x in load.levels]  # their dwell-weighted sum is 0: the mean stays level
+    for d in devs:
+        k = min(k, (0.9 - level) / d if d > 0 else level / -d if d < 0 else k)
+    return {"kind": "markov", "levels": [level + d * k for d in devs], "mean_dwell_s": list(load.mean_dwell_s)}
 
 
 def _shifted_acceptance(acc: dict[str, Any], shift: float, drift: bool) -> dict[str, Any]:

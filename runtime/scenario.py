@@ -327,7 +327,7 @@ def format_validation_error(e: ValidationError) -> str:
     elif err["type"] == "missing":
         msg = "required field is missing"
     more = f" (+{len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
-    return f"{loc}: {msg}{more}"
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"  # a whole-model check has no location
 
 
 def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:

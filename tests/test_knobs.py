@@ -147,6 +147,33 @@ def test_distribution_scales_lengths_and_a_file_without_the_ranges_draws_as_befo
     assert longer.spec.workload.output_tokens.mean == pytest.approx(0.5 * base.output_tokens.mean)
 
 
+
+def test_tier_load_sets_a_whole_roles_mean_load_and_leaves_the_other_draws(tmp_path):
+    """A busy (or idle) hour across every remote region at once: tier_load draws one mean per
+    system for all sites of a role that do not flip; every earlier draw stays as it was."""
+    head = "name: x\nscenarios: [{scenario: wan-4region}]\nrate_scale: {low: 1.2, high: 2.0}\nload_flip_prob: 0.3\n"
+
+    def draw(extra: str, seed: int):
+        f = tmp_path / "d.yaml"
+        f.write_text(head + extra)
+        return ScenarioDistribution.load(f).sample(random.Random(seed))
+
+    busy_means = []
+    for seed in range(6):
+        (plain, rate), (busy, busy_rate) = draw("", seed), draw("tier_load: {remote: {low: 0.7, high: 0.7}}\n", seed)
+        assert busy_rate == rate
+        for a, b in zip(plain.sites, busy.sites):
+            if a.role != "remote" or a.load.kind == "markov" and b.load == a.load:  # the target, or a flip
+                assert b.load == a.load and b.gpu == a.gpu
+            else:
+                busy_means.append(b.load.long_run_mean)
+    assert busy_means and all(m == pytest.approx(0.7) for m in busy_means)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(head + "tier_load: {remote: {low: 0.2, high: 1.0}}\n")
+    with pytest.raises(DistributionError, match=r"tier_load.remote must lie within \[0, 0.9\]"):
+        ScenarioDistribution.load(bad)
+
+
 def _features(scenario, rate, steps=8):
     env = SpecKnobsEnv(scenario, rate=rate, duration=20.0)
     obs, _ = env.reset(options={"sim_seed": 2})
