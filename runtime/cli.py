@@ -92,19 +92,26 @@ def cmd_check_dist(args: argparse.Namespace) -> int:
     n = args.samples
     bases: Counter[str] = Counter()
     gpus: dict[str, Counter[str]] = {}
+    loads: dict[str, list[float]] = {}  # per role, each system's mean long-run load over its sites
     rates, prompts = [], []
     for i in range(n):
         sc, rate = dist.sample(random.Random(i))
-        bases[sc.name.split("~")[0]] += 1
+        bases[sc.name.removesuffix(f"~{dist.name}")] += 1
         rates.append(rate)
         prompts.append(sc.spec.workload.prompt_tokens.mean)
         for site in sc.sites:
             gpus.setdefault(site.role, Counter())[site.gpu.name] += 1
+        for role in {s.role for s in sc.sites}:
+            levels = [s.load.long_run_mean if s.load is not None else 0.0 for s in sc.sites if s.role == role]
+            loads.setdefault(role, []).append(sum(levels) / len(levels))
     print(f"ok: {dist.name}: {n} systems drawn and validated")
     print("  bases:  " + ", ".join(f"{b} {c / n:.0%}" for b, c in bases.most_common()))
     print(f"  rate:   {min(rates):.1f}-{max(rates):.1f} req/s; mean prompt {min(prompts):.0f}-{max(prompts):.0f} tokens")
     for role, counts in gpus.items():
         print(f"  {role + ' GPUs:':<14}" + ", ".join(f"{g} {c}" for g, c in counts.most_common()))
+    for role, means in loads.items():
+        means.sort()
+        print(f"  {role + ' load:':<14}mean background load {means[0]:.2f}-{means[-1]:.2f} (median {means[len(means) // 2]:.2f})")
     return 0
 
 

@@ -74,7 +74,12 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
     p = run("check-dist", "training/configs/scenario-mix.yaml", "--samples", "30")
     assert p.returncode == 0, p.stderr
     assert "ok: scenario-mix: 30 systems drawn and validated" in p.stdout
-    assert "mix-wan-edge-hybrid" in p.stdout and "edge GPUs:" in p.stdout
+    assert "mix-wan-edge-hybrid" in p.stdout and "edge GPUs:" in p.stdout and "remote load:" in p.stdout
+    busy = tmp_path / "busy.yaml"
+    busy.write_text("name: busy\nscenarios: [{scenario: wan-4region}]\ntier_load: {remote: {low: 0.6, high: 0.6}}\n")
+    p = run("check-dist", str(busy), "--samples", "3")
+    assert "bases:  wan-4region 100%" in p.stdout
+    assert "remote load:  mean background load 0.60-0.60 (median 0.60)" in p.stdout, p.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nscenarios: [{scenario: wan-4region}]\nprompt_scale: {low: 0, high: 2}\n")
     p = run("check-dist", str(bad))
