@@ -13,6 +13,7 @@ codec against the runtime's scenario when bound, and answers through the same
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,9 @@ from runtime.contract import BatchResult, Controller, DecisionPoint, Redundancy,
 
 POLICY_FORMAT = "specctl-policy"
 POLICY_FORMAT_VERSION = 1
+#: the format a committee policy is written in (``net.committee``): an older loader refuses it
+#: rather than deploy its fallback network alone
+COMMITTEE_FORMAT_VERSION = 2
 
 
 class PolicyLoadError(ValueError):
@@ -71,6 +75,30 @@ class PolicyNet:
         return out.reshape(logits.shape[:-1] + (-1,))
 
 
+class CommitteeNet:
+    """Bagged members over a fallback network: per knob, the fallback's choice (the warm start's
+    fixed setting) unless at least ``agree`` of the members pick one other value.
+
+    Each member is fitted to a bootstrap resample of the labelled training systems, so a knob
+    moves away from the fixed setting only where the labels say so whichever systems were drawn,
+    not where one or two systems' labels pull an extrapolating network (README "Committees").
+    """
+
+    def __init__(self, members: Sequence[PolicyNet], fallback: PolicyNet, agree: float) -> None:
+        if not members or not 0.5 < agree <= 1.0:
+            raise PolicyLoadError(f"a committee needs members and an agreement share in (0.5, 1], got {len(members)} and {agree}")
+        self.members, self.fallback, self.agree = list(members), fallback, float(agree)
+        self.need = math.ceil(self.agree * len(self.members) - 1e-9)  # > half: one value at most
+        self.dims = fallback.dims
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        out = self.fallback(obs, mask)
+        votes = np.stack([m(obs, mask) for m in self.members])
+        for v in range(int(self.dims.max())):
+            out = np.where((votes == v).sum(0) >= self.need, v, out)
+        return out
+
+
 _ACTIVATIONS = {
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
@@ -79,43 +107,59 @@ _ACTIVATIONS = {
 
 
 # ------------------------------------------------------------------------------ export / load
-def export_policy(model: Any, codec: Any, directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Write an SB3 actor-critic ``model``'s actor as plain weights + JSON (no pickle) to ``directory``.
-
-    ``meta`` carries what serving needs besides the codec: ``base`` (the heuristic spec),
-    ``env_id``, ``env_kwargs``, ``algo``.
-    """
+def actor_tensors(policy: Any, prefix: str = "") -> tuple[dict[str, np.ndarray], str, int]:
+    """An SB3 actor-critic policy's actor (policy branch + action net) as named arrays, its
+    activation and its number of linear layers."""
     import torch
-    from safetensors.numpy import save_file
 
-    policy = model.policy
     if not hasattr(policy, "mlp_extractor") or not hasattr(policy, "action_net"):
         raise PolicyLoadError(f"cannot export {type(policy).__name__}: only actor-critic MLP policies (ppo, a2c, maskable_ppo) are supported")
     tensors: dict[str, np.ndarray] = {}
     activation = "identity"
     n = 0
-    for module in policy.mlp_extractor.policy_net:
+    for module in [*policy.mlp_extractor.policy_net, policy.action_net]:
         if isinstance(module, torch.nn.Linear):
-            tensors[f"layer{n}.weight"] = module.weight.detach().cpu().numpy()
-            tensors[f"layer{n}.bias"] = module.bias.detach().cpu().numpy()
+            tensors[f"{prefix}layer{n}.weight"] = module.weight.detach().cpu().numpy()
+            tensors[f"{prefix}layer{n}.bias"] = module.bias.detach().cpu().numpy()
             n += 1
         else:
             activation = type(module).__name__.lower()
-    tensors[f"layer{n}.weight"] = policy.action_net.weight.detach().cpu().numpy()
-    tensors[f"layer{n}.bias"] = policy.action_net.bias.detach().cpu().numpy()
+    return tensors, activation, n
+
+
+def export_policy(model: Any, codec: Any, directory: str | Path, meta: dict[str, Any],
+                  committee: tuple[Sequence[Any], float] | None = None) -> Path:
+    """Write an SB3 actor-critic ``model``'s actor as plain weights + JSON (no pickle) to ``directory``.
+
+    ``meta`` carries what serving needs besides the codec: ``base`` (the heuristic spec),
+    ``env_id``, ``env_kwargs``, ``algo``. ``committee`` (member policies of the same architecture,
+    agreement share) makes a :class:`CommitteeNet` with ``model``'s actor as the fallback.
+    """
+    from safetensors.numpy import save_file
+
+    tensors, activation, n = actor_tensors(model.policy)
+    version = POLICY_FORMAT_VERSION
+    extra: dict[str, Any] = {}
+    if committee is not None:
+        members, agree = committee
+        for j, member in enumerate(members):
+            tensors.update(actor_tensors(member, f"member{j}.")[0])
+        version = COMMITTEE_FORMAT_VERSION
+        extra["committee"] = {"members": len(members), "agree": float(agree)}
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "policy.safetensors"))
     spec = {
         "format": POLICY_FORMAT,
-        "format_version": POLICY_FORMAT_VERSION,
+        "format_version": version,
         "codec": codec.to_dict(),
         "net": {
-            "layers": n + 1,
+            "layers": n,
             "activation": activation,
             "action_dims": [int(x) for x in model.action_space.nvec],
             "masked": type(model).__name__ == "MaskablePPO",
             "obs_size": int(model.observation_space.shape[0]),
+            **extra,
         },
         **meta,
     }
@@ -153,7 +197,7 @@ def resolve_ref(ref: str) -> Path:
     raise PolicyLoadError(f"{ref!r} holds no policy.json: point at a directory written by training/train.py (e.g. <run>/policy)")
 
 
-def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet]:
+def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet | CommitteeNet]:
     """Read ``policy.json`` + ``policy.safetensors`` (validated) from ``directory``."""
     from safetensors.numpy import load_file
 
@@ -161,26 +205,37 @@ def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet]:
         spec = json.loads((directory / "policy.json").read_text())
     except json.JSONDecodeError as e:
         raise PolicyLoadError(f"{directory / 'policy.json'} is not valid JSON ({e}); re-export the policy") from None
-    if spec.get("format") != POLICY_FORMAT or spec.get("format_version") != POLICY_FORMAT_VERSION:
+    if spec.get("format") != POLICY_FORMAT or spec.get("format_version") not in (POLICY_FORMAT_VERSION, COMMITTEE_FORMAT_VERSION):
         raise PolicyLoadError(
             f"{directory / 'policy.json'}: format {spec.get('format')!r} v{spec.get('format_version')} is not "
-            f"{POLICY_FORMAT!r} v{POLICY_FORMAT_VERSION}; re-export it with this specctl's training/train.py"
+            f"{POLICY_FORMAT!r} v{POLICY_FORMAT_VERSION} or v{COMMITTEE_FORMAT_VERSION}; re-export it with this specctl's training/train.py"
         )
     weights_file = directory / "policy.safetensors"
     if not weights_file.is_file():
         raise PolicyLoadError(f"{weights_file} is missing; the policy directory is incomplete")
     tensors = load_file(str(weights_file))
     net = spec["net"]
-    try:
-        layers = [(tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"]) for i in range(net["layers"])]
-    except KeyError as e:
-        raise PolicyLoadError(f"{weights_file} lacks tensor {e}; re-export the policy") from None
-    if layers[0][0].shape[1] != net["obs_size"] or layers[-1][0].shape[0] != sum(net["action_dims"]):
-        raise PolicyLoadError(f"{weights_file}: weight shapes do not match policy.json (obs {net['obs_size']}, actions {sum(net['action_dims'])})")
-    return spec, PolicyNet(layers, net["activation"], net["action_dims"], net["masked"])
+
+    def build(prefix: str) -> PolicyNet:
+        try:
+            layers = [(tensors[f"{prefix}layer{i}.weight"], tensors[f"{prefix}layer{i}.bias"]) for i in range(net["layers"])]
+        except KeyError as e:
+            raise PolicyLoadError(f"{weights_file} lacks tensor {e}; re-export the policy") from None
+        if layers[0][0].shape[1] != net["obs_size"] or layers[-1][0].shape[0] != sum(net["action_dims"]):
+            raise PolicyLoadError(f"{weights_file}: weight shapes do not match policy.json (obs {net['obs_size']}, actions {sum(net['action_dims'])})")
+        return PolicyNet(layers, net["activation"], net["action_dims"], net["masked"])
+
+    committee = net.get("committee")
+    if spec["format_version"] == COMMITTEE_FORMAT_VERSION:
+        if not isinstance(committee, dict) or not isinstance(committee.get("members"), int) or committee["members"] < 1:
+            raise PolicyLoadError(f"{directory / 'policy.json'}: v{COMMITTEE_FORMAT_VERSION} needs net.committee "
+                                  "{members: N >= 1, agree: share}; re-export the policy")
+        members = [build(f"member{j}.") for j in range(committee["members"])]
+        return spec, CommitteeNet(members, build(""), float(committee.get("agree", 0)))
+    return spec, build("")
 
 
-def load_knob_policy(spec: dict[str, Any], net: PolicyNet, source: str = "") -> Controller:
+def load_knob_policy(spec: dict[str, Any], net: PolicyNet | CommitteeNet, source: str = "") -> Controller:
     """A knob policy (``specctl/SpecKnobs-v0``): a :class:`controllers.knobs.KnobController`
     whose knobs the network sets every ``interval_s``. Site-agnostic: it binds to any scenario
     on which one of its modes runs."""
@@ -206,7 +261,7 @@ class PolicyController(Controller):
 
     name = "policy"
 
-    def __init__(self, spec: dict[str, Any], net: PolicyNet, source: str = "") -> None:
+    def __init__(self, spec: dict[str, Any], net: PolicyNet | CommitteeNet, source: str = "") -> None:
         super().__init__()
         from controllers.registry import make_controller
         from policy_env.codec import Codec

@@ -49,6 +49,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"gain_per": "demand", "confirm": 2}}, r"set confirm: 0 with gain_per: demand"),
     ({"rollouts": {"anchor": -0.5}}, r"rollouts.anchor must be a weight >= 0 \(0: no warm-start anchors\), got -0.5"),
     ({"rollouts": {"survey": -1}}, r"rollouts.survey must be a whole number of systems >= 0 \(0: no survey\), got -1"),
+    ({"rollouts": {"committee": -2}}, r"rollouts.committee must be an integer >= 0 \(members; 0: one network\), got -2"),
+    ({"rollouts": {"committee": 4, "agree": 0.5}}, r"rollouts.agree must be a share in \(0.5, 1\]"),
+    ({"rollouts": {"committee": 4}}, r"PPO cannot fine-tune a committee policy; set total_timesteps: 0"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
 ])

@@ -261,3 +261,84 @@ def test_anchors_keep_the_warm_setting_where_no_labelled_state_is_near() -> None
         fit(model, *arrays[:5], epochs=150, learning_rate=3e-3, value_weights=arrays[5])
         modes.append([model.predict(o, deterministic=True)[0][0] for o in (labelled_obs[0], anchor_obs[0])])
     assert modes == [[1, 1], [1, 0]]
+
+
+def _const_net(action: list[int], dims: tuple[int, ...] = (3, 7, 6, 2)):
+    """A PolicyNet that always answers ``action`` (its bias is the one-hot logits)."""
+    from controllers.policy import PolicyNet
+
+    logits = np.concatenate([np.eye(d, dtype=np.float32)[a] for a, d in zip(action, dims)])
+    return PolicyNet([(np.zeros((len(logits), 2), np.float32), logits)], "identity", dims, masked=True)
+
+
+def test_a_committee_leaves_the_fallback_only_where_a_supermajority_agrees() -> None:
+    from controllers.policy import CommitteeNet, PolicyLoadError
+
+    warm = _const_net([0, 3, 5, 1])
+    members = [_const_net([1, 3, 5, 0])] * 3 + [_const_net([2, 4, 5, 0])]  # mode split 3:1, hedge 4:0
+    obs = np.zeros(2, np.float32)
+    assert CommitteeNet(members, warm, 0.75)(obs).tolist() == [1, 3, 5, 0]  # 3 of 4 reach 0.75
+    assert CommitteeNet(members, warm, 0.8)(obs).tolist() == [0, 3, 5, 0]  # mode: 3 of 4 do not reach 0.8
+    # a batch of observations, and a mask that rules the members' mode out: the fallback's stands
+    mask = np.ones(18, bool)
+    mask[1] = False
+    assert CommitteeNet(members, warm, 0.75)(np.zeros((2, 2), np.float32), mask).tolist() == [[0, 3, 5, 0]] * 2
+    with pytest.raises(PolicyLoadError, match=r"agreement share in \(0.5, 1\]"):
+        CommitteeNet(members, warm, 0.5)
+
+
+def test_fit_committee_resamples_systems_deterministically_and_exports_a_loadable_committee(tmp_path: Path) -> None:
+    """Members are fitted to bootstrap resamples of the labelled systems (the same ones for the
+    same key); the committee exports as format v2, loads back, answers as it did in training and
+    deploys in the simulator; a v2 file without its committee block is refused by name."""
+    import json
+
+    from sb3_contrib import MaskablePPO
+
+    from controllers.policy import CommitteeNet, PolicyLoadError, export_policy, load_policy_dir
+    from training.rollouts import fit_committee
+
+    env = SpecKnobsEnv(scenario="wan-4region", duration=6.0)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    rng = np.random.default_rng(0)
+    data = []
+    for i in range(12):  # six systems, two states each; half of them label wisp, half wanspec
+        d = _lab([1.0, 2.0, 1.5] if i % 4 < 2 else [2.0, 1.0, 1.5], 1.0)
+        d.obs, d.mask, d.seed = rng.normal(size=env.observation_space.shape).astype(np.float32), env.action_masks(), i // 2
+        data.append(d)
+    actions, weights, values = targets(data, min_gain=0.03)
+    arrays = training_set(data, actions, weights, values, None, 0.0)
+    cfg = {**ROLLOUT_DEFAULTS, "committee": 3, "agree": 0.75, "epochs": 40}
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    members, stats = fit_committee(model, data, arrays, cfg, key=(1, 1))
+    again, _ = fit_committee(model, data, arrays, cfg, key=(1, 1))
+    assert all(torch_equal(a, b) for a, b in zip(before, model.policy.parameters()))  # the warm start stays
+    assert len(members) == 3 and 0.0 <= stats["moved_share"] <= 1.0 and stats["samples"] == 12
+    for m, n in zip(members, again):
+        assert all(torch_equal(a, b) for a, b in zip(m.parameters(), n.parameters()))
+    assert not all(torch_equal(a, b) for a, b in zip(members[0].parameters(), members[1].parameters()))
+
+    layout = env.controller.layout
+    meta = {"kind": "knobs", "knobs": layout.to_dict()}
+    export_policy(model, layout, tmp_path / "c", meta, committee=(members, 0.75))
+    spec, net = load_policy_dir(tmp_path / "c")
+    assert isinstance(net, CommitteeNet) and spec["format_version"] == 2 and len(net.members) == 3
+    agreed = np.mean([(net(o, m) == a).all() for o, m, a in zip(arrays[0], arrays[2], arrays[1])])
+    assert agreed == pytest.approx(stats["agreement"])
+    from controllers import make_controller
+    from runtime.scenario import load_scenario
+    from runtime.sim import simulate
+
+    out = simulate(load_scenario("edge-fleet"), make_controller(f"policy:{tmp_path / 'c'}"), seed=1, duration=3.0)
+    assert out["requests_completed"] > 0
+    broken = json.loads((tmp_path / "c" / "policy.json").read_text())
+    del broken["net"]["committee"]
+    (tmp_path / "c" / "policy.json").write_text(json.dumps(broken))
+    with pytest.raises(PolicyLoadError, match=r"v2 needs net.committee"):
+        load_policy_dir(tmp_path / "c")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -92,6 +92,12 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
                           f"state; 0 turns confirmation off), got {ro['confirm']!r}")
     if not (isinstance(ro["anchor"], (int, float)) and not isinstance(ro["anchor"], bool) and ro["anchor"] >= 0):
         raise ConfigError(f"config {path}: rollouts.anchor must be a weight >= 0 (0: no warm-start anchors), got {ro['anchor']!r}")
+    if not (isinstance(ro["committee"], int) and not isinstance(ro["committee"], bool) and ro["committee"] >= 0):
+        raise ConfigError(f"config {path}: rollouts.committee must be an integer >= 0 (members; 0: one network), got {ro['committee']!r}")
+    if not (isinstance(ro["agree"], (int, float)) and not isinstance(ro["agree"], bool) and 0.5 < ro["agree"] <= 1.0):
+        raise ConfigError(f"config {path}: rollouts.agree must be a share in (0.5, 1] (a supermajority of the members), got {ro['agree']!r}")
+    if ro["committee"] and cfg["total_timesteps"]:
+        raise ConfigError(f"config {path}: PPO cannot fine-tune a committee policy; set total_timesteps: 0 or rollouts.committee: 0")
     from controllers.knobs import cap_level, k_cap_level
 
     try:
@@ -276,8 +282,9 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
             {k: v for k, v in cfg.items() if k not in KNOB_RUN_KEYS}))
         model.set_logger(Logger(folder=None, output_formats=[MLflowOutputFormat(run_id=run_id)]))
 
-        def export(directory: Path) -> Path:
-            return export_policy(model, layout, directory, meta)
+        def export(directory: Path, members: Sequence[Any] = ()) -> Path:
+            committee = (members, cfg["rollouts"]["agree"]) if members else None
+            return export_policy(model, layout, directory, meta, committee)
 
         stats, anchors = warm_start(model, env_kwargs, warm, args.seed, gamma)
         mlflow.log_metrics(stats, step=0)
@@ -326,13 +333,16 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                     [(args.seed * 7919 + (it + 1) * 104_729 + j) % TRAIN_SEED_MAX for j in range(ro["systems"])])
                    for it in range(ro["iterations"])]
         for step, name, title, label, seeds in rounds:
-            stats = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors, label=label, desc=f"{title}: label states")
+            stats, members = improve(model, current, env_kwargs, ro, seeds, data, workers, anchors, label=label,
+                                     desc=f"{title}: label states", key=(args.seed, step))
             mlflow.log_metrics(stats, step=step)
             mlflow.log_artifact(str(save_labels(data, out_dir / "rollout-labels.npz")))
-            current = export(out_dir / name)
+            current = export(out_dir / name, members)
             tqdm_write(f"{title}: {int(stats['rollouts/states'])} states labelled, "
                        f"{stats['rollouts/relabelled_share']:.0%} relabelled (mean best-candidate gain "
-                       f"{stats['rollouts/mean_gain']:+.1%}), fit agreement {stats['rollouts/agreement']:.0%}")
+                       f"{stats['rollouts/mean_gain']:+.1%}), fit agreement {stats['rollouts/agreement']:.0%}"
+                       + (f"; the committee of {len(members)} leaves the warm start on {stats['rollouts/moved_share']:.0%} of them"
+                          if members else ""))
             select.evaluate(current)
         if cfg["total_timesteps"]:
             model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))

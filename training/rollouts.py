@@ -65,6 +65,11 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # than a horizon_s window, at no forks. 0 (none) by default: with 16 it raised validation on
     # the mix and lowered goodput on the held-out files (README "Knob policy results")
     "survey": 0,
+    # members of a committee (0: one network): each is fitted from the warm start to a bootstrap
+    # resample of the labelled systems, and the deployed policy leaves the warm start's setting of
+    # a knob only where at least ``agree`` of them pick the same other value (README "Committees")
+    "committee": 0,
+    "agree": 0.75,
 }
 
 
@@ -351,15 +356,57 @@ def training_set(data: Sequence[Labelled], actions: np.ndarray, weights: np.ndar
             np.concatenate([value_weights, none]))
 
 
+def fit_committee(model: Any, data: Sequence[Labelled], arrays: tuple[np.ndarray, ...], cfg: dict[str, Any],
+                  key: Sequence[int]) -> tuple[list[Any], dict[str, float]]:
+    """``cfg["committee"]`` copies of ``model``'s policy (the warm start), each fitted to a
+    bootstrap resample of the labelled systems (all of a system's states go in or out together,
+    as often as it is drawn) plus every anchor state. Returns the member policies and how often
+    the committee (see :class:`controllers.policy.CommitteeNet`) answers each labelled state's
+    target and leaves the warm start there. ``key`` seeds the resampling."""
+    from types import SimpleNamespace
+
+    from controllers.policy import CommitteeNet, PolicyNet, actor_tensors
+
+    obs, actions, masks, values, weights, value_weights = arrays
+    n = len(data)
+    systems = np.array([d.seed for d in data])
+    names = np.unique(systems)
+    rng = np.random.default_rng([*key, 0xC0])
+    members = []
+    for j in range(int(cfg["committee"])):
+        drawn = rng.choice(names, size=len(names), replace=True)
+        times = np.array([np.count_nonzero(drawn == s) for s in systems], dtype=np.float32)
+        w = np.concatenate([weights[:n] * times, weights[n:]])
+        keep = w > 0
+        policy = copy.deepcopy(model.policy)
+        fit(SimpleNamespace(policy=policy, predict=policy.predict), obs[keep], actions[keep], masks[keep], values[keep], w[keep],
+            int(cfg["epochs"]), float(cfg["learning_rate"]), desc=f"rollouts: fit member {j + 1}/{cfg['committee']}",
+            value_weights=value_weights[keep])
+        members.append(policy)
+
+    def net(policy: Any) -> PolicyNet:
+        tensors, activation, layers = actor_tensors(policy)
+        return PolicyNet([(tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"]) for i in range(layers)], activation,
+                         model.action_space.nvec, type(model).__name__ == "MaskablePPO")
+
+    committee = CommitteeNet([net(p) for p in members], net(model.policy), float(cfg["agree"]))
+    pred = np.stack([committee(o, m) for o, m in zip(obs[:n], masks[:n])])
+    warm = np.stack([committee.fallback(o, m) for o, m in zip(obs[:n], masks[:n])])
+    return members, {"agreement": float((pred == actions[:n]).all(1).mean()), "samples": float(n),
+                     "moved_share": float((pred != warm).any(1).mean())}
+
+
 def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[str, Any], seeds: Sequence[int],
             data: list[Labelled], workers: int, anchors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
             label: Callable[[tuple[str, dict[str, Any], int, dict[str, Any]]], list[Labelled]] = label_episode,
-            desc: str = "rollouts: label states") -> dict[str, float]:
+            desc: str = "rollouts: label states", key: Sequence[int] = (0,)) -> tuple[dict[str, float], list[Any]]:
     """One iteration: label the states the policy in ``policy_dir`` visits on the systems of
     ``seeds`` (with ``label``: :func:`label_episode`'s rollouts, or :func:`survey_episode`; ``desc``
     names the progress bar), add them to ``data``, and fit ``model`` to the aggregate, plus the
     ``anchors`` (warm-start observations, actions and masks) at weight ``cfg["anchor"]``.
-    Returns statistics."""
+    With ``cfg["committee"]``, ``model`` (the warm start) is left as it is and the committee's
+    members are fitted instead (:func:`fit_committee`, resampled by ``key``).
+    Returns statistics and the member policies (none without a committee)."""
     from training.compare import pool_map
 
     jobs = [(str(policy_dir), env_kwargs, int(s), cfg) for s in seeds]
@@ -369,6 +416,10 @@ def improve(model: Any, policy_dir: Path, env_kwargs: dict[str, Any], cfg: dict[
     relabelled = float(np.mean([not np.array_equal(a, d.current) for a, d in zip(actions, data)]))
     gains = [_gain(d, d.values.max(), cfg["gain_per"]) for d in data]
     arrays = training_set(data, actions, weights, values, anchors, float(cfg["anchor"]))
-    stats = fit(model, *arrays[:5], int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit", value_weights=arrays[5])
+    members: list[Any] = []
+    if cfg["committee"]:
+        members, stats = fit_committee(model, data, arrays, cfg, key)
+    else:
+        stats = fit(model, *arrays[:5], int(cfg["epochs"]), float(cfg["learning_rate"]), desc="rollouts: fit", value_weights=arrays[5])
     return {**{f"rollouts/{k}": v for k, v in stats.items()}, "rollouts/relabelled_share": relabelled,
-            "rollouts/mean_gain": float(np.mean(gains)), "rollouts/states": float(len(data))}
+            "rollouts/mean_gain": float(np.mean(gains)), "rollouts/states": float(len(data))}, members
