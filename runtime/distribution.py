@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runtime.latency import Roofline
+from runtime.latency import site_latency
 from runtime.scenario import Scenario, ScenarioError, beside, build_scenario, format_validation_error, load_scenario, read_yaml_mapping
 
 
@@ -220,10 +220,11 @@ class ScenarioDistribution:
 
 def nominal_service_s(sc: Scenario) -> float:
     """Target GPU seconds per request at half the max batch: a capacity proxy (its inverse is
-    roughly the requests per second the target can verify), from the roofline, the mean lengths
-    and the target's mean background load. Only ratios of it are used."""
+    roughly the requests per second the target can verify), from the target's latency model (its
+    measured profile, else the roofline), the mean lengths and the target's mean background load.
+    Only ratios of it are used."""
     t, w = sc.target, sc.spec.workload
-    lat = Roofline(sc.target_model, t.gpu, tp=t.tp)
+    lat = site_latency(t.profiles, sc.spec.target_model, sc.target_model, t.gpu, tp=t.tp)
     prompt, out = w.prompt_tokens.mean, w.output_tokens.mean
     b = max(sc.spec.limits.max_batch_size // 2, 1)
     step = lat.forward_time(b, 3 * b, int(b * (prompt + out / 2)))  # a round of ~3 tokens per sequence

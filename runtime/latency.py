@@ -19,7 +19,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Mapping, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +189,11 @@ class ProfileTable:
         t0 = self._interp(*self.curves[i - 1], new_tokens)
         t1 = self._interp(*self.curves[i], new_tokens)
         return max(t0 + (t1 - t0) * (context_tokens - cs[i - 1]) / (cs[i] - cs[i - 1]), 1e-6)
+
+
+def site_latency(profiles: Mapping[str, str], name: str, model: ModelSpec, gpu: GPUSpec, tp: int = 1) -> LatencyModel:
+    """Model ``name``'s forward-time model at a site: the site's measured profile (``profiles``:
+    CSV path by model name) if it has one, else the roofline of ``gpu``."""
+    if name in profiles:
+        return ProfileTable.from_csv(profiles[name])
+    return Roofline(model, gpu, tp=tp)

@@ -49,3 +49,23 @@ def test_profile_table_errors(tmp_path):
         ProfileTable.from_csv(p)
     with pytest.raises(ValueError, match="does not exist"):
         ProfileTable.from_csv(tmp_path / "missing.csv")
+
+
+def test_the_capacity_proxy_reads_a_measured_target_profile(tmp_path):
+    """``rate_per_capacity`` scales arrivals by the target's capacity: where the target has a
+    measured profile, the proxy comes from it (twice as slow a profile, twice the service time),
+    not from the roofline of its catalog GPU."""
+    import yaml
+
+    from runtime.distribution import nominal_service_s
+    from runtime.scenario import SCENARIO_DIR, build_scenario
+
+    raw = yaml.safe_load((SCENARIO_DIR / "colocated.yaml").read_text())
+    roofline = nominal_service_s(build_scenario(raw))
+    services = []
+    for ms in (10.0, 20.0):
+        csv = tmp_path / f"target-{ms:g}.csv"
+        csv.write_text("new_tokens,context_tokens,ms\n" + "".join(f"{n},{c},{ms * (1 + n / 512)}\n" for c in (0, 100000) for n in (1, 4096)))
+        raw["sites"][0]["profiles"] = {"llama-3.1-8b": str(csv)}
+        services.append(nominal_service_s(build_scenario(raw)))
+    assert services[1] == pytest.approx(2 * services[0]) and roofline not in services

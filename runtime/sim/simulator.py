@@ -36,7 +36,7 @@ from runtime.contract import (
     drive,
     fcfs_batch,
 )
-from runtime.latency import LatencyModel, ModelSpec, ProfileTable, Roofline
+from runtime.latency import LatencyModel, site_latency
 from runtime.metrics import Metrics, RequestRecord
 from runtime.network import Link
 from runtime.scenario import Scenario, Site
@@ -157,7 +157,7 @@ class SimSite:
         self.drafter = spec.drafter
         self.draft_lat: LatencyModel | None = None
         if spec.drafter is not None:
-            self.draft_lat = _latency(spec, spec.drafter, scenario.model_specs[spec.drafter], tp=1)
+            self.draft_lat = site_latency(spec.profiles, spec.drafter, scenario.model_specs[spec.drafter], spec.gpu, tp=1)
         self.load = load
         self.link = link
         self.queue: list[DraftTask] = []
@@ -169,13 +169,6 @@ class SimSite:
         # (time, seq, stream, epoch, consumed), unsorted, applied when the pass ends (see
         # Simulator._message_stream) instead of one event each.
         self.pending: list[tuple[float, int, DraftStream, int, int]] = []
-
-
-def _latency(site: Site, name: str, model: ModelSpec, tp: int) -> LatencyModel:
-    """The site's measured profile for this model if it has one, else the roofline."""
-    if name in site.profiles:
-        return ProfileTable.from_csv(site.profiles[name])
-    return Roofline(model, site.gpu, tp=tp)
 
 
 class Simulator(DecisionLoop):
@@ -215,7 +208,8 @@ class Simulator(DecisionLoop):
             link = Link(s, self.net, random.Random(seed * 6007 + 15485863 * (i + 1))) if s.role != "target" else None
             self.sites[s.name] = SimSite(s, scenario, LoadProcess(s.load, rng), link)
         self.target = self.sites[scenario.target.name]
-        self.target_lat = _latency(scenario.target, scenario.spec.target_model, scenario.target_model, tp=scenario.target.tp)
+        self.target_lat = site_latency(scenario.target.profiles, scenario.spec.target_model, scenario.target_model,
+                                       scenario.target.gpu, tp=scenario.target.tp)
         self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
         # acceptance positions counted across rounds: each verified round moves them on
         self._carry = any(getattr(d.acceptance, "across_rounds", False) for d in scenario.spec.drafters.values())
