@@ -76,26 +76,29 @@ class PolicyNet:
 
 
 class CommitteeNet:
-    """Bagged members over a fallback network: per knob, the fallback's choice (the warm start's
-    fixed setting) unless at least ``agree`` of the members pick one other value.
+    """Bagged members over a fallback network: the action (every knob together) that at least
+    ``agree`` of the members choose, else the fallback's (the warm start's fixed setting).
 
-    Each member is fitted to a bootstrap resample of the labelled training systems, so a knob
-    moves away from the fixed setting only where the labels say so whichever systems were drawn,
-    not where one or two systems' labels pull an extrapolating network (README "Committees").
+    Each member is fitted to a bootstrap resample of the labelled training systems, so the policy
+    leaves the fixed setting only where the labels say so whichever systems were drawn, not where
+    one or two systems' labels pull an extrapolating network. The vote is over whole actions, not
+    knob by knob: knobs interact (hedging pays only with a higher admission cap), and a per-knob
+    vote can assemble a setting no member chose (README "Committees").
     """
 
     def __init__(self, members: Sequence[PolicyNet], fallback: PolicyNet, agree: float) -> None:
         if not members or not 0.5 < agree <= 1.0:
             raise PolicyLoadError(f"a committee needs members and an agreement share in (0.5, 1], got {len(members)} and {agree}")
         self.members, self.fallback, self.agree = list(members), fallback, float(agree)
-        self.need = math.ceil(self.agree * len(self.members) - 1e-9)  # > half: one value at most
+        self.need = math.ceil(self.agree * len(self.members) - 1e-9)  # > half: one action at most
         self.dims = fallback.dims
 
     def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         out = self.fallback(obs, mask)
-        votes = np.stack([m(obs, mask) for m in self.members])
-        for v in range(int(self.dims.max())):
-            out = np.where((votes == v).sum(0) >= self.need, v, out)
+        votes = np.stack([m(obs, mask) for m in self.members])  # (members, ..., knobs)
+        for choice in votes:
+            backed = (votes == choice).all(-1).sum(0) >= self.need  # members choosing this whole action
+            out = np.where(backed[..., None], choice, out)
         return out
 
 

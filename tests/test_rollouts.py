@@ -271,18 +271,17 @@ def _const_net(action: list[int], dims: tuple[int, ...] = (3, 7, 6, 2)):
     return PolicyNet([(np.zeros((len(logits), 2), np.float32), logits)], "identity", dims, masked=True)
 
 
-def test_a_committee_leaves_the_fallback_only_where_a_supermajority_agrees() -> None:
+def test_a_committee_leaves_the_fallback_only_for_an_action_a_supermajority_chooses() -> None:
     from controllers.policy import CommitteeNet, PolicyLoadError
 
     warm = _const_net([0, 3, 5, 1])
-    members = [_const_net([1, 3, 5, 0])] * 3 + [_const_net([2, 4, 5, 0])]  # mode split 3:1, hedge 4:0
+    members = [_const_net([1, 6, 5, 0])] * 3 + [_const_net([1, 3, 5, 0])]  # whole actions split 3:1
     obs = np.zeros(2, np.float32)
-    assert CommitteeNet(members, warm, 0.75)(obs).tolist() == [1, 3, 5, 0]  # 3 of 4 reach 0.75
-    assert CommitteeNet(members, warm, 0.8)(obs).tolist() == [0, 3, 5, 0]  # mode: 3 of 4 do not reach 0.8
-    # a batch of observations, and a mask that rules the members' mode out: the fallback's stands
-    mask = np.ones(18, bool)
-    mask[1] = False
-    assert CommitteeNet(members, warm, 0.75)(np.zeros((2, 2), np.float32), mask).tolist() == [[0, 3, 5, 0]] * 2
+    assert CommitteeNet(members, warm, 0.75)(obs).tolist() == [1, 6, 5, 0]  # 3 of 4 reach 0.75
+    # 3 of 4 do not reach 0.8; every member switches hedging off and picks mode 1, but not with
+    # the same cap: the vote is over whole actions, so the warm start's setting stands
+    assert CommitteeNet(members, warm, 0.8)(obs).tolist() == [0, 3, 5, 1]
+    assert CommitteeNet(members, warm, 0.75)(np.zeros((2, 2), np.float32)).tolist() == [[1, 6, 5, 0]] * 2  # a batch
     with pytest.raises(PolicyLoadError, match=r"agreement share in \(0.5, 1\]"):
         CommitteeNet(members, warm, 0.5)
 
