@@ -66,8 +66,9 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # the mix and lowered goodput on the held-out files (README "Knob policy results")
     "survey": 0,
     # members of a committee (0: one network): each is fitted from the warm start to a bootstrap
-    # resample of the labelled systems, and the deployed policy leaves the warm start's setting of
-    # a knob only where at least ``agree`` of them pick the same other value (README "Committees")
+    # resample of the labelled systems, and the deployed policy takes the whole action that at
+    # least ``agree`` of them choose, else the warm start's; measured safe and no better than the
+    # warm start, so off by default (README "Committees")
     "committee": 0,
     "agree": 0.75,
 }
