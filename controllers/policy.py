@@ -53,6 +53,17 @@ class PolicyNet:
         self._width = int(self.dims[: self._period].sum())
         self._cuts = np.concatenate([[0], np.cumsum(self.dims[: self._period])]).tolist()
 
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], n_layers: int, activation: str, dims: Sequence[int], masked: bool,
+                     prefix: str = "", source: str = "the weights") -> "PolicyNet":
+        """The net whose layers are ``<prefix>layer<i>.weight`` / ``.bias`` in ``tensors`` (as
+        :func:`actor_tensors` names them)."""
+        try:
+            layers = [(tensors[f"{prefix}layer{i}.weight"], tensors[f"{prefix}layer{i}.bias"]) for i in range(n_layers)]
+        except KeyError as e:
+            raise PolicyLoadError(f"{source} lacks tensor {e}; re-export the policy") from None
+        return cls(layers, activation, dims, masked)
+
     def logits(self, obs: np.ndarray) -> np.ndarray:
         h = obs.astype(np.float32, copy=False)
         last = len(self.layers) - 1
@@ -220,13 +231,10 @@ def load_policy_dir(directory: Path) -> tuple[dict[str, Any], PolicyNet | Commit
     net = spec["net"]
 
     def build(prefix: str) -> PolicyNet:
-        try:
-            layers = [(tensors[f"{prefix}layer{i}.weight"], tensors[f"{prefix}layer{i}.bias"]) for i in range(net["layers"])]
-        except KeyError as e:
-            raise PolicyLoadError(f"{weights_file} lacks tensor {e}; re-export the policy") from None
-        if layers[0][0].shape[1] != net["obs_size"] or layers[-1][0].shape[0] != sum(net["action_dims"]):
+        pn = PolicyNet.from_tensors(tensors, net["layers"], net["activation"], net["action_dims"], net["masked"], prefix, str(weights_file))
+        if pn.layers[0][0].shape[0] != net["obs_size"] or pn.layers[-1][0].shape[1] != sum(net["action_dims"]):
             raise PolicyLoadError(f"{weights_file}: weight shapes do not match policy.json (obs {net['obs_size']}, actions {sum(net['action_dims'])})")
-        return PolicyNet(layers, net["activation"], net["action_dims"], net["masked"])
+        return pn
 
     committee = net.get("committee")
     if spec["format_version"] == COMMITTEE_FORMAT_VERSION:

@@ -387,12 +387,10 @@ def fit_committee(model: Any, data: Sequence[Labelled], arrays: tuple[np.ndarray
 
     def net(policy: Any) -> PolicyNet:
         tensors, activation, layers = actor_tensors(policy)
-        return PolicyNet([(tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"]) for i in range(layers)], activation,
-                         model.action_space.nvec, type(model).__name__ == "MaskablePPO")
+        return PolicyNet.from_tensors(tensors, layers, activation, model.action_space.nvec, type(model).__name__ == "MaskablePPO")
 
     committee = CommitteeNet([net(p) for p in members], net(model.policy), float(cfg["agree"]))
-    pred = np.stack([committee(o, m) for o, m in zip(obs[:n], masks[:n])])
-    warm = np.stack([committee.fallback(o, m) for o, m in zip(obs[:n], masks[:n])])
+    pred, warm = committee(obs[:n], masks[:n]), committee.fallback(obs[:n], masks[:n])
     return members, {"agreement": float((pred == actions[:n]).all(1).mean()), "samples": float(n),
                      "moved_share": float((pred != warm).any(1).mean())}
 
