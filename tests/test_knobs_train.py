@@ -89,6 +89,12 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     run = mlflow.get_run(run_id)
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
+    # the run's comparison, with its training seed, beside its checkpoints: what across_seeds reads
+    from training.across_seeds import load_run, report
+
+    result = load_run(tmp_path / "ck")
+    assert result.seed == 0 and "eu-3region-bursty" in result.held_out and "wan-4region" in result.scenarios
+    assert report([result]).startswith("1 run (training seeds 0)")
 
     # one policy, five site sets: WAN regions, an edge fleet, a single site (no remote: its mode
     # is masked), other regions, and edge devices beside a remote region (a mix never trained on)

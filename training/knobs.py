@@ -25,6 +25,7 @@ The recipe, and why:
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import shutil
@@ -230,6 +231,28 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
     return summary, "\n\n".join(tables)
 
 
+#: A knob run's final comparison, in its output directory (read by ``python -m training.across_seeds``).
+COMPARISON_FILE = "comparison.json"
+
+
+def write_comparison(run_dir: Path, summary: list[dict[str, Any]], seed: int | None, config: str,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``RUN_DIR/comparison.json``: the final comparison with the run's training seed, which
+    ``python -m training.across_seeds`` reads to judge a recipe over its runs."""
+    data = {"seed": seed, "config": str(config), "scenarios": summary, **(extra or {})}
+    (Path(run_dir) / COMPARISON_FILE).write_text(json.dumps(data, indent=1, default=float) + "\n")
+    return data
+
+
+def recorded_seed(run_dir: Path) -> int | None:
+    """The training seed a run's ``comparison.json`` records (None: no file, or an earlier release's)."""
+    try:
+        seed = json.loads((Path(run_dir) / COMPARISON_FILE).read_text()).get("seed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) else None
+
+
 def load_policy(policy_dir: str) -> Any:
     from controllers import make_controller
 
@@ -355,7 +378,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
 
         summary, report = final_comparison(best_dir, out_dir / "warm", cfg, workers)
         mlflow.log_text(report, "comparison.md")
-        mlflow.log_dict({"scenarios": summary, "validation": select.history}, "comparison.json")
+        comparison = write_comparison(out_dir, summary, args.seed, cfg["config_file"], {"validation": select.history})
+        mlflow.log_dict(comparison, "comparison.json")
         mlflow.log_artifacts(str(best_dir), "policy_files")
         model_uri = log_policy_model(best_dir, "policy", register_as=args.register)
         total_s = time.time() - t_start
@@ -392,6 +416,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "knobs.yaml", help="config whose eval block to use")
     p.add_argument("--eval-seeds", type=int, help="test seeds (default: the config's)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, help="the run's training seed, recorded in RUN_DIR/comparison.json "
+                   "(default: the one recorded there already)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the repo's sqlite store)")
     args: argparse.Namespace = p.parse_args(argv)
     try:
@@ -399,6 +425,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
             if not (args.run_dir / d / "policy.json").is_file():
                 raise ConfigError(f"{args.run_dir / d} holds no policy.json: pass the --out directory of a knob training run")
             load_policy(str(args.run_dir / d))  # an old or broken export fails here, before any run is logged
+        seed = args.seed if args.seed is not None else recorded_seed(args.run_dir)
         cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO)
         cfg["config_file"] = str(args.config)
         if args.eval_seeds is not None:
@@ -410,7 +437,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
             mlflow.log_text(shlex.join([sys.executable, "-m", "training.knobs", *(argv or sys.argv[1:])]), "command.txt")
             summary, report = final_comparison(args.run_dir / "best", args.run_dir / "warm", cfg, args.workers)
             mlflow.log_text(report, "comparison.md")
-            mlflow.log_dict({"scenarios": summary}, "comparison.json")
+            mlflow.log_dict(write_comparison(args.run_dir, summary, seed, str(args.config)), "comparison.json")
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
