@@ -111,9 +111,8 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean, float(lo), float(hi)
 
 
-def _ci(values: Sequence[float]) -> str:
-    mean, lo, hi = t_interval(values)
-    return f"{mean:.3f}" if math.isnan(lo) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+def _fmt(mean: float, lo: float, hi: float, sign: str = "") -> str:
+    return f"{mean:{sign}.3f}" if math.isnan(lo) else f"{mean:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
 
 def summary_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
@@ -135,14 +134,14 @@ def report(runs: Sequence[RunResult], against: Sequence[RunResult] = ()) -> str:
     lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''} (training seeds {seeds}); 95% t-intervals over runs.", "",
              f"| scenario | ratio to the best tuned baseline | worst - best run | runs at >= {BAR}x | ratio to the run's warm start |",
              "|---|---|---|---|---|"]
-    for row, name in zip(summary_rows(runs), runs[0].scenarios):
-        vals = [r.scenarios[name] for r in runs]
-        lines.append(f"| {name}{' (held out)' if row['held_out'] else ''} | {_ci([v['ratio'] for v in vals])} | "
-                     f"{row['worst']:.3f} - {row['best']:.3f} | {row['reach_bar']} of {row['runs']} | {_ci([v['vs_clone'] for v in vals])} |")
+    for row in summary_rows(runs):
+        lines.append(f"| {row['scenario']}{' (held out)' if row['held_out'] else ''} | "
+                     f"{_fmt(row['ratio'], row['ci_low'], row['ci_high'])} | {row['worst']:.3f} - {row['best']:.3f} | "
+                     f"{row['reach_bar']} of {row['runs']} | {_fmt(row['vs_warm'], row['vs_warm_low'], row['vs_warm_high'])} |")
     if runs[0].held_out:
         means = [r.held_out_mean() for r in runs]
         lines += ["", f"held-out mean (ratio to the best tuned baseline over {len(runs[0].held_out)} held-out scenarios): "
-                  f"{_ci(means)}; per run: " + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
+                  f"{_fmt(*t_interval(means))}; per run: " + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
     if against:
         lines += ["", *paired(runs, against)]
     return "\n".join(lines)
@@ -167,9 +166,7 @@ def paired(runs: Sequence[RunResult], against: Sequence[RunResult]) -> list[str]
         def value(r: RunResult) -> float:
             return r.held_out_mean() if name == "held-out mean" else float(r.scenarios[name]["ratio"])
         diffs = [value(mine[s]) - value(other[s]) for s in common]
-        mean, lo, hi = t_interval(diffs)
-        ci = f"{mean:+.3f}" if math.isnan(lo) else f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        lines.append(f"| {name} | {ci} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
+        lines.append(f"| {name} | {_fmt(*t_interval(diffs), sign='+')} | {', '.join(f'{d:+.3f}' for d in diffs)} |")
     return lines
 
 
