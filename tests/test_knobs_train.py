@@ -95,6 +95,12 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     result = load_run(tmp_path / "ck")
     assert result.seed == 0 and "eu-3region-bursty" in result.held_out and "wan-4region" in result.scenarios
     assert report([result]).startswith("1 run (training seeds 0)")
+    # judged again (e.g. after re-tuning baselines): the comparison is rewritten, the seed kept or set
+    from training.knobs import compare_main
+
+    judge = [str(tmp_path / "ck"), "--config", str(tmp_path / "knobs.yaml"), "--workers", "1", "--tracking-uri", uri]
+    assert compare_main(judge + ["--seed", "5"]) == 0 and load_run(tmp_path / "ck").seed == 5
+    assert compare_main(judge) == 0 and load_run(tmp_path / "ck").seed == 5
 
     # one policy, five site sets: WAN regions, an edge fleet, a single site (no remote: its mode
     # is masked), other regions, and edge devices beside a remote region (a mix never trained on)
