@@ -329,7 +329,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                     self.evaluate()
                 return True
 
-            def evaluate(self, source: Path | None = None) -> float:
+            def evaluate(self, source: Path | None = None, label: str | None = None) -> float:
                 d = source or export(out_dir / "latest")
                 g = validation_goodput(d, env_kwargs, ev["validation_episodes"], workers)
                 self.history.append((self.num_timesteps, g))
@@ -339,12 +339,13 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                     if (out_dir / "best").exists():
                         shutil.rmtree(out_dir / "best")
                     shutil.copytree(d, out_dir / "best")
-                tqdm_write(f"validation @ {self.num_timesteps:,} steps: goodput {g:.3f} req/s (best {self.best:.3f})")
+                where = label or f"@ {self.num_timesteps:,} PPO steps"
+                tqdm_write(f"validation {where}: goodput {g:.3f} req/s (best {self.best:.3f})")
                 return g
 
         select = Select()
         select.init_callback(model)
-        warm_goodput = select.evaluate(out_dir / "warm")
+        warm_goodput = select.evaluate(out_dir / "warm", "of the warm start")
         t_train = time.time()
         ro, data, current = cfg["rollouts"], [], out_dir / "warm"
         # the survey (if any), then the rollout iterations: each labels states of training systems
@@ -366,7 +367,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                        f"{stats['rollouts/mean_gain']:+.1%}), fit agreement {stats['rollouts/agreement']:.0%}"
                        + (f"; the committee of {len(members)} leaves the warm start on {stats['rollouts/moved_share']:.0%} of them"
                           if members else ""))
-            select.evaluate(current)
+            select.evaluate(current, f"after {title}")
         if cfg["total_timesteps"]:
             model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
             select.evaluate()
