@@ -168,10 +168,13 @@ class KnobController(Controller):
             hedge=int(bool(hedge)),
         )
         self.valid: list[bool] = [False] * len(self.modes)
+        #: control intervals run under each setting since :meth:`bind`, by :meth:`spec` string:
+        #: which decisions a policy made (``training.knobs`` reports them per scenario)
+        self.usage: dict[str, int] = {}
         self.next_tick = 0.0
         self._win = _Window(0.0)
         self._tpot_ref = math.inf
-        self._active: Controller = self.modes[0]
+        self._active: Controller = self.modes[self.knobs.mode]  # until bind() checks that it runs
 
     # ------------------------------------------------------------------ setup
     @property
@@ -198,6 +201,7 @@ class KnobController(Controller):
                 self.valid.append(False)
         if not any(self.valid):
             raise ValueError(f"none of the knob modes {list(self.mode_specs)} runs on {info.scenario}; add one that does (e.g. centralized)")
+        self.usage = {}
         self.next_tick = 0.0
         self._win = _Window(0.0)
         self._tpot_ref = math.inf
@@ -226,6 +230,19 @@ class KnobController(Controller):
         self._active = self.modes[mode]
         self.next_tick = now + self.interval_s
         self._win = _Window(now)
+        key = self.spec()
+        self.usage[key] = self.usage.get(key, 0) + 1
+
+    def spec(self, knobs: Knobs | None = None) -> str:
+        """A setting (by default the current one, with the mode that answers) as a fixed-knob
+        controller spec, e.g. ``knobs:mode=wisp,cap=2,k_cap=8,hedge=true``, which runs that setting
+        alone. A mode whose spec has parameters goes by its index in :attr:`mode_specs` (a spec
+        cannot nest one)."""
+        k = knobs or replace(self.knobs, mode=self.modes.index(self._active))
+        mode = self.mode_specs[k.mode]
+        cap = CAP_LEVELS[k.cap]
+        return (f"knobs:mode={k.mode if ':' in mode or ',' in mode else mode},cap={'none' if math.isinf(cap) else f'{cap:g}'},"
+                f"k_cap={K_CAP_LEVELS[k.k_cap]},hedge={'true' if k.hedge else 'false'}")
 
     def observation(self, sys: SystemView, out: np.ndarray | None = None) -> np.ndarray:
         """The site-agnostic features of :data:`KNOB_FEATURES` (+ mode one-hot and validity)."""

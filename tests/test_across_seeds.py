@@ -12,11 +12,13 @@ from training.across_seeds import main, t_interval
 from training.knobs import write_comparison
 
 
-def run(tmp_path: Path, name: str, seed: int, ratios: dict[str, float], held_out: tuple[str, ...] = ("eu",)) -> str:
+def run(tmp_path: Path, name: str, seed: int, ratios: dict[str, float], held_out: tuple[str, ...] = ("eu",),
+        settings: dict[str, dict[str, float]] | None = None) -> str:
     """A run directory as a knob run leaves it: comparison.json with one row per scenario."""
     rows = [{"scenario": s, "rate": 1.0, "held_out": s in held_out, "best_baseline": "wanspec", "ratio": r,
              "ci_low": r - 0.01, "ci_high": r + 0.01, "vs_clone": r / 0.9, "vs_clone_low": 0.0, "vs_clone_high": 2.0,
-             "clone_ratio": 0.9, "oracle_ratio": 1.1, "gap_closed": None} for s, r in ratios.items()]
+             "clone_ratio": 0.9, "oracle_ratio": 1.1, "gap_closed": None,
+             **({"policy_settings": settings[s]} if settings else {})} for s, r in ratios.items()]
     d = tmp_path / name
     d.mkdir()
     write_comparison(d, rows, seed, "training/configs/knobs.yaml")
@@ -45,6 +47,23 @@ def test_report_over_runs_and_paired_by_seed(tmp_path: Path, capsys: pytest.Capt
     assert "paired by training seed (1, 2; unpaired runs left out: [0, 5])" in text
     assert "| held-out mean | +0.100 [" in text and "| +0.050, +0.150 |" in text
     assert out_file.read_text().strip() == text.strip()
+    assert "used most" not in text  # runs that recorded no knob settings (an earlier release): no table
+
+
+def test_report_shows_the_setting_each_run_used_most(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.knobs import settings_line
+
+    wisp, wanspec = "knobs:mode=wisp,cap=2,k_cap=8,hedge=true", "knobs:mode=wanspec,cap=1,k_cap=8,hedge=true"
+    runs = [run(tmp_path, "s0", 0, {"wan": 1.0, "eu": 0.95}, settings={"wan": {wanspec: 1.0}, "eu": {wisp: 0.7, wanspec: 0.3}}),
+            run(tmp_path, "s1", 1, {"wan": 1.0, "eu": 0.60}, settings={"wan": {wanspec: 1.0}, "eu": {wanspec: 0.9, wisp: 0.1}})]
+    assert main(runs) == 0
+    text = capsys.readouterr().out
+    assert "| scenario | seed 0 | seed 1 |" in text
+    assert "| eu | `mode=wisp,cap=2,k_cap=8,hedge=true` 70% | `mode=wanspec,cap=1,k_cap=8,hedge=true` 90% |" in text
+    # the final comparison's line: the most used settings, then the rest
+    shares = {"a": 0.5, "b": 0.2, "c": 0.15, "d": 0.1, "e": 0.05}
+    assert settings_line(shares) == "`a` 50%, `b` 20%, `c` 15%, 2 others 15%"
+    assert settings_line({"a": 1.0}, top=1) == "`a` 100%" and settings_line({}) == "none recorded"
 
 
 @pytest.mark.parametrize("case, match", [

@@ -56,6 +56,34 @@ def test_a_mode_that_cannot_run_is_masked_and_repaired():
     assert ctl._active is ctl.modes[1]
 
 
+def test_a_knob_controller_counts_the_intervals_of_each_setting_as_specs_that_run_alone():
+    from training.compare import Comparison, run_controller
+
+    ticks = iter(range(10_000))
+
+    def act(obs, mask):  # alternate wisp at cap 2x with centralized at k <= 1 without hedging
+        return np.array([1, 3, 5, 1]) if next(ticks) % 2 == 0 else np.array([2, 6, 0, 0])
+
+    ctl = KnobController(act=act)
+    res = run_controller(load_scenario("wan-4region"), lambda: ctl, 0, 6.0, 10.0)
+    usage = res["knob_usage"]
+    # the fixed setting until the first tick, then the policy's two settings in turn
+    assert usage.pop("knobs:mode=wanspec,cap=none,k_cap=8,hedge=true") == 1
+    assert set(usage) == {"knobs:mode=wisp,cap=2,k_cap=8,hedge=true", "knobs:mode=centralized,cap=none,k_cap=1,hedge=false"}
+    assert abs(usage["knobs:mode=wisp,cap=2,k_cap=8,hedge=true"] - usage["knobs:mode=centralized,cap=none,k_cap=1,hedge=false"]) <= 1
+    for spec in usage:  # each reported setting is a controller of its own, with that setting
+        assert make_controller(spec).spec() == spec
+    assert "knob_usage" not in run_controller(load_scenario("wan-4region"), "wanspec", 0, 2.0, 10.0)
+    # over seeds: shares of all intervals, most used first
+    cmp = Comparison([0, 1], {"p": [{"knob_usage": {"a": 1, "b": 3}}, {"knob_usage": {"a": 2, "c": 2}}], "h": [{}, {}]})
+    assert list(cmp.knob_shares("p").items()) == [("a", 0.375), ("b", 0.375), ("c", 0.25)]
+    assert cmp.knob_shares("h") == {}
+    # a mode with parameters goes by its index; a mode that cannot run is reported as the one that answered
+    custom = KnobController(modes=["wanspec", "centralized:max_k=2"])
+    custom.bind(Simulator(load_scenario("colocated"), 0, 1.0).info)  # no remote site: wanspec cannot run
+    assert custom.spec() == "knobs:mode=1,cap=none,k_cap=8,hedge=true"
+
+
 @pytest.mark.parametrize("scenario", ["wan-4region", "edge-fleet", "colocated"])
 def test_env_passes_the_gymnasium_checker_everywhere_with_one_space(scenario):
     env = SpecKnobsEnv(scenario, duration=5.0)

@@ -94,6 +94,11 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
 
     result = load_run(tmp_path / "ck")
     assert result.seed == 0 and "eu-3region-bursty" in result.held_out and "wan-4region" in result.scenarios
+    # which decisions: the policy's knob settings per scenario, as specs that run alone
+    for row in result.scenarios.values():
+        assert sum(row["policy_settings"].values()) == pytest.approx(1.0)
+        assert all(spec.startswith("knobs:mode=") for spec in row["policy_settings"])
+    assert "policy's knob settings (share of control intervals over the test seeds): `knobs:mode=" in out.stdout
     assert report([result]).startswith("1 run (training seeds 0)")
     # judged again (e.g. after re-tuning baselines): the comparison is rewritten, the seed kept or set
     from training.knobs import compare_main

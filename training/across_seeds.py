@@ -8,7 +8,8 @@ training seeds is larger than any test-seed CI (README, "Knob policy results"). 
 scenario, the policy's goodput ratio against the best tuned baseline and against its own warm
 start as a mean over runs with a 95% t-interval over runs (runs are the independent units;
 with few of them a t-interval is wider, and more honest, than a bootstrap), the worst and the
-best run, and how many runs reach 0.98x; then each run's mean over the held-out scenarios.
+best run, and how many runs reach 0.98x; then each run's mean over the held-out scenarios and
+the knob setting each run used most on each scenario (which decisions made the figures).
 ``--against`` pairs two recipes' runs by training seed and reports the differences.
 
     for s in 0 1 2 3; do python training/train.py --seed $s --out checkpoints/default-s$s; done
@@ -142,9 +143,27 @@ def report(runs: Sequence[RunResult], against: Sequence[RunResult] = ()) -> str:
         means = [r.held_out_mean() for r in runs]
         lines += ["", f"held-out mean (ratio to the best tuned baseline over {len(runs[0].held_out)} held-out scenarios): "
                   f"{_fmt(*t_interval(means))}; per run: " + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
+    lines += decisions(runs)
     if against:
         lines += ["", *paired(runs, against)]
     return "\n".join(lines)
+
+
+def decisions(runs: Sequence[RunResult]) -> list[str]:
+    """Per scenario and run, the knob setting the policy used most on the test seeds (with its
+    share of control intervals); runs judged by an earlier release recorded none."""
+    if not any(row.get("policy_settings") for r in runs for row in r.scenarios.values()):
+        return []
+    lines = ["", "the setting each run's policy used most (share of its control intervals on the test seeds):", "",
+             "| scenario | " + " | ".join(f"seed {r.seed}" for r in runs) + " |", "|---|" + "---|" * len(runs)]
+    for name in runs[0].scenarios:
+        cells = []
+        for r in runs:
+            shares = r.scenarios[name].get("policy_settings") or {}
+            spec, share = next(iter(shares.items()), (None, 0.0))
+            cells.append(f"`{spec.removeprefix('knobs:')}` {share:.0%}" if spec else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def paired(runs: Sequence[RunResult], against: Sequence[RunResult]) -> list[str]:

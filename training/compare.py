@@ -19,7 +19,7 @@ class Comparison:
     """Goodput (and costs) per controller on the same held-out seeds."""
 
     seeds: list[int]
-    rows: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def mean(self, name: str, key: str = "goodput_rps") -> float:
         return float(np.mean([r[key] for r in self.rows[name]]))
@@ -27,9 +27,20 @@ class Comparison:
     def values(self, name: str, key: str = "goodput_rps") -> np.ndarray:
         return np.array([r[key] for r in self.rows[name]], dtype=float)
 
+    def knob_shares(self, name: str) -> dict[str, float]:
+        """A knob controller's settings with their share of its control intervals over every
+        seed, most used first (empty for other controllers): which decisions it made."""
+        total: dict[str, int] = {}
+        for r in self.rows[name]:
+            for spec, n in r.get("knob_usage", {}).items():
+                total[spec] = total.get(spec, 0) + n
+        count = sum(total.values())
+        return {spec: n / count for spec, n in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))} if count else {}
 
-def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, rate: float | None) -> dict[str, float]:
-    """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory."""
+
+def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, rate: float | None) -> dict[str, Any]:
+    """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory.
+    Goodput and costs, and for a knob controller its ``knob_usage`` (control intervals per setting)."""
     from controllers import make_controller
     from runtime.contract import Controller
     from runtime.sim import Simulator
@@ -39,10 +50,14 @@ def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, 
     else:
         ctl = spec_or_ctl if isinstance(spec_or_ctl, Controller) else spec_or_ctl()
     s = Simulator(scenario, seed, duration, rate=rate).run(ctl)
-    return {k: float(s[k]) for k in ("goodput_rps", "goodput_tps", "slo_attainment", "target_draft_forward_passes", "wasted_draft_tokens")}
+    out: dict[str, Any] = {k: float(s[k]) for k in ("goodput_rps", "goodput_tps", "slo_attainment", "target_draft_forward_passes", "wasted_draft_tokens")}
+    usage = getattr(ctl, "usage", None)
+    if isinstance(usage, dict):
+        out["knob_usage"] = dict(usage)
+    return out
 
 
-def _job(args: tuple[str, Any, Any, int, float, float | None]) -> tuple[str, int, dict[str, float]]:
+def _job(args: tuple[str, Any, Any, int, float, float | None]) -> tuple[str, int, dict[str, Any]]:
     name, make, scenario, seed, duration, rate = args
     return name, seed, run_controller(scenario, make, seed, duration, rate)
 

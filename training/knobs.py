@@ -218,17 +218,30 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                         "best_baseline": best["controller"], "ratio": pol["ratio_vs_best"], "ci_low": pol["ratio_ci_low"],
                         "ci_high": pol["ratio_ci_high"], "vs_clone": vs_clone[0], "vs_clone_low": vs_clone[1],
                         "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
-                        "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap})
+                        "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap,
+                        "policy_settings": cmp.knob_shares("policy")})
         tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
                       f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
                       + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None and gap >= 0 else
-                         "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else ""))
+                         "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else "")
+                      + f"\n\npolicy's knob settings (share of control intervals over the test seeds): "
+                      + settings_line(summary[-1]["policy_settings"]))
         key = scenario.name.replace("/", "_")
         mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
                             f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
                             f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
         tqdm_write(tables[-1] + "\n")
     return summary, "\n\n".join(tables)
+
+
+def settings_line(shares: dict[str, float], top: int = 3) -> str:
+    """``spec 74%, spec 20%, 2 others 6%``: the most used knob settings, then the rest."""
+    items = list(shares.items())
+    text = [f"`{spec}` {share:.0%}" for spec, share in items[:top]]
+    rest = items[top:]
+    if rest:
+        text.append(f"{len(rest)} other{'s' if len(rest) > 1 else ''} {sum(share for _, share in rest):.0%}")
+    return ", ".join(text) or "none recorded"
 
 
 #: A knob run's final comparison, in its output directory (read by ``python -m training.across_seeds``).
@@ -390,7 +403,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     for s in summary:
         print(f"  {s['scenario']}{' (held out)' if s['held_out'] else ''}: {s['ratio']:.3f}x {s['best_baseline']} "
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
-              + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else ""))
+              + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else "")
+              + (f"; mostly {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
     print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s; "
           f"trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
     print(f"MLflow run {run_id} ({run_name}) at {uri}")
