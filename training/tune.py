@@ -58,6 +58,12 @@ SPACES: dict[str, dict[str, BaseDistribution]] = {
         "sizes": CategoricalDistribution(["1/16/48", "1/4/16", "1/8/32", "1/24/64", "1/32/96"]),
         "ks": CategoricalDistribution(["4/2/1", "2/1/0", "3/1/0", "3/2/1", "4/2/0", "5/3/1", "5/3/0", "6/3/1", "6/4/2", "8/4/2"]),
     },
+    "knobs": {  # one fixed setting of a knob policy's action space (mode by index: wanspec, wisp, centralized)
+        "mode": CategoricalDistribution([0, 1, 2]),
+        "cap": CategoricalDistribution([None, 1.0, 1.5, 1.75, 2.0, 2.5, 3.0]),
+        "k_cap": CategoricalDistribution([None, 1, 2, 3, 4, 6]),
+        "hedge": CategoricalDistribution([True, False]),
+    },
     "bandit-k": {
         "max_k": IntDistribution(2, 8),
         "exploration": FloatDistribution(0.0, 0.3, step=0.01),
