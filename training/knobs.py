@@ -404,7 +404,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         print(f"  {s['scenario']}{' (held out)' if s['held_out'] else ''}: {s['ratio']:.3f}x {s['best_baseline']} "
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
               + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else "")
-              + (f"; mostly {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
+              + (f"; most used {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
     print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s; "
           f"trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
     print(f"MLflow run {run_id} ({run_name}) at {uri}")

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS
 from runtime.flags import OneLineParser, positive, positive_float, whole
 from training.backend import add_ray_flag
 
@@ -58,10 +59,10 @@ SPACES: dict[str, dict[str, BaseDistribution]] = {
         "sizes": CategoricalDistribution(["1/16/48", "1/4/16", "1/8/32", "1/24/64", "1/32/96"]),
         "ks": CategoricalDistribution(["4/2/1", "2/1/0", "3/1/0", "3/2/1", "4/2/0", "5/3/1", "5/3/0", "6/3/1", "6/4/2", "8/4/2"]),
     },
-    "knobs": {  # one fixed setting of a knob policy's action space (mode by index: wanspec, wisp, centralized)
-        "mode": CategoricalDistribution([0, 1, 2]),
-        "cap": CategoricalDistribution([None, 1.0, 1.5, 1.75, 2.0, 2.5, 3.0]),
-        "k_cap": CategoricalDistribution([None, 1, 2, 3, 4, 6]),
+    "knobs": {  # one fixed setting of a knob policy's action space: its levels (None: no cap, the largest k), mode by index
+        "mode": CategoricalDistribution(list(range(len(DEFAULT_MODES)))),
+        "cap": CategoricalDistribution([None, *CAP_LEVELS[:-1]]),
+        "k_cap": CategoricalDistribution([None, *K_CAP_LEVELS[:-1]]),
         "hedge": CategoricalDistribution([True, False]),
     },
     "bandit-k": {
