@@ -19,7 +19,8 @@ TINY = {
     "n_envs": 1, "vec_env": "dummy", "total_timesteps": 40, "n_steps": 20, "batch_size": 20, "n_epochs": 1,
     "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0,
     "env_kwargs": {"distribution": str(REPO / "training" / "configs" / "scenario-mix.yaml"), "duration": 5.0},
-    "warm_start": {"episodes": 1, "epochs": 5},
+    "warm_start": {"episodes": 1, "epochs": 5,
+                   "tune": {"systems": [1, 1], "keep": 2, "duration": 3.0, "caps": [1.0, 3.0], "k_caps": [3], "hedge": [False]}},
     "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5, "anchor": 0.25,
                  "survey": 1},
     "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 1, "every": 20, "scenarios": [
@@ -54,6 +55,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"committee": 4}}, r"PPO cannot fine-tune a committee policy; set total_timesteps: 0"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
+    ({"warm_start": {"episode": 3}}, r"unknown warm_start key\(s\) \['episode'\]"),
+    ({"warm_start": {"tune": {"keep": 1}}}, r"warm_start.tune.keep: an integer >= 2"),
+    ({"warm_start": {"tune": {"caps": [1.2]}}}, r"warm_start.tune.caps / k_caps: cap=1.2 is not a level"),
 ])
 def test_bad_knob_config_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict, match: str) -> None:
     code = main(["--config", str(write(tmp_path, {**TINY, **patch})), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
@@ -76,6 +80,11 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warm start (clone)" in out.stdout and "(held out)" in out.stdout and "vs warm start" in out.stdout
+    # the warm start is the setting tuned over 2 training systems (7 candidates, then the best 4)
+    tuned = re.search(r"warm start: tuned over 2 training systems: `(knobs:[^`]+)`; on the first 1, where every candidate ran, "
+                      r"[01]\.\d{3} of each system's best setting \(the config's `knobs:mode=wanspec,cap=2,k_cap=8,hedge=true`: "
+                      r"[01]\.\d{3}\)", out.stdout)
+    assert tuned and f"warm start: cloned `{tuned.group(1)}` from" in out.stdout, out.stdout[-2000:]
     # the survey labels one moment in each mode's episode; the rollouts one more state
     survey = re.search(r"survey \(1 systems, every mode for a whole episode\): (\d) states labelled", out.stdout)
     assert survey and (tmp_path / "ck" / "survey" / "policy.json").is_file(), out.stdout[-2000:]
@@ -89,6 +98,8 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     run = mlflow.get_run(run_id)
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
+    assert run.data.tags["specctl.warm_start"] == tuned.group(1) and run.data.metrics["warm/tuned_systems"] == 2
+    assert tuned.group(1) in Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="warm-start-tuning.md")).read_text()
     # the run's comparison, with its training seed, beside its checkpoints: what across_seeds reads
     from training.across_seeds import load_run, report
 

@@ -5,9 +5,10 @@
 
 The recipe, and why:
 
-1. **Warm start**: clone a fixed knob setting (``warm_start.knobs``, e.g. the first mode that
-   runs, with an in-flight cap of 2x the max batch) from ``warm_start.episodes`` episodes of the
-   distribution. The clone is an ablation row of the final table: learning must beat it.
+1. **Warm start**: clone a fixed knob setting from ``warm_start.episodes`` episodes of the
+   distribution: ``warm_start.knobs``, or with ``warm_start.tune`` the setting that does best over
+   training systems of the distribution (:mod:`training.mix_tune`; the hand-picked setting is one
+   candidate). The clone is an ablation row of the final table: learning must beat it.
 2. **Policy improvement by rollouts** (``rollouts:``; :mod:`training.rollouts`): label states the
    policy visits by holding each candidate knob setting in a copy of the simulator, fit the
    policy to the clear winners, repeat. PPO from the clone did not move it in 3,000 steps.
@@ -45,7 +46,10 @@ from training.rollouts import ROLLOUT_DEFAULTS
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
                  "config_file"}
 WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
-                                 "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}}
+                                 "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1},
+                                 # null: clone ``knobs``; a mapping (training.mix_tune.TUNE_DEFAULTS): clone the
+                                 # fixed setting that does best over training systems of the distribution
+                                 "tune": None}
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
 
 
@@ -68,6 +72,13 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     cfg.setdefault("half_life_s", 10.0)
     cfg.setdefault("env_kwargs", {})
     cfg["warm_start"] = {**WARM_DEFAULTS, **(cfg.get("warm_start") or {})}
+    bad = sorted(set(cfg["warm_start"]) - set(WARM_DEFAULTS))
+    if bad:
+        raise ConfigError(f"config {path}: unknown warm_start key(s) {bad}; valid: {sorted(WARM_DEFAULTS)}")
+    if cfg["warm_start"]["tune"] is not None:
+        from training.mix_tune import check_tune_config
+
+        cfg["warm_start"]["tune"] = check_tune_config(cfg["warm_start"]["tune"], f"config {path}: warm_start.tune")
     cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
     cfg["rollouts"] = {**ROLLOUT_DEFAULTS, **(cfg.get("rollouts") or {})}
     bad = sorted(set(cfg["rollouts"]) - set(ROLLOUT_DEFAULTS))
@@ -282,6 +293,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     from controllers.policy import export_policy
     from policy_env import TRAIN_SEED_MAX
     from policy_env.knobs_env import SpecKnobsEnv, gamma_for
+    from training.mix_tune import spec_of, tune_fixed_knobs
     from training.rollouts import improve, label_episode, save_labels, survey_episode
     from training.mlflow_sb3 import MLflowOutputFormat, log_params_flat, log_policy_model, setup_tracking
     from training.common import REPO, build_vec_env, hyperparams, policy_class, tqdm_write
@@ -322,12 +334,23 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
             committee = (members, cfg["rollouts"]["agree"]) if members else None
             return export_policy(model, layout, directory, meta, committee)
 
+        workers = args.workers
+        warm_spec = spec_of(warm["knobs"], layout.modes)
+        if warm["tune"] is not None:
+            tuned = tune_fixed_knobs(env_kwargs, warm["tune"], warm["knobs"], args.seed, workers)
+            mlflow.log_text(tuned.table(), "warm-start-tuning.md")
+            mlflow.log_metrics({"warm/tuned_score": tuned.score, "warm/tuned_systems": tuned.systems}, step=0)
+            tqdm_write(f"warm start: tuned over {tuned.systems} training systems: `{tuned.spec}`; on the first "
+                       f"{warm['tune']['systems'][0]}, where every candidate ran, {tuned.first_round[tuned.spec]:.3f} of each "
+                       f"system's best setting (the config's `{warm_spec}`: {tuned.first_round[warm_spec]:.3f})")
+            warm = {**warm, "knobs": tuned.knobs}
+            warm_spec = tuned.spec
+        mlflow.set_tag("specctl.warm_start", warm_spec)
         stats, anchors = warm_start(model, env_kwargs, warm, args.seed, gamma)
         mlflow.log_metrics(stats, step=0)
-        print(f"warm start: cloned the fixed knobs {warm['knobs']} from {int(stats['warm/samples'])} steps "
+        print(f"warm start: cloned `{warm_spec}` from {int(stats['warm/samples'])} steps "
               f"({stats['warm/agreement']:.0%} agreement)")
         export(out_dir / "warm")
-        workers = args.workers
 
         class Select(BaseCallback):
             """Every ``every`` steps: validation goodput of the exported policy; keep the best."""
