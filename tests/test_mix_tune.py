@@ -17,8 +17,8 @@ SMALL = {**TUNE_DEFAULTS, "systems": [2, 1], "keep": 2, "duration": 3.0, "caps":
 
 def test_the_configs_own_setting_leads_the_grid_once() -> None:
     own = {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}
-    grid = candidates(3, TUNE_DEFAULTS, own)
-    assert grid[0] == own and len(grid) == 3 * 4 * 2 * 2  # already in the default grid: not added twice
+    grid = candidates(3, {**TUNE_DEFAULTS, "hedge": [False, True]}, own)
+    assert grid[0] == own and len(grid) == 3 * 4 * 2 * 2  # already in the grid: not added twice
     keys = {mix_tune._key(g) for g in grid}
     assert len(keys) == len(grid)
     assert len(candidates(3, SMALL, own)) == 3 * 2 + 1  # not in this grid: added in front
