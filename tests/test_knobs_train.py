@@ -56,6 +56,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
     ({"env_kwargs": {"distribution": "/nowhere.yaml"}}, "does not exist"),
     ({"warm_start": {"episode": 3}}, r"unknown warm_start key\(s\) \['episode'\]"),
+    ({"warm_start": {"knobs": {"mode": 0, "cap": 1.2}}}, r"warm_start.knobs: cap=1.2 is not a level"),
+    ({"warm_start": {"knobs": {"mode": "wisp"}}}, r"warm_start.knobs: mode must be an index >= 0"),
+    ({"warm_start": {"knobs": {"modes": 1}}}, r"warm_start.knobs: a mapping of mode \(an index\), cap, k_cap and hedge"),
     ({"warm_start": {"tune": {"keep": 1}}}, r"warm_start.tune.keep: an integer >= 2"),
     ({"warm_start": {"tune": {"caps": [1.2]}}}, r"warm_start.tune.caps / k_caps: cap=1.2 is not a level"),
 ])

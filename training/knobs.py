@@ -57,6 +57,7 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     """Read and validate a knob-training YAML (a flat mapping: algorithm kwargs + recipe keys)."""
     import inspect
 
+    from controllers.knobs import cap_level, k_cap_level
     from runtime.scenario import read_yaml_mapping
 
     cfg = read_yaml_mapping(path, "config", ConfigError, "a mapping of hyperparameters")
@@ -75,6 +76,16 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     bad = sorted(set(cfg["warm_start"]) - set(WARM_DEFAULTS))
     if bad:
         raise ConfigError(f"config {path}: unknown warm_start key(s) {bad}; valid: {sorted(WARM_DEFAULTS)}")
+    knobs = cfg["warm_start"]["knobs"]
+    try:
+        if not isinstance(knobs, dict) or set(knobs) - {"mode", "cap", "k_cap", "hedge"}:
+            raise ValueError("a mapping of mode (an index), cap, k_cap and hedge (0/1)")
+        cap_level(knobs.get("cap"))
+        k_cap_level(knobs.get("k_cap"))
+        if not (isinstance(knobs.get("mode", 0), int) and knobs.get("mode", 0) >= 0 and knobs.get("hedge", 1) in (0, 1)):
+            raise ValueError(f"mode must be an index >= 0 and hedge 0 or 1, got {knobs}")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config {path}: warm_start.knobs: {e}") from None
     if cfg["warm_start"]["tune"] is not None:
         from training.mix_tune import check_tune_config
 
@@ -110,8 +121,6 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.agree must be a share in (0.5, 1] (a supermajority of the members), got {ro['agree']!r}")
     if ro["committee"] and cfg["total_timesteps"]:
         raise ConfigError(f"config {path}: PPO cannot fine-tune a committee policy; set total_timesteps: 0 or rollouts.committee: 0")
-    from controllers.knobs import cap_level, k_cap_level
-
     try:
         [cap_level(c) for c in ro["caps"]]
         [k_cap_level(k) for k in ro["k_caps"]]

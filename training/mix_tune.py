@@ -118,10 +118,12 @@ def _key(knobs: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
-    """A setting as the fixed-knob controller spec that runs it alone."""
+    """A setting as the fixed-knob controller spec that runs it alone (a missing cap: none; a
+    missing k cap: the largest; hedging on unless set, as :func:`training.knobs.teacher_action` reads it)."""
     from controllers.knobs import KnobController
 
-    ctl = KnobController(mode=int(knobs["mode"]), cap=knobs["cap"], k_cap=knobs["k_cap"], hedge=bool(knobs["hedge"]), modes=modes)
+    ctl = KnobController(mode=int(knobs.get("mode", 0)), cap=knobs.get("cap"), k_cap=knobs.get("k_cap"),
+                         hedge=bool(knobs.get("hedge", 1)), modes=modes)
     return ctl.spec(ctl.knobs)
 
 
