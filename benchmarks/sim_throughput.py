@@ -37,6 +37,16 @@ def mean_in_flight(sim: Simulator) -> float:
     return sum(r.finish - r.arrival for r in sim.metrics.records) / sim.metrics.sim_time
 
 
+def refusal(name: str, controller: str) -> str | None:
+    """Why ``controller`` refuses scenario ``name`` at ``bind()`` (e.g. wanspec without remote
+    sites), or None: such a pair is reported and skipped instead of ending the whole run."""
+    try:
+        make_controller(controller).bind(Simulator(load_scenario(name), duration=1.0).info)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def rate_for(name: str, controller: str, concurrency: int, duration: float) -> float:
     """Arrival rate that keeps about ``concurrency`` requests in flight (bisection on the rate)."""
     lo, hi = 0.5, 200.0
@@ -75,6 +85,11 @@ def main() -> None:
     print(f"{'scenario':<13} {'controller':<10} {'rate/s':>7} {'in-flight':>9} {'tokens/wall-s':>14} "
           f"{'events/wall-s':>14} {'sim-s/wall-s':>12}")
     for name in args.scenario or shipped_scenarios():
+        refused = [(c, why) for c in controllers if (why := refusal(name, c)) is not None]
+        if refused:
+            for c, why in refused:
+                print(f"{name:<13} {c:<10} skipped: {why}")
+            continue
         rates = {c: rate_for(name, c, args.concurrency, args.duration) for c in controllers}
         runs: dict[str, list[tuple[float, float, float, float]]] = {c: [] for c in controllers}
         for seed in range(args.repeats):
