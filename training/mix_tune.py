@@ -50,9 +50,11 @@ TUNE_DEFAULTS: dict[str, Any] = {
 
 @dataclass
 class TunedKnobs:
-    """The chosen setting and how the candidates fared. ``ranking``: spec, mean and worst share,
-    systems (survivors first, each round's best first); ``first_round``: each candidate's mean share of each system's best on the
-    first round's systems, where every candidate ran (the only scores on common ground)."""
+    """The chosen setting and how the candidates fared.
+
+    ``ranking``: spec, mean and worst share, systems (survivors first, each round's best first);
+    ``first_round``: each candidate's mean share of each system's best on the first round's
+    systems, where every candidate ran (the only scores on common ground)."""
 
     knobs: dict[str, Any]
     spec: str
@@ -186,7 +188,7 @@ def tune_fixed_knobs(env_kwargs: dict[str, Any], tune: dict[str, Any], first: di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: print the ranking of the last round, then the best setting's spec alone (last line)."""
+    """CLI: print the ranking (survivors first), then the best setting's spec alone (last line)."""
     from runtime.flags import OneLineParser, positive, whole
 
     p = OneLineParser(prog="python -m training.mix_tune", description=__doc__.split("\n\n")[0])
