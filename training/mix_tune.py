@@ -57,12 +57,26 @@ class TunedKnobs:
     systems, where every candidate ran (the only scores on common ground)."""
 
     knobs: dict[str, Any]
-    spec: str
-    score: float  # mean share of each system's best (of the candidates left in each round)
-    worst: float  # the lowest such share
-    systems: int
-    ranking: list[tuple[str, float, float, int]] = field(default_factory=list)
+    ranking: list[tuple[str, float, float, int]]  # the chosen setting first
     first_round: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        return self.ranking[0][0]
+
+    @property
+    def score(self) -> float:
+        """Mean share of each system's best (of the candidates left in each round)."""
+        return self.ranking[0][1]
+
+    @property
+    def worst(self) -> float:
+        """The lowest such share."""
+        return self.ranking[0][2]
+
+    @property
+    def systems(self) -> int:
+        return self.ranking[0][3]
 
     def table(self) -> str:
         """The ranking as markdown: each candidate's mean share of the best goodput per system."""
@@ -119,28 +133,30 @@ def _key(knobs: dict[str, Any]) -> tuple[Any, ...]:
     return int(knobs["mode"]), cap_level(knobs["cap"]), k_cap_level(knobs["k_cap"]), int(knobs["hedge"])
 
 
-def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
-    """A setting as the fixed-knob controller spec that runs it alone (a missing cap: none; a
+def fixed_controller(knobs: dict[str, Any], modes: Sequence[str], interval_s: float = 1.0) -> Any:
+    """A ``warm_start.knobs`` mapping as the KnobController that holds it (a missing cap: none; a
     missing k cap: the largest; hedging on unless set, as :func:`training.knobs.teacher_action` reads it)."""
     from controllers.knobs import KnobController
 
-    ctl = KnobController(mode=int(knobs.get("mode", 0)), cap=knobs.get("cap"), k_cap=knobs.get("k_cap"),
-                         hedge=bool(knobs.get("hedge", 1)), modes=modes)
+    return KnobController(mode=int(knobs.get("mode", 0)), cap=knobs.get("cap"), k_cap=knobs.get("k_cap"),
+                          hedge=bool(knobs.get("hedge", 1)), modes=modes, interval_s=interval_s)
+
+
+def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
+    """A setting as the fixed-knob controller spec that runs it alone."""
+    ctl = fixed_controller(knobs, modes)
     return ctl.spec(ctl.knobs)
 
 
 def _goodput(job: tuple[dict[str, Any], int, float, dict[str, Any]]) -> float:
     """One candidate on one system of the distribution (a worker process's job)."""
-    from controllers.knobs import KnobController
     from policy_env.knobs_env import SpecKnobsEnv
-    from runtime.sim import Simulator
+    from training.compare import run_controller
 
     env_kwargs, sim_seed, duration, knobs = job
     env = SpecKnobsEnv(**env_kwargs)
     scenario, rate = env.draw(sim_seed)
-    ctl = KnobController(mode=int(knobs["mode"]), cap=knobs["cap"], k_cap=knobs["k_cap"], hedge=bool(knobs["hedge"]),
-                         modes=env.modes, interval_s=env.interval_s)
-    return float(Simulator(scenario, sim_seed, duration, rate=rate).run(ctl)["goodput_rps"])
+    return run_controller(scenario, fixed_controller(knobs, env.modes, env.interval_s), sim_seed, duration, rate)["goodput_rps"]
 
 
 def tuning_seeds(seed: int, n: int) -> list[int]:
@@ -180,11 +196,10 @@ def tune_fixed_knobs(env_kwargs: dict[str, Any], tune: dict[str, Any], first: di
         live.sort(key=lambda i: rank(scores[i]))  # stable: the config's own setting wins ties
         if r + 1 < len(tune["systems"]):
             live = live[:max(1, -(-len(live) // int(tune["keep"])))]
-    order = sorted(scores, key=lambda i: (-len(scores[i]), *rank(scores[i])))
+    # the winner first (on an exact tie it is the one the rounds kept ahead), then by systems run and rank
+    order = [live[0], *sorted((i for i in scores if i != live[0]), key=lambda i: (-len(scores[i]), *rank(scores[i])))]
     ranking = [(spec_of(alive[i], modes), float(np.mean(scores[i])), min(scores[i]), len(scores[i])) for i in order]
-    best = live[0]
-    return TunedKnobs(alive[best], spec_of(alive[best], modes), float(np.mean(scores[best])), min(scores[best]),
-                      len(scores[best]), ranking, first_round)
+    return TunedKnobs(alive[live[0]], ranking, first_round)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
