@@ -6,13 +6,23 @@ driver handling the reply, minus the site's own batched draft job, and (b) the c
 time ``controller.decide`` takes per decision point (each round has a plan and a batch point).
 Goal: p50 of (a) + (b) below 1 ms.
 
+The same run measures a baseline: a bare gRPC round over the same ``Rounds`` call to a site
+process that drafts nothing and answers after idling in a worker thread for the run's median
+draft job (as the real site's job does), less that idle time. The ratio of the two is what the
+runtime adds above gRPC and one thread hop on this host. The baseline matters on virtual
+machines: a thread that slept through a few ms of draft job takes ~0.1 ms to wake, so a bare
+round with an idle gap costs several times a back-to-back ping-pong.
+
     python benchmarks/real_control_overhead.py --requests 40 --concurrency 1 4
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -20,6 +30,10 @@ import torch
 
 from controllers import make_controller
 from runtime.contract import Controller, Decision, DecisionPoint, drive
+import grpc
+
+from runtime.real import site_pb2 as pb
+from runtime.real import site_pb2_grpc as pb_grpc
 from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
@@ -51,6 +65,54 @@ class AtSite(Controller):
         return d
 
 
+class IdleSite(pb_grpc.DrafterSiteServicer):
+    """The baseline's site: each round idles ``request.temperature`` seconds in a worker thread
+    (where the real site drafts) and replies ``k`` tokens with that time as ``job_s``."""
+
+    async def Rounds(self, request_iterator, context):
+        loop = asyncio.get_running_loop()
+        while (req := await context.read()) is not grpc.aio.EOF:
+            t0 = time.perf_counter()
+            await loop.run_in_executor(None, time.sleep, req.temperature)
+            await context.write(pb.DraftReply(call=req.call, tokens=[0] * req.k, job_s=time.perf_counter() - t0))
+
+
+async def serve_idle_site() -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_DrafterSiteServicer_to_server(IdleSite(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port}", flush=True)
+    await server.wait_for_termination()
+
+
+async def bare_rounds(port: int, rounds: int, k: int, gap_s: float) -> np.ndarray:
+    """Per-round milliseconds of a bare gRPC round with a ``gap_s`` idle site, less the idling."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = pb_grpc.DrafterSiteStub(channel).Rounds()
+        out = []
+        for i in range(rounds):
+            t0 = time.perf_counter()
+            await call.write(pb.DraftRequest(rid=1, call=i, tokens=[1] * (k + 1), k=k, temperature=gap_s))
+            reply = await call.read()
+            out.append((time.perf_counter() - t0 - reply.job_s) * 1e3)
+        await call.done_writing()
+    return np.array(out)
+
+
+def baseline(rounds: int, k: int, gap_s: float) -> np.ndarray:
+    """:func:`bare_rounds` against an :class:`IdleSite` in its own process (as sites run)."""
+    proc = subprocess.Popen([sys.executable, __file__, "--idle-site"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the baseline's idle site did not start (it printed {line!r})")
+        return asyncio.run(bare_rounds(int(line.split()[1]), rounds, k, gap_s))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", help="tiny-model directory (default: the cache)")
@@ -58,7 +120,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     p.add_argument("--k", type=int, default=4)
+    p.add_argument("--idle-site", action="store_true", help=argparse.SUPPRESS)  # the baseline's site process
     args = p.parse_args()
+    if args.idle_site:
+        asyncio.run(serve_idle_site())
+        return
     torch.set_num_threads(1)
     dep0 = load_deployment(models_dir=args.models)
     procs = SiteProcesses()
@@ -90,10 +156,16 @@ def main() -> None:
             transport = np.array(rt.transport_overhead_s["near"]) * 1e3
             decide = np.array(ctl.decide_s) * 1e3
             per_round = transport + 2 * statistics.median(decide)
+            # the median draft job: k steps at the site's median pace
+            job_s = args.k * statistics.median(x[-1] for x in rt.forward_log if x[0] == "near")
+            bare = baseline(len(transport), args.k, job_s)
             print(f"concurrency {conc}: {s['requests_completed']} requests, {len(transport)} remote rounds | "
                   f"transport p50 {np.percentile(transport, 50):.3f} ms p90 {np.percentile(transport, 90):.3f} ms | "
                   f"controller p50 {np.median(decide):.4f} ms per point | "
                   f"control plane per round p50 {np.percentile(per_round, 50):.3f} ms (goal < 1 ms)")
+            print(f"  baseline, bare gRPC round to an idle site ({job_s * 1e3:.2f} ms idle per round, the median "
+                  f"draft job): p50 {np.median(bare):.3f} ms p90 {np.percentile(bare, 90):.3f} ms | control plane / "
+                  f"baseline {np.percentile(per_round, 50) / np.median(bare):.2f}x")
     finally:
         procs.stop()
 
