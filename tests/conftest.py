@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import pytest
 
 from tests.helpers import local_ray_instance
+
+# The real-runtime tests compare against float32 references on the CPU; on a GPU host `device:
+# auto` would put the runtime (and the site processes, which inherit this) in bfloat16 on CUDA.
+# tests/test_real_cuda.py runs the CUDA path with explicit devices.
+os.environ.setdefault("SPECCTL_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")

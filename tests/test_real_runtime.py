@@ -12,35 +12,11 @@ import pytest
 import torch
 
 from controllers import make_controller
-from runtime.contract import Controller, Redundancy, drive
+from runtime.contract import Redundancy, drive
 from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
-from tests.real_fixtures import greedy_reference, tiny_dir, tiny_models  # noqa: F401
-
-N_TOKENS = 24
-
-
-class RemoteFirst(Controller):
-    """Drafts at ``site`` with optional backups (a test controller exercising redundancy)."""
-
-    name = "remote-first"
-
-    def __init__(self, site: str = "near", backups: tuple[str, ...] = (), hedge_after_s: float = 0.0,
-                 timeout_s: float | None = None, k: int = 4, ahead: bool = False) -> None:
-        super().__init__()
-        self.site, self.backups, self.hedge, self.timeout, self.k = site, backups, hedge_after_s, timeout_s, k
-        self.ahead = ahead
-
-    def drafter_site(self, req, sys):
-        return self.site
-
-    def draft_length(self, req, sys, site):
-        return min(self.k, max(req.tokens_left - 1, 0))
-
-    def redundancy(self, req, sys, site, k):
-        return Redundancy(self.backups, self.hedge, self.timeout, self.ahead)
-
+from tests.real_fixtures import N_TOKENS, RemoteFirst, greedy_reference, run, tiny_dir, tiny_models  # noqa: F401
 
 @pytest.fixture(scope="module")
 def site_addresses(tiny_dir):
@@ -58,14 +34,6 @@ def references(tiny_models):
     target, _, tok = tiny_models
     prompts = [tok(p)["input_ids"] for p in tiny_prompts()[:6]]
     return prompts, [greedy_reference(target, p, N_TOKENS, tok.eos_token_id) for p in prompts]
-
-
-def run(rt: RealRuntime, controller: Controller, prompts: list[list[int]], temperature: float = 0.0) -> list:
-    with rt:
-        reqs = [rt.submit(p, N_TOKENS, temperature, at=0.02 * i) for i, p in enumerate(prompts)]
-        rt.end_of_workload()
-        drive(rt, controller)
-    return reqs
 
 
 @pytest.mark.slow

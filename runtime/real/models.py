@@ -209,8 +209,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` is ``$SPECCTL_DEVICE`` where set (``cpu`` keeps every model of a GPU host's run,
+    site processes included, on the CPU), else cuda when present."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = os.environ.get("SPECCTL_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available here (use --device cpu)")
     return device
