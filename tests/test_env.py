@@ -181,8 +181,6 @@ def test_admission_bit_turns_arrivals_away_and_the_teacher_labels_them() -> None
     env = gym.make("specctl/SpecControl-v0", **SHORT).unwrapped
     assert "admission" in env.codec.owns and env.codec.version == 3
     env.reset(seed=2)
-    nk, ns, _, _ = env.codec.dims
-    width = nk + ns + 4
     dropped = 0
     while True:
         part = env.part

@@ -244,7 +244,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                       f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
                       + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None and gap >= 0 else
                          "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else "")
-                      + f"\n\npolicy's knob settings (share of control intervals over the test seeds): "
+                      + "\n\npolicy's knob settings (share of control intervals over the test seeds): "
                       + settings_line(summary[-1]["policy_settings"]))
         key = scenario.name.replace("/", "_")
         mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],

@@ -217,7 +217,6 @@ def verify_batch(model: Any, jobs: Sequence[VerifyJob]) -> list[Verdict]:
     verdicts = []
     vocab = logits[0].shape[-1]
     for j, lg in zip(jobs, logits):
-        k = len(j.draft.tokens) if j.draft is not None else 0
         rows = lg  # k + 1 rows: predictions for draft positions 1..k and the bonus
         if j.temperature <= 0:
             v = _greedy(rows, j.draft.tokens if j.draft else [])
