@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -374,6 +374,13 @@ def _mode_index(mode: str | int, specs: Sequence[str]) -> int:
     if mode not in specs:
         raise ValueError(f"mode {mode!r} is not one of the modes {list(specs)}")
     return specs.index(mode)
+
+
+def knob_setting(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """A knobs mapping (a recipe's ``warm_start.knobs``, possibly partial) with its defaults: mode
+    0, no admission cap, the largest k cap, hedging on."""
+    return {"mode": int(knobs.get("mode", 0)), "cap": knobs.get("cap"), "k_cap": knobs.get("k_cap"),
+            "hedge": int(knobs.get("hedge", 1))}
 
 
 def cap_level(cap: float | str | None) -> int:

@@ -137,13 +137,12 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ warm start
 def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
     """The fixed knob setting as an action, with the mode repaired to one that runs here."""
-    from controllers.knobs import cap_level, k_cap_level
+    from controllers.knobs import cap_level, k_cap_level, knob_setting
 
     ctl = env.controller
-    mode = int(knobs.get("mode", 0))
-    if not ctl.valid[mode]:
-        mode = ctl.valid.index(True)
-    return np.array([mode, cap_level(knobs.get("cap")), k_cap_level(knobs.get("k_cap")), int(knobs.get("hedge", 1))])
+    k = knob_setting(knobs)
+    mode = k["mode"] if ctl.valid[k["mode"]] else ctl.valid.index(True)
+    return np.array([mode, cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]])
 
 
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int,

@@ -122,7 +122,9 @@ def candidates(n_modes: int, tune: dict[str, Any], first: dict[str, Any] | None 
     grid = [{"mode": m, "cap": float(c), "k_cap": int(k), "hedge": int(h)}
             for m, c, k, h in itertools.product(range(n_modes), tune["caps"], tune["k_caps"], tune["hedge"])]
     if first is not None:
-        lead = {"mode": int(first.get("mode", 0)), "cap": first.get("cap"), "k_cap": first.get("k_cap"), "hedge": int(first.get("hedge", 1))}
+        from controllers.knobs import knob_setting
+
+        lead = knob_setting(first)
         grid = [lead] + [g for g in grid if _key(g) != _key(lead)]
     return grid
 
@@ -134,12 +136,13 @@ def _key(knobs: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def fixed_controller(knobs: dict[str, Any], modes: Sequence[str], interval_s: float = 1.0) -> Any:
-    """A ``warm_start.knobs`` mapping as the KnobController that holds it (a missing cap: none; a
-    missing k cap: the largest; hedging on unless set, as :func:`training.knobs.teacher_action` reads it)."""
-    from controllers.knobs import KnobController
+    """A ``warm_start.knobs`` mapping (defaults: :func:`controllers.knobs.knob_setting`) as the
+    KnobController that holds it."""
+    from controllers.knobs import KnobController, knob_setting
 
-    return KnobController(mode=int(knobs.get("mode", 0)), cap=knobs.get("cap"), k_cap=knobs.get("k_cap"),
-                          hedge=bool(knobs.get("hedge", 1)), modes=modes, interval_s=interval_s)
+    k = knob_setting(knobs)
+    return KnobController(mode=k["mode"], cap=k["cap"], k_cap=k["k_cap"], hedge=bool(k["hedge"]), modes=modes,
+                          interval_s=interval_s)
 
 
 def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
