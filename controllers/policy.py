@@ -94,7 +94,7 @@ class CommitteeNet:
     leaves the fixed setting only where the labels say so whichever systems were drawn, not where
     one or two systems' labels pull an extrapolating network. The vote is over whole actions, not
     knob by knob: knobs interact (hedging pays only with a higher admission cap), and a per-knob
-    vote can assemble a setting no member chose (README "Committees").
+    vote can assemble a setting no member chose (docs/knob-results-history.md, "Committees").
     """
 
     def __init__(self, members: Sequence[PolicyNet], fallback: PolicyNet, agree: float) -> None:

@@ -39,14 +39,14 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "caps": [1.0, 1.5, 2.0, 3.0],  # admission caps tried (x max batch) at the current mode
     # draft-length caps tried at the current mode and cap, and whether to try hedging switched
     # over: off by default; on in knobs-hedge.yaml, which gains on edge-fleet and loses elsewhere
-    # (README "Knob policy results")
+    # (docs/knob-results-history.md)
     "k_caps": [],
     "hedge": False,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
     # what a gain is a share of: "best", the best candidate's value, or "demand", the requests in
     # flight at the labelled moment plus those arriving in the horizon (the same for every
     # candidate): a share of the workload, so a state where nothing finishes on track under any
-    # candidate cannot weigh ~100% (README "Knob policy results")
+    # candidate cannot weigh ~100% (docs/knob-results-history.md)
     "gain_per": "best",
     # independent futures on which the best candidate and the current action are rolled out again
     # where the best wins by min_gain: the label needs the gain on those too (0: no confirmation)
@@ -63,12 +63,12 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # episode (the warm start's other knobs), and the states of every such episode are labelled
     # with the modes' episode goodputs: which heuristic fits a system, judged over a run rather
     # than a horizon_s window, at no forks. 0 (none) by default: with 16 it raised validation on
-    # the mix and lowered goodput on the held-out files (README "Knob policy results")
+    # the mix and lowered goodput on the held-out files (docs/knob-results-history.md)
     "survey": 0,
     # members of a committee (0: one network): each is fitted from the warm start to a bootstrap
     # resample of the labelled systems, and the deployed policy takes the whole action that at
     # least ``agree`` of them choose, else the warm start's; measured safe and no better than the
-    # warm start, so off by default (README "Committees")
+    # warm start, so off by default (docs/knob-results-history.md, "Committees")
     "committee": 0,
     "agree": 0.75,
 }
