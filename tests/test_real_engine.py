@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 
@@ -123,3 +124,20 @@ def test_sampled_speculation_keeps_the_target_distribution(tiny_models):
     exp = np.append(expected[big], n - expected[big].sum())
     assert big.sum() >= 3
     assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+def test_device_auto_follows_specctl_device_and_a_missing_cuda_is_named(monkeypatch, tiny_dir):
+    """``device: auto`` is SPECCTL_DEVICE where set (the suite sets cpu), and asking for CUDA where
+    there is none is one error that names the fix, not a crash deep in torch."""
+    from runtime.real.models import ModelError, load_model, resolve_device
+
+    monkeypatch.setenv("SPECCTL_DEVICE", "cpu")
+    assert resolve_device("auto") == "cpu"
+    model, _ = load_model(tiny_dir / "draft")  # auto device and dtype: float32 on the CPU
+    assert model.device.type == "cpu" and model.dtype == torch.float32
+    monkeypatch.delenv("SPECCTL_DEVICE")
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("SPECCTL_DEVICE", "cuda")
+        with pytest.raises(ModelError, match="CUDA is not available here"):
+            resolve_device("auto")
