@@ -12,6 +12,7 @@ from __future__ import annotations
 from runtime.contract import Controller
 
 from controllers.knobs import KnobController
+from controllers.lookahead import Lookahead
 from controllers.registry import (
     LOADERS,
     REGISTRY,
@@ -36,4 +37,5 @@ def _load_policy(ref: str) -> Controller:
 
 
 register("knobs", KnobController)
+register("lookahead", Lookahead)
 LOADERS["policy"] = _load_policy

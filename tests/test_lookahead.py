@@ -1,4 +1,4 @@
-"""Model-predictive knob selection (training/lookahead.py): common futures, argmax plans, the CLI."""
+"""Model-predictive knob selection (controllers/lookahead.py, training/lookahead.py)."""
 
 from __future__ import annotations
 
@@ -6,45 +6,58 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from training.lookahead import PORTFOLIO, lookahead_episode, plan_values
+from controllers import make_controller
+from controllers.lookahead import PORTFOLIO, Lookahead
+from runtime.scenario import load_scenario
+from runtime.sim import Simulator
 
-SEED = 7
-TINY = {"portfolio": PORTFOLIO[:3], "horizon_s": 2.0, "replan_s": 3.0, "futures": 1}
-
-
-def _env():
-    from policy_env.knobs_env import SpecKnobsEnv
-    from training.knobs import teacher_action
-
-    env = SpecKnobsEnv(scenario="wan-4region", rate=20.0, duration=6.0)
-    env.reset(options={"sim_seed": SEED})
-    return env, [teacher_action(env, k) for k in TINY["portfolio"]]
+SPEC = "lookahead:horizon_s=2,replan_s=3,futures=1"
 
 
-def test_plans_compare_candidates_on_common_futures_without_advancing_the_env():
-    env, actions = _env()
-    now = env.sim.now
-    first = plan_values(env, actions, horizon_steps=2, futures=1, key=1)
-    assert env.sim.now == now  # the plan ran on forks
-    assert np.array_equal(first, plan_values(env, actions, horizon_steps=2, futures=1, key=1))
-    assert first.min() > 0 and not np.array_equal(first, plan_values(env, actions, horizon_steps=2, futures=1, key=2))
+def _first_point(seed: int = 7) -> tuple[Simulator, Lookahead, object]:
+    sim = Simulator(load_scenario("wan-4region"), seed, 6.0, rate=20.0)
+    ctl = make_controller(SPEC)
+    ctl.bind(sim.info)
+    return sim, ctl, sim.next_decision()
 
 
-def test_an_episode_holds_the_best_planned_setting_and_its_default_row_is_the_fixed_setting():
-    from runtime.scenario import load_scenario
-    from training.compare import run_controller
-    from training.mix_tune import fixed_controller
+def test_a_plan_scores_every_setting_on_common_futures_without_advancing_the_simulator():
+    sim, ctl, point = _first_point()
+    now, arrived = sim.now, sim.metrics.arrived
+    values = ctl.values(point)
+    assert sim.now == now and sim.metrics.arrived == arrived  # the plan ran on forks
+    assert values.shape == (len(PORTFOLIO),) and values.min() >= 0
+    assert np.array_equal(values, ctl.values(point))  # the same futures every time
+    # the settings differ: on common futures, only the setting can make the difference
+    assert len(set(np.round(values, 9))) > 1
 
-    env, actions = _env()
-    values = plan_values(env, actions, horizon_steps=2, futures=1, key=SEED * 100_003)
-    goodput, picks = lookahead_episode(("wan-4region", 20.0, SEED, 6.0, TINY, True))
-    assert len(picks) == 2 and picks[0] == int(np.argmax(values))
-    assert lookahead_episode(("wan-4region", 20.0, SEED, 6.0, TINY, True)) == (goodput, picks)  # deterministic
-    fixed, none = lookahead_episode(("wan-4region", 20.0, SEED, 6.0, TINY, False))
-    assert none == []
-    alone = run_controller(load_scenario("wan-4region"), fixed_controller(PORTFOLIO[0], env.modes), SEED, 6.0, 20.0)
-    assert fixed == alone["goodput_rps"]
+
+def test_it_holds_the_best_planned_setting_replans_and_is_deterministic():
+    sim, ctl, point = _first_point()
+    best = int(np.argmax(ctl.values(point)))
+    sim.apply(ctl.decide(point))
+    assert ctl.plans == [best]
+    assert list(ctl.knobs.as_action()) == ctl.action_for(ctl.portfolio[best])
+    p = sim.next_decision()
+    while p is not None:
+        sim.apply(ctl.decide(p))
+        p = sim.next_decision()
+    assert len(ctl.plans) >= 2  # every 3 s (the drain after the 6-s arrival window too)
+    again = Simulator(load_scenario("wan-4region"), 7, 6.0, rate=20.0)
+    twin = make_controller(SPEC)
+    assert again.run(twin) == sim.summary() and twin.plans == ctl.plans
+
+
+def test_it_refuses_a_backend_without_a_simulator_and_bad_parameters():
+    from dataclasses import replace
+
+    sim = Simulator(load_scenario("wan-4region"), 0, 1.0)
+    with pytest.raises(ValueError, match="real backend"):
+        make_controller("lookahead").bind(replace(sim.info, clairvoyant=None))
+    with pytest.raises(ValueError, match="futures >= 1"):
+        make_controller("lookahead:futures=0")
 
 
 def test_cli_refuses_a_bad_baseline_in_one_line():

@@ -41,7 +41,7 @@ SCENARIOS = {
 CONTROLLERS = [
     "no-spec", "static", "centralized", "sled", "wanspec", "wanspec:ahead=false", "wisp",
     "vllm-dynamic-k", "bandit-k", "oracle", "static+inflight-cap:max_inflight=16", "knobs",
-    "knobs:mode=1,cap=1,k_cap=2,hedge=false",
+    "knobs:mode=1,cap=1,k_cap=2,hedge=false", "lookahead:horizon_s=4,futures=1",
 ]
 #: (arrival rate as a multiple of the scenario's, seed, arrival window in simulated seconds):
 #: the scenario's own load, and an overload that exercises queues, drops and admission.

@@ -150,16 +150,11 @@ def rollout_value(env: Any, action: np.ndarray, steps: int) -> float:
 
 
 def in_flight_credit(env: Any) -> float:
-    """Requests still in flight at a rollout's end, counted as met by their share of tokens
-    generated when they are on track for their SLOs (TTFT met, TPOT so far within its SLO)."""
-    sim = env.sim
-    credit = 0.0
-    for req in sim.requests.values():
-        first = req.first_token_time
-        if (first >= 0 and first - req.arrival <= req.ttft_slo
-                and (sim.now - first) / max(req.generated - 1, 1) <= req.tpot_slo):
-            credit += req.generated / max(req.max_tokens, 1)
-    return credit / env.reward_scale
+    """:func:`controllers.lookahead.on_track_credit` in reward units: requests still in flight at
+    a rollout's end, counted as met by their share of tokens when they are on track for their SLOs."""
+    from controllers.lookahead import on_track_credit
+
+    return on_track_credit(env.sim) / env.reward_scale
 
 
 def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[Labelled]:

@@ -1,0 +1,118 @@
+"""Model-predictive knob selection (simulator only, like the oracle): hold the portfolio setting
+whose simulated future is best.
+
+At the first decision point and every ``replan_s`` after it, the controller forks the simulator
+it runs in and resamples the fork's future ``futures`` times, the same draws for every
+candidate (common random numbers). It runs each portfolio setting for ``horizon_s`` from the
+current state, as a fixed-knob :class:`~controllers.knobs.KnobController`, and holds the
+setting whose forks met the most SLOs (plus credit for what is on track) until the next plan.
+
+It is a planner, not a learned policy: it needs a simulator of the system it runs on
+(``info.clairvoyant``), which a real backend does not have, so :meth:`bind` refuses there.
+``python -m training.lookahead`` judges it; the README gives the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.contract import Decision, DecisionPoint, RuntimeInfo
+
+from controllers.knobs import DEFAULT_MODES, KnobController, cap_level, k_cap_level, knob_setting
+
+#: Knob settings (modes index :data:`~controllers.knobs.DEFAULT_MODES`: wanspec, wisp,
+#: centralized). The first is the default knob policy's tuned setting; the others give each
+#: mode a tight and a loose admission cap.
+PORTFOLIO: tuple[dict[str, Any], ...] = (
+    {"mode": 2, "cap": 1.0, "k_cap": 8, "hedge": 0},
+    {"mode": 2, "cap": 2.0, "k_cap": 8, "hedge": 0},
+    {"mode": 0, "cap": 1.0, "k_cap": 3, "hedge": 0},
+    {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1},
+    {"mode": 1, "cap": 1.5, "k_cap": 8, "hedge": 0},
+    {"mode": 1, "cap": 2.5, "k_cap": 3, "hedge": 0},
+)
+
+
+def on_track_credit(sim: Any) -> float:
+    """Requests still in flight, counted as met by their share of tokens generated when they
+    are on track for their SLOs (TTFT met, TPOT so far within its SLO): what a horizon that
+    ends mid-request would otherwise count as lost."""
+    credit = 0.0
+    for req in sim.requests.values():
+        first = req.first_token_time
+        if (first >= 0 and first - req.arrival <= req.ttft_slo
+                and (sim.now - first) / max(req.generated - 1, 1) <= req.tpot_slo):
+            credit += req.generated / max(req.max_tokens, 1)
+    return credit
+
+
+class Lookahead(KnobController):
+    """Plans every ``replan_s`` by simulating each portfolio setting ``horizon_s`` ahead on
+    ``futures`` resampled futures; between plans it runs the chosen setting's heuristic."""
+
+    name = "lookahead"
+
+    def __init__(self, horizon_s: float = 20.0, replan_s: float = 15.0, futures: int = 2,
+                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES) -> None:
+        if horizon_s <= 0 or replan_s <= 0 or futures < 1:
+            raise ValueError(f"horizon_s and replan_s must be > 0 and futures >= 1, got {horizon_s}, {replan_s}, {futures}")
+        if not portfolio:
+            raise ValueError("portfolio must hold at least one knob setting")
+        super().__init__(modes=modes)
+        self.horizon_s, self.replan_s, self.futures = float(horizon_s), float(replan_s), int(futures)
+        self.portfolio = [knob_setting(k) for k in portfolio]
+        self.plans: list[int] = []  # the portfolio index chosen at each plan
+        self._next_plan = 0.0
+
+    def bind(self, info: RuntimeInfo) -> None:
+        sim = info.clairvoyant
+        if sim is None or not hasattr(sim, "resample_future"):
+            raise ValueError("lookahead plans in the simulator it runs in (info.clairvoyant), which a real backend "
+                             "does not have; run it with `python -m runtime simulate` or training.evaluate")
+        super().bind(info)
+        self.usage = {}  # (binding set the default knobs; the first plan sets the first real ones)
+        self.sim = sim
+        self.plans = []
+        self._next_plan = 0.0
+
+    def action_for(self, k: dict[str, Any]) -> list[int]:
+        """A portfolio setting as knob levels, with a mode that cannot run here repaired to one that can."""
+        mode = k["mode"] if self.valid[k["mode"]] else self.valid.index(True)
+        return [mode, cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]]
+
+    def values(self, point: DecisionPoint) -> np.ndarray:
+        """Each portfolio setting's SLO-met requests over ``horizon_s`` from ``point`` (pending in
+        the simulator), summed over the resampled futures; the simulator is not advanced."""
+        values = np.zeros(len(self.portfolio))
+        end = point.time + self.horizon_s
+        for j in range(self.futures):
+            future = zlib.crc32(f"{getattr(self.sim, 'seed', 0)}:{point.time:.6f}:{j}".encode())
+            for i, k in enumerate(self.portfolio):
+                fork = copy.deepcopy(self.sim)
+                fork.resample_future(future)
+                ctl = KnobController(mode=k["mode"] if self.valid[k["mode"]] else self.valid.index(True), cap=k["cap"],
+                                     k_cap=k["k_cap"], hedge=bool(k["hedge"]), modes=self.mode_specs)
+                ctl.bind(fork.info)
+                done = len(fork.metrics.records)
+                fork.apply(ctl.decide(point))
+                p = fork.next_decision()
+                while p is not None and p.time < end:
+                    fork.apply(ctl.decide(p))
+                    p = fork.next_decision()
+                values[i] += sum(r.slo_met for r in fork.metrics.records[done:]) + on_track_credit(fork)
+        return values
+
+    def decide(self, point: DecisionPoint) -> Decision:
+        self.see(point)
+        if point.time >= self._next_plan:
+            best = int(np.argmax(self.values(point)))
+            self.plans.append(best)
+            self.set_knobs(self.action_for(self.portfolio[best]), point.time)
+            self._next_plan = point.time + self.replan_s
+        elif self.due(point.time):
+            self.set_knobs(self.knobs.as_action(), point.time)  # the same setting, another interval
+        return self.answer(point)
