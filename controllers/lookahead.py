@@ -94,8 +94,8 @@ class Lookahead(KnobController):
             for i, k in enumerate(self.portfolio):
                 fork = copy.deepcopy(self.sim)
                 fork.resample_future(future)
-                ctl = KnobController(mode=k["mode"] if self.valid[k["mode"]] else self.valid.index(True), cap=k["cap"],
-                                     k_cap=k["k_cap"], hedge=bool(k["hedge"]), modes=self.mode_specs)
+                ctl = KnobController(mode=self.action_for(k)[0], cap=k["cap"], k_cap=k["k_cap"], hedge=bool(k["hedge"]),
+                                     modes=self.mode_specs)
                 ctl.bind(fork.info)
                 done = len(fork.metrics.records)
                 fork.apply(ctl.decide(point))
