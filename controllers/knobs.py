@@ -207,6 +207,13 @@ class KnobController(Controller):
         self._tpot_ref = math.inf
         self.set_knobs(self.knobs.as_action(), 0.0)
 
+    def action_for(self, knobs: Mapping[str, Any]) -> np.ndarray:
+        """A knobs mapping (defaults: :func:`knob_setting`) as an action, with a mode that cannot
+        run here repaired to the first that can."""
+        k = knob_setting(knobs)
+        mode = k["mode"] if self.valid[k["mode"]] else self.valid.index(True)
+        return np.array([mode, cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]])
+
     def valid_modes(self) -> list[bool]:
         return list(self.valid)
 
@@ -381,6 +388,13 @@ def knob_setting(knobs: Mapping[str, Any]) -> dict[str, Any]:
     0, no admission cap, the largest k cap, hedging on."""
     return {"mode": int(knobs.get("mode", 0)), "cap": knobs.get("cap"), "k_cap": knobs.get("k_cap"),
             "hedge": int(knobs.get("hedge", 1))}
+
+
+def fixed_controller(knobs: Mapping[str, Any], modes: Sequence[str], interval_s: float = 1.0) -> KnobController:
+    """A knobs mapping (defaults: :func:`knob_setting`) as the KnobController that holds it."""
+    k = knob_setting(knobs)
+    return KnobController(mode=k["mode"], cap=k["cap"], k_cap=k["k_cap"], hedge=bool(k["hedge"]), modes=modes,
+                          interval_s=interval_s)
 
 
 def cap_level(cap: float | str | None) -> int:

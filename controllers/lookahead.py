@@ -22,7 +22,7 @@ import numpy as np
 
 from runtime.contract import Decision, DecisionPoint, RuntimeInfo
 
-from controllers.knobs import DEFAULT_MODES, KnobController, cap_level, k_cap_level, knob_setting
+from controllers.knobs import DEFAULT_MODES, KnobController, fixed_controller, knob_setting
 
 #: Knob settings (modes index :data:`~controllers.knobs.DEFAULT_MODES`: wanspec, wisp,
 #: centralized). The first is the default knob policy's tuned setting; the others give each
@@ -79,11 +79,6 @@ class Lookahead(KnobController):
         self.plans = []
         self._next_plan = 0.0
 
-    def action_for(self, k: dict[str, Any]) -> list[int]:
-        """A portfolio setting as knob levels, with a mode that cannot run here repaired to one that can."""
-        mode = k["mode"] if self.valid[k["mode"]] else self.valid.index(True)
-        return [mode, cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]]
-
     def values(self, point: DecisionPoint) -> np.ndarray:
         """Each portfolio setting's SLO-met requests over ``horizon_s`` from ``point`` (pending in
         the simulator), summed over the resampled futures; the simulator is not advanced."""
@@ -94,8 +89,7 @@ class Lookahead(KnobController):
             for i, k in enumerate(self.portfolio):
                 fork = copy.deepcopy(self.sim)
                 fork.resample_future(future)
-                ctl = KnobController(mode=self.action_for(k)[0], cap=k["cap"], k_cap=k["k_cap"], hedge=bool(k["hedge"]),
-                                     modes=self.mode_specs)
+                ctl = fixed_controller(k, self.mode_specs)  # (binding repairs a mode that cannot run here)
                 ctl.bind(fork.info)
                 done = len(fork.metrics.records)
                 fork.apply(ctl.decide(point))

@@ -39,7 +39,7 @@ def test_it_holds_the_best_planned_setting_replans_and_is_deterministic():
     best = int(np.argmax(ctl.values(point)))
     sim.apply(ctl.decide(point))
     assert ctl.plans == [best]
-    assert list(ctl.knobs.as_action()) == ctl.action_for(ctl.portfolio[best])
+    assert list(ctl.knobs.as_action()) == list(ctl.action_for(ctl.portfolio[best]))
     p = sim.next_decision()
     while p is not None:
         sim.apply(ctl.decide(p))

@@ -135,16 +135,6 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ warm start
-def teacher_action(env: Any, knobs: dict[str, Any]) -> np.ndarray:
-    """The fixed knob setting as an action, with the mode repaired to one that runs here."""
-    from controllers.knobs import cap_level, k_cap_level, knob_setting
-
-    ctl = env.controller
-    k = knob_setting(knobs)
-    mode = k["mode"] if ctl.valid[k["mode"]] else ctl.valid.index(True)
-    return np.array([mode, cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]])
-
-
 def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed: int,
                gamma: float) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Clone the fixed knob setting: fit the actor to it and the critic to its discounted returns.
@@ -159,7 +149,7 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
         rewards = []
         done = False
         while not done:
-            a = teacher_action(env, cfg["knobs"])
+            a = env.controller.action_for(cfg["knobs"])
             obs_l.append(obs)
             act_l.append(a)
             mask_l.append(env.action_masks())

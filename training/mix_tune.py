@@ -135,24 +135,17 @@ def _key(knobs: dict[str, Any]) -> tuple[Any, ...]:
     return int(knobs["mode"]), cap_level(knobs["cap"]), k_cap_level(knobs["k_cap"]), int(knobs["hedge"])
 
 
-def fixed_controller(knobs: dict[str, Any], modes: Sequence[str], interval_s: float = 1.0) -> Any:
-    """A ``warm_start.knobs`` mapping (defaults: :func:`controllers.knobs.knob_setting`) as the
-    KnobController that holds it."""
-    from controllers.knobs import KnobController, knob_setting
-
-    k = knob_setting(knobs)
-    return KnobController(mode=k["mode"], cap=k["cap"], k_cap=k["k_cap"], hedge=bool(k["hedge"]), modes=modes,
-                          interval_s=interval_s)
-
-
 def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
     """A setting as the fixed-knob controller spec that runs it alone."""
+    from controllers.knobs import fixed_controller
+
     ctl = fixed_controller(knobs, modes)
     return ctl.spec(ctl.knobs)
 
 
 def _goodput(job: tuple[dict[str, Any], int, float, dict[str, Any]]) -> float:
     """One candidate on one system of the distribution (a worker process's job)."""
+    from controllers.knobs import fixed_controller
     from policy_env.knobs_env import SpecKnobsEnv
     from training.compare import run_controller
 
