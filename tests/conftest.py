@@ -15,9 +15,10 @@ from tests.helpers import local_ray_instance
 os.environ.setdefault("SPECCTL_DEVICE", "cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def local_ray() -> Iterator[Any]:
-    """A local Ray instance (2 CPUs) for one test module, shut down after it."""
+    """One local Ray instance (2 CPUs) for the whole session, shut down at its end: each start
+    costs seconds and, on a loaded host, risks Ray's fixed start-up timeout."""
     ray = local_ray_instance()
     yield ray
     ray.shutdown()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import evaluate
-from training.backend import Backend, BackendError, map_jobs, resolve_ray, use_ray
+from training import backend, evaluate
+from training.backend import START_ATTEMPTS, Backend, BackendError, connect, map_jobs, resolve_ray, use_ray
 from training.evaluate import Job, execute
 
 GRID = ["--scenarios", "colocated", "--controllers", "static", "centralized", "--seeds", "0", "1",
@@ -99,3 +99,42 @@ def test_a_ray_task_whose_worker_dies_is_retried_and_the_grid_completes(local_ra
 def test_a_job_that_raises_is_not_retried_and_surfaces_its_own_error(local_ray):
     with pytest.raises(ValueError, match="unknown controller"):
         map_jobs(execute, [Job("run", "colocated", "nope", 0, 3.0, None)], ray="", progress=False)
+
+
+class _FlakyRay:
+    """A stand-in for the ``ray`` module whose ``init`` fails ``failures`` times with ``error``."""
+
+    def __init__(self, failures: int, error: str) -> None:
+        self.failures, self.error, self.inits, self.shutdowns = failures, error, 0, 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise RuntimeError(self.error)
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_ray_start_up_timeout_is_retried_after_cleaning_up(monkeypatch, capsys):
+    fake = _FlakyRay(failures=START_ATTEMPTS - 1, error="The current node timed out during startup.")
+    monkeypatch.setattr(backend, "ray_module", lambda: fake)
+    assert connect("local", num_cpus=2) is fake
+    assert fake.inits == START_ATTEMPTS and fake.shutdowns == START_ATTEMPTS - 1
+    assert capsys.readouterr().err.count("retrying") == START_ATTEMPTS - 1
+
+
+def test_ray_start_up_gives_up_after_its_attempts_and_other_errors_are_not_retried(monkeypatch):
+    fake = _FlakyRay(failures=START_ATTEMPTS, error="Timed out waiting for file gcs_server_port")
+    monkeypatch.setattr(backend, "ray_module", lambda: fake)
+    with pytest.raises(BackendError, match="Timed out waiting for file .*ray start --head"):
+        connect("local")
+    assert fake.inits == START_ATTEMPTS
+    fake = _FlakyRay(failures=1, error="object store memory must be positive")
+    monkeypatch.setattr(backend, "ray_module", lambda: fake)
+    with pytest.raises(BackendError, match="object store memory"):
+        connect("local")
+    assert fake.inits == 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence, TypeVar
@@ -29,6 +30,8 @@ R = TypeVar("R")
 RAY_EXTRA = 'pip install -e ".[ray]"'
 #: Ray retries a task whose worker died this many times before the grid fails.
 MAX_RETRIES = 3
+#: Tries at starting (or joining) Ray when it times out, as a new node can on a loaded host.
+START_ATTEMPTS = 3
 #: The packages a Ray worker must import from this checkout (shipped with the job, so a
 #: cluster runs the driver's code, not whatever version its nodes have installed).
 PACKAGES = ("runtime", "controllers", "policy_env", "training")
@@ -101,14 +104,22 @@ def connect(address: str = "", **init_kwargs: Any) -> Any:
     import importlib
 
     modules = [importlib.import_module(p) for p in PACKAGES]
-    try:
-        ray.init(address=address or None, runtime_env={"py_modules": modules}, include_dashboard=False,
-                 logging_level="WARNING", **init_kwargs)
-    except Exception as e:  # ConnectionError, ValueError, RuntimeError...: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackendError(f"cannot connect to Ray at {address or 'the default address'!r}: {first} "
-                           "(start a cluster with `ray start --head`, or pass --ray alone for a local instance)") from None
-    return ray
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            ray.init(address=address or None, runtime_env={"py_modules": modules}, include_dashboard=False,
+                     logging_level="WARNING", **init_kwargs)
+            return ray
+        except Exception as e:  # ConnectionError, ValueError, RuntimeError...: one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            ray.shutdown()  # a half-started node leaves processes and a session behind
+            if "timed out" in first.lower() and attempt < START_ATTEMPTS:
+                # Ray waits a fixed 30 s for its raylet and GCS; a busy 2-core host can exceed that.
+                print(f"Ray start-up timed out ({first}); retrying ({attempt + 1}/{START_ATTEMPTS})",
+                      file=sys.stderr, flush=True)
+                continue
+            raise BackendError(f"cannot connect to Ray at {address or 'the default address'!r}: {first} "
+                               "(start a cluster with `ray start --head`, or pass --ray alone for a local instance)") from None
+    raise AssertionError("unreachable")
 
 
 class Backend:
