@@ -16,13 +16,24 @@ from __future__ import annotations
 
 import copy
 import zlib
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from runtime.contract import Decision, DecisionPoint, RuntimeInfo
 
-from controllers.knobs import DEFAULT_MODES, KnobController, fixed_controller, knob_setting
+from controllers.knobs import (
+    CAP_LEVELS,
+    DEFAULT_MODES,
+    K_CAP_LEVELS,
+    KnobController,
+    cap_level,
+    fixed_controller,
+    k_cap_level,
+    knob_setting,
+)
 
 #: Knob settings (modes index :data:`~controllers.knobs.DEFAULT_MODES`: wanspec, wisp,
 #: centralized). The first is the default knob policy's tuned setting; the others give each
@@ -35,6 +46,39 @@ PORTFOLIO: tuple[dict[str, Any], ...] = (
     {"mode": 1, "cap": 1.5, "k_cap": 8, "hedge": 0},
     {"mode": 1, "cap": 2.5, "k_cap": 3, "hedge": 0},
 )
+
+
+def load_portfolio(path: str | Path) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
+    """A portfolio file: ``modes`` (controller specs) and ``settings`` (knob mappings indexing
+    them). A clear error names what is wrong."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"portfolio file {str(p)!r} not found; write one with `python -m training.portfolio --out {p}`")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("modes"), list) or not isinstance(data.get("settings"), list):
+        raise ValueError(f"{p}: a portfolio is a mapping with `modes` (a list of controller specs) and `settings` "
+                         "(a list of knob mappings); write one with `python -m training.portfolio`")
+    modes = tuple(str(m) for m in data["modes"])
+    settings = []
+    for i, s in enumerate(data["settings"]):
+        if not isinstance(s, dict) or set(s) - {"mode", "cap", "k_cap", "hedge"}:
+            raise ValueError(f"{p}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
+        mode = s.get("mode", 0)
+        if not isinstance(mode, int) or not 0 <= mode < len(modes):
+            raise ValueError(f"{p}: settings[{i}].mode must index modes (0..{len(modes) - 1}), got {mode!r}")
+        try:
+            cap_level(s.get("cap")), k_cap_level(s.get("k_cap"))
+        except ValueError as e:
+            raise ValueError(f"{p}: settings[{i}]: {e}") from None
+        settings.append(dict(s))
+    if not settings:
+        raise ValueError(f"{p}: settings is empty; a portfolio needs at least one setting")
+    return modes, settings
 
 
 def on_track_credit(sim: Any) -> float:
@@ -57,16 +101,35 @@ class Lookahead(KnobController):
     name = "lookahead"
 
     def __init__(self, horizon_s: float = 20.0, replan_s: float = 15.0, futures: int = 2,
-                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES) -> None:
+                 portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
+                 include: Sequence[str] = (), known_acceptance: bool = True) -> None:
+        """``portfolio``: knob settings over ``modes``, or a portfolio file (its own modes and
+        settings; ``python -m training.portfolio`` learns one). ``include``: whole controller specs added to the portfolio as they are (e.g. the best
+        tuned heuristic with its admission cap: the knobs' own cap, k cap and hedging stay off),
+        so the planner switches away from them only where a simulated future says it pays.
+        ``known_acceptance=False``: the forks forget each request's own acceptance rate and
+        redraw it from the scenario's distribution (what a deployed planner could know)."""
+        if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`
+            modes, portfolio = load_portfolio(portfolio)
         if horizon_s <= 0 or replan_s <= 0 or futures < 1:
             raise ValueError(f"horizon_s and replan_s must be > 0 and futures >= 1, got {horizon_s}, {replan_s}, {futures}")
-        if not portfolio:
+        if not portfolio and not include:
             raise ValueError("portfolio must hold at least one knob setting")
-        super().__init__(modes=modes)
+        super().__init__(modes=[*modes, *include])
         self.horizon_s, self.replan_s, self.futures = float(horizon_s), float(replan_s), int(futures)
+        self.known_acceptance = bool(known_acceptance)
         self.portfolio = [knob_setting(k) for k in portfolio]
+        self.portfolio += [knob_setting({"mode": len(modes) + j}) for j in range(len(include))]
+        self.included = {len(modes) + j: str(spec) for j, spec in enumerate(include)}
         self.plans: list[int] = []  # the portfolio index chosen at each plan
         self._next_plan = 0.0
+
+    def spec(self, knobs: Any = None) -> str:
+        """As :meth:`KnobController.spec`, but an included controller held as it is goes by its own spec."""
+        k = knobs or replace(self.knobs, mode=self.modes.index(self._active))
+        if k.mode in self.included and list(k.as_action()[1:]) == [len(CAP_LEVELS) - 1, len(K_CAP_LEVELS) - 1, 1]:
+            return self.included[k.mode]
+        return super().spec(knobs)
 
     def bind(self, info: RuntimeInfo) -> None:
         sim = info.clairvoyant
@@ -88,7 +151,7 @@ class Lookahead(KnobController):
             future = zlib.crc32(f"{getattr(self.sim, 'seed', 0)}:{point.time:.6f}:{j}".encode())
             for i, k in enumerate(self.portfolio):
                 fork = copy.deepcopy(self.sim)
-                fork.resample_future(future)
+                fork.resample_future(future, keep_acceptance=self.known_acceptance)
                 ctl = fixed_controller(k, self.mode_specs)  # (binding repairs a mode that cannot run here)
                 ctl.bind(fork.info)
                 done = len(fork.metrics.records)

@@ -22,6 +22,7 @@ It prints their goodput ratios with paired bootstrap CIs, and the settings the l
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Sequence
 
 from controllers.knobs import DEFAULT_MODES
@@ -47,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--horizon", type=float, default=defaults.horizon_s, help="seconds each setting is simulated per plan")
     p.add_argument("--replan", type=float, default=defaults.replan_s, help="seconds between plans")
     p.add_argument("--futures", type=int, default=defaults.futures, help="resampled futures per plan")
+    p.add_argument("--portfolio", help="a portfolio file (`python -m training.portfolio --out FILE`; default: the shipped six settings)")
+    p.add_argument("--unknown-acceptance", action="store_true",
+                   help="plan on forks that forget each request's own acceptance rate (what a deployment could know)")
+    p.add_argument("--include", action="append", default=[], metavar="SPEC",
+                   help="a controller spec the planner may also hold, as it is (repeatable; e.g. the baseline itself)")
     p.add_argument("--workers", type=int, default=2, help="processes")
     a = p.parse_args(argv)
     if a.seeds < 2:
@@ -59,13 +65,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario = load_scenario(a.scenario)
     except ScenarioError as e:
         p.error(str(e))
-    try:
-        make_controller(a.baseline)
-    except (ControllerError, ValueError) as e:
-        p.error(f"--baseline {a.baseline!r}: {e}")
+    for flag, spec in [("--baseline", a.baseline), *(("--include", s) for s in a.include)]:
+        try:
+            make_controller(spec)
+        except (ControllerError, ValueError) as e:
+            p.error(f"{flag} {spec!r}: {e}")
     ahead = f"lookahead:horizon_s={a.horizon:g},replan_s={a.replan:g},futures={a.futures}"
+    if a.portfolio:
+        ahead += f",portfolio={a.portfolio}"
+    if a.unknown_acceptance:
+        ahead += ",known_acceptance=false"
+    if a.include:
+        ahead += " including " + " and ".join(a.include)
     default = spec_of(PORTFOLIO[0], DEFAULT_MODES)
-    rows = {"baseline": a.baseline, "default": default, "lookahead": ahead}
+    planner = partial(Lookahead, horizon_s=a.horizon, replan_s=a.replan, futures=a.futures, include=tuple(a.include),
+                      known_acceptance=not a.unknown_acceptance, **({"portfolio": a.portfolio} if a.portfolio else {}))
+    try:
+        planner()
+    except ValueError as e:
+        p.error(str(e))
+    rows = {"baseline": a.baseline, "default": default, "lookahead": planner}
     seeds = [TRAIN_SEED_MAX + i for i in range(a.seeds)]
     cmp = evaluate_controllers(scenario, rows, seeds, a.duration, a.rate, a.workers, desc="runs")
     base, fixed, planned = cmp.values("baseline"), cmp.values("default"), cmp.values("lookahead")

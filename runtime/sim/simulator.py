@@ -271,19 +271,24 @@ class Simulator(DecisionLoop):
             self._bar = tqdm(total=round(duration), unit="sim-s", desc=f"simulate {scenario.name}", leave=False, disable=None)
             self._bar_t = 0
 
-    def resample_future(self, seed: int) -> None:
+    def resample_future(self, seed: int, keep_acceptance: bool = True) -> None:
         """Redraw everything not yet decided from ``seed``: arrivals after now, background-load
         hops, link jitter, and every request's acceptance draws (rounds already drawn stay).
 
         For a deep copy made mid-run: rollouts compare candidates on one shared future (common
         random numbers), and confirm the winner on futures drawn here, so a label is not just the
-        luckiest of many candidates on one draw of the workload."""
+        luckiest of many candidates on one draw of the workload. ``keep_acceptance=False`` also
+        forgets each request's own acceptance rate (hidden from a controller, which sees only
+        outcomes) and redraws it from the scenario's distribution: a model that knows no more
+        than a deployment could."""
         self.seed = seed
         for i, site in enumerate(self.sites.values()):
             site.load.reseed(random.Random(seed * 7919 + 104729 * (i + 1)), self.now)
             if site.link is not None:
                 site.link.rng = random.Random(seed * 6007 + 15485863 * (i + 1))
         for req in self.requests.values():
+            if not keep_acceptance:
+                req.acc.clear()  # recreated on first use from the new seed (_acceptance)
             for model, st in req.acc.items():
                 st.rng = random.Random((seed * 1_000_003 + req.rid) * 64 + self._drafter_index[model])
         if self._arrivals_done:
