@@ -17,6 +17,9 @@ only, like the oracle. This command runs three rows on the final comparison's te
 - the lookahead.
 
 It prints their goodput ratios with paired bootstrap CIs, and the settings the lookahead held.
+``--portfolio FILE`` plans over a learned portfolio (``python -m training.portfolio``),
+``--include SPEC`` adds a whole controller (e.g. the baseline itself) to it, and
+``--unknown-acceptance`` plans on forks that forget each request's own acceptance rate.
 """
 
 from __future__ import annotations
