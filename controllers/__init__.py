@@ -13,6 +13,7 @@ from runtime.contract import Controller
 
 from controllers.knobs import KnobController
 from controllers.lookahead import Lookahead
+from controllers.selector import Selector
 from controllers.registry import (
     LOADERS,
     REGISTRY,
@@ -38,4 +39,5 @@ def _load_policy(ref: str) -> Controller:
 
 register("knobs", KnobController)
 register("lookahead", Lookahead)
+register("selector", Selector)
 LOADERS["policy"] = _load_policy

@@ -1,0 +1,164 @@
+"""A learned selector: probe the system under one knob setting, then hold the setting a model
+trained on other systems predicts will do best here.
+
+One fixed setting for every system loses where another heuristic fits (README "Knob policy
+results"); the lookahead planner finds the fitting one by simulating, which needs a simulator
+of the system. The selector needs none: for ``probe_s`` it runs the first setting and records
+the site-agnostic knob features of each 1-s window (:data:`~controllers.knobs.KNOB_FEATURES`,
+less the knobs' own levels); then a random forest, fitted by ``python -m training.selector`` on
+training systems of a distribution, predicts each setting's share of the system's best goodput
+from their mean, and the selector holds the setting predicted best, if it
+beats the first by more than ``margin``. It deploys wherever its modes run, the real runtime
+included, since it reads only what the knob controller observes.
+
+The model file (JSON) holds the modes, the settings, the features used and the trees;
+:func:`load_selector` checks it and names what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.contract import Decision, DecisionPoint, RuntimeInfo
+
+from controllers.knobs import KNOB_FEATURES, KnobController, knob_setting
+
+SELECTOR_VERSION = 1
+#: Features the model reads: every knob feature except the knobs' own levels (constant while probing).
+SELECTOR_FEATURES: tuple[str, ...] = tuple(f for f in KNOB_FEATURES if f not in ("cap", "k_cap", "hedge"))
+_INDEX = [KNOB_FEATURES.index(f) for f in SELECTOR_FEATURES]
+
+
+@dataclass
+class SelectorModel:
+    """What ``training.selector`` fits: a random forest predicting every setting's share of a
+    system's best from the probe features. Each tree is its sklearn arrays (``left``/``right``
+    children, -1 at a leaf; ``feature`` and ``threshold`` of each split; ``value``, a leaf's
+    predicted shares), so deploying it needs numpy only, not sklearn or pickle."""
+
+    modes: list[str]
+    settings: list[dict[str, Any]]
+    trees: list[dict[str, list]]
+    probe_s: float = 10.0
+    warmup_s: float = 2.0
+    margin: float = 0.0
+    features: tuple[str, ...] = SELECTOR_FEATURES
+    version: int = SELECTOR_VERSION
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted share of the best for every setting (the trees' mean), from probe features ``x``."""
+        x = np.asarray(x, dtype=float)
+        total = np.zeros(len(self.settings))
+        for t in self.trees:
+            left, right, feature, threshold = t["left"], t["right"], t["feature"], t["threshold"]
+            node = 0
+            while left[node] != -1:
+                node = left[node] if x[feature[node]] <= threshold[node] else right[node]
+            total += t["value"][node]
+        return total / max(len(self.trees), 1)
+
+    def choose(self, x: np.ndarray) -> int:
+        """The setting to hold: the predicted best, unless it beats the first by ``margin`` or less."""
+        pred = self.predict(x)
+        best = int(np.argmax(pred))
+        return best if pred[best] - pred[0] > self.margin else 0
+
+    def save(self, path: str | Path) -> None:
+        d = asdict(self)
+        d["features"] = list(self.features)
+        Path(path).write_text(json.dumps(d, separators=(",", ":")))
+
+
+def load_selector(path: str | Path) -> SelectorModel:
+    """Read a model written by ``python -m training.selector``; a clear error names the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"selector model {str(p)!r} not found; fit one with `python -m training.selector --out {p}`")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not a selector model (not JSON: {e})") from None
+    if not isinstance(d, dict) or d.get("version") != SELECTOR_VERSION:
+        got = d.get("version") if isinstance(d, dict) else None
+        raise ValueError(f"{p}: selector model version {got!r}, this specctl reads version {SELECTOR_VERSION}; refit it "
+                         "with `python -m training.selector`")
+    if tuple(d.get("features", ())) != SELECTOR_FEATURES:
+        raise ValueError(f"{p} was fitted on other features than this specctl observes; refit it with `python -m training.selector`")
+    try:
+        m = SelectorModel(**{**d, "features": tuple(d["features"])})
+    except TypeError as e:
+        raise ValueError(f"{p}: {e}; refit it with `python -m training.selector`") from None
+    n, f = len(m.settings), len(m.features)
+    for i, t in enumerate(m.trees):
+        nodes = len(t.get("left", ()))
+        ok = (nodes > 0 and all(len(t.get(k, ())) == nodes for k in ("right", "feature", "threshold", "value"))
+              and all(-1 <= c < nodes for c in [*t["left"], *t["right"]]) and all(0 <= j < f for j in t["feature"])
+              and all(len(v) == n for v in t["value"]))
+        if not ok:
+            raise ValueError(f"{p}: tree {i} is not {n} settings' shares over {f} features (left, right, feature, "
+                             "threshold and value per node); refit it with `python -m training.selector`")
+    if not n or not m.trees:
+        raise ValueError(f"{p}: a selector needs settings and trees; refit it with `python -m training.selector`")
+    if not 0 < m.warmup_s < m.probe_s:
+        raise ValueError(f"{p}: need 0 < warmup_s < probe_s, got {m.warmup_s} and {m.probe_s}")
+    return m
+
+
+class Selector(KnobController):
+    """Runs the model's first setting for ``probe_s``, then holds the setting it chooses.
+
+    ``model``: a model file (``python -m training.selector --out FILE``) or a
+    :class:`SelectorModel`; ``None`` probes only and never switches (how the training data are
+    recorded, so training and deployment compute the features with the same code).
+    """
+
+    name = "selector"
+
+    def __init__(self, model: str | Path | SelectorModel | None = None, margin: float | None = None,
+                 settings: Sequence[dict[str, Any]] | None = None, modes: Sequence[str] | None = None,
+                 probe_s: float = 10.0, warmup_s: float = 2.0) -> None:
+        self.model = load_selector(model) if isinstance(model, (str, Path)) else model
+        if self.model is not None:
+            settings, modes = self.model.settings, self.model.modes
+            probe_s, warmup_s = self.model.probe_s, self.model.warmup_s
+            if margin is not None:
+                self.model = replace(self.model, margin=float(margin))
+        if not settings or not modes:
+            raise ValueError("a selector needs a model file, or settings and modes to probe with")
+        super().__init__(modes=modes)
+        self.settings = [knob_setting(s) for s in settings]
+        self.probe_s, self.warmup_s = float(probe_s), float(warmup_s)
+        self.samples: list[np.ndarray] = []  # each probe window's features
+        self.probing = True
+        self.chosen: int | None = None  # the setting held after the probe
+
+    def bind(self, info: RuntimeInfo) -> None:
+        super().bind(info)
+        self.usage = {}  # (binding set the default knobs; the probe's setting is the first real one)
+        self.samples, self.probing, self.chosen = [], True, None
+        self.set_knobs(self.action_for(self.settings[0]), 0.0)
+
+    def probe_features(self) -> np.ndarray:
+        """The mean of the probe's per-window features (what the model reads)."""
+        if not self.samples:
+            return np.zeros(len(SELECTOR_FEATURES))
+        return np.mean(self.samples, axis=0)
+
+    def decide(self, point: DecisionPoint) -> Decision:
+        self.see(point)
+        if self.due(point.time):
+            if self.probing and point.time > self.warmup_s:
+                self.samples.append(self.observation(point.system)[_INDEX].astype(float))
+            if self.probing and point.time >= self.probe_s:
+                self.probing = False
+                if self.model is not None:
+                    self.chosen = self.model.choose(self.probe_features())
+                    self.set_knobs(self.action_for(self.settings[self.chosen]), point.time)
+                    return self.answer(point)
+            self.set_knobs(self.knobs.as_action(), point.time)  # the same setting, a new window
+        return self.answer(point)

@@ -1,0 +1,95 @@
+"""Judge a controller against a baseline and the default knob setting, on the test seeds.
+
+    python -m training.judge --scenario training/scenarios/apac-hybrid.yaml --rate 18 \\
+        --baseline "knobs:mode=1,cap=2.5,k_cap=3,hedge=false" --controller selector:model=training/models/selector-mix.json
+
+Three rows run on the final comparison's test seeds (1e9, 1e9+1, ...): the baseline (e.g. the
+best tuned heuristic for the file), the default knob policy's setting, and the controller. It
+prints the controller's goodput against both with paired BCa CIs, and, for a knob controller,
+the settings it held. ``python -m training.lookahead`` is this judge with the planner's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+from policy_env.env import TRAIN_SEED_MAX
+
+
+def add_judge_args(p: argparse.ArgumentParser) -> None:
+    """The judge's flags (scenario, rate, baseline, seeds, duration, workers)."""
+    p.add_argument("--scenario", required=True, help="shipped scenario name or YAML path")
+    p.add_argument("--rate", type=float, help="mean arrival rate (req/s; default: the scenario's)")
+    p.add_argument("--baseline", required=True, help="controller spec to judge against (e.g. the best tuned heuristic)")
+    p.add_argument("--seeds", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's)")
+    p.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per run")
+    p.add_argument("--workers", type=int, default=2, help="processes")
+
+
+def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: Sequence[tuple[str, str]] = ()) -> Any:
+    """The scenario of ``a``, after checking the judge's flags and every ``(flag, spec)`` (the
+    baseline's included); a bad one exits with a one-line error."""
+    from controllers import ControllerError, make_controller
+    from runtime.scenario import ScenarioError, load_scenario
+
+    if a.seeds < 2:
+        p.error("--seeds must be >= 2 (a confidence interval needs two)")
+    for flag, value in (("--duration", a.duration), ("--workers", a.workers)):
+        if value <= 0:
+            p.error(f"{flag} must be > 0")
+    try:
+        scenario = load_scenario(a.scenario)
+    except ScenarioError as e:
+        p.error(str(e))
+    for flag, spec in [("--baseline", a.baseline), *specs]:
+        try:
+            make_controller(spec)
+        except (ControllerError, ValueError) as e:
+            p.error(f"{flag} {spec!r}: {e}")
+    return scenario
+
+
+def judge(a: argparse.Namespace, scenario: Any, name: str, make: Any) -> None:
+    """Run the baseline, the default setting and ``make`` (a spec or a picklable factory, shown
+    as ``name``) on the test seeds, and print the comparison."""
+    from controllers.knobs import DEFAULT_MODES
+    from controllers.lookahead import PORTFOLIO
+    from training.compare import evaluate_controllers, ratio_ci
+    from training.knobs import settings_line
+    from training.mix_tune import spec_of
+
+    default = spec_of(PORTFOLIO[0], DEFAULT_MODES)
+    seeds = [TRAIN_SEED_MAX + i for i in range(a.seeds)]
+    cmp = evaluate_controllers(scenario, {"baseline": a.baseline, "default": default, "judged": make}, seeds,
+                               a.duration, a.rate, a.workers, desc="runs")
+    base, fixed, judged = cmp.values("baseline"), cmp.values("default"), cmp.values("judged")
+
+    def show(x, y) -> str:
+        r, lo, hi = ratio_ci(x, y)
+        return f"{r:.3f}x [{lo:.3f}, {hi:.3f}]"
+
+    print(f"{a.scenario} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s:")
+    print(f"  baseline {a.baseline}: {base.mean():.3f} req/s")
+    print(f"  default setting {default}: {fixed.mean():.3f} req/s, {show(fixed, base)} the baseline")
+    print(f"  {name}: {judged.mean():.3f} req/s, {show(judged, base)} the baseline, {show(judged, fixed)} the default setting")
+    shares = cmp.knob_shares("judged")
+    if shares:
+        print(f"  settings it held (share of control intervals): {settings_line(shares)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from runtime.flags import OneLineParser
+
+    p = OneLineParser(prog="python -m training.judge", description=__doc__.split("\n")[0])
+    add_judge_args(p)
+    p.add_argument("--controller", required=True, help="the controller spec to judge")
+    a = p.parse_args(argv)
+    scenario = checked_scenario(p, a, [("--controller", a.controller)])
+    judge(a, scenario, a.controller, a.controller)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
