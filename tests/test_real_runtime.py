@@ -56,6 +56,30 @@ def test_greedy_output_identical_to_target_alone_for_every_controller(spec, site
 
 
 @pytest.mark.slow
+def test_the_learned_selector_probes_switches_and_stays_lossless_on_the_real_runtime(site_addresses, tiny_dir, references):
+    """The selector reads only what the knob controller observes, so it deploys on the real
+    runtime: it probes under the first setting, then holds the one its model picks."""
+    from controllers.knobs import DEFAULT_MODES
+    from controllers.lookahead import PORTFOLIO
+    from controllers.selector import Selector, SelectorModel
+
+    prompts, refs = references
+    leaf = {"left": [-1], "right": [-1], "feature": [0], "threshold": [0.0], "value": [[0.5, 0.5, 0.5, 0.9, 0.5, 0.5]]}
+    model = SelectorModel(modes=list(DEFAULT_MODES), settings=[dict(k) for k in PORTFOLIO], trees=[leaf], probe_s=0.5,
+                          warmup_s=0.1)
+    controller = Selector(model)
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    with rt:
+        reqs = [rt.submit(p, N_TOKENS, 0.0, at=0.3 * i) for i, p in enumerate(prompts)]  # arrivals past the 1-s tick
+        rt.end_of_workload()
+        drive(rt, controller)
+    assert [r.output for r in reqs] == refs
+    assert controller.chosen == 3 and controller.samples  # loose wanspec, after probing under the default
+    assert "knobs:mode=wanspec,cap=2,k_cap=8,hedge=true" in controller.usage
+
+
+@pytest.mark.slow
 def test_sampling_through_remote_sites_completes(site_addresses, tiny_dir, references):
     prompts, _ = references
     dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
