@@ -39,7 +39,7 @@ class SelectorModel:
     """What ``training.selector`` fits: a random forest predicting every setting's share of a
     system's best from the probe features. Each tree is its sklearn arrays (``left``/``right``
     children, -1 at a leaf; ``feature`` and ``threshold`` of each split; ``value``, a leaf's
-    predicted shares), so deploying it needs numpy only, not sklearn or pickle."""
+    predicted shares, empty at a split), so deploying it needs numpy only, not sklearn or pickle."""
 
     modes: list[str]
     settings: list[dict[str, Any]]
@@ -98,7 +98,7 @@ def load_selector(path: str | Path) -> SelectorModel:
         nodes = len(t.get("left", ()))
         ok = (nodes > 0 and all(len(t.get(k, ())) == nodes for k in ("right", "feature", "threshold", "value"))
               and all(-1 <= c < nodes for c in [*t["left"], *t["right"]]) and all(0 <= j < f for j in t["feature"])
-              and all(len(v) == n for v in t["value"]))
+              and all(len(v) == n for v, c in zip(t["value"], t["left"]) if c == -1))
         if not ok:
             raise ValueError(f"{p}: tree {i} is not {n} settings' shares over {f} features (left, right, feature, "
                              "threshold and value per node); refit it with `python -m training.selector`")

@@ -128,10 +128,27 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.caps / k_caps: {e}") from None
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
         raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
+    from controllers import ControllerError, make_controller
+
     for i, sc in enumerate(cfg["eval"]["scenarios"]):
         if not isinstance(sc, dict) or "scenario" not in sc or "baselines" not in sc:
             raise ConfigError(f"config {path}: eval.scenarios[{i}] needs scenario, rate and baselines (tuned controller specs)")
+        where = f"eval.scenarios[{i}].references" if "references" in sc else "eval.references"
+        refs = references(cfg["eval"], sc)
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise ConfigError(f"config {path}: {where} must be a list of controller specs, got {refs!r}")
+        for r in refs:  # a reference that cannot be built fails now, not after the training
+            try:
+                make_controller(r)
+            except (ControllerError, ValueError) as e:
+                raise ConfigError(f"config {path}: {where}: {r!r}: {e}") from None
     return cfg
+
+
+def references(ev: dict[str, Any], scenario_entry: dict[str, Any]) -> Any:
+    """The reference rows of an evaluation scenario (the oracle unless ``eval.references`` or the
+    entry's own ``references`` say otherwise): shown beside the baselines, never the best baseline."""
+    return scenario_entry.get("references", ev.get("references", ["oracle"]))
 
 
 # ------------------------------------------------------------------------------ warm start
@@ -208,7 +225,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         scenario = load_scenario(beside(sc["scenario"], cfg["config_file"]))
         rate = sc.get("rate")
         named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
-        refs = list(sc.get("references", ["oracle"]))
+        refs = list(references(ev, sc))
         named.update({r: r for r in refs})
         named["warm start (clone)"] = partial(load_policy, str(warm_dir))
         named["policy"] = partial(load_policy, str(policy_dir))
