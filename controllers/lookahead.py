@@ -64,21 +64,27 @@ def load_portfolio(path: str | Path) -> tuple[tuple[str, ...], list[dict[str, An
         raise ValueError(f"{p}: a portfolio is a mapping with `modes` (a list of controller specs) and `settings` "
                          "(a list of knob mappings); write one with `python -m training.portfolio`")
     modes = tuple(str(m) for m in data["modes"])
-    settings = []
-    for i, s in enumerate(data["settings"]):
+    return modes, checked_settings(data["settings"], len(modes), str(p))
+
+
+def checked_settings(settings: Any, n_modes: int, where: str) -> list[dict[str, Any]]:
+    """Knob settings from a file (a portfolio, a selector model), each checked: a mapping of
+    mode (an index into ``n_modes`` modes), cap, k_cap and hedge at valid levels."""
+    out = []
+    for i, s in enumerate(settings):
         if not isinstance(s, dict) or set(s) - {"mode", "cap", "k_cap", "hedge"}:
-            raise ValueError(f"{p}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
+            raise ValueError(f"{where}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
         mode = s.get("mode", 0)
-        if not isinstance(mode, int) or not 0 <= mode < len(modes):
-            raise ValueError(f"{p}: settings[{i}].mode must index modes (0..{len(modes) - 1}), got {mode!r}")
+        if not isinstance(mode, int) or not 0 <= mode < n_modes:
+            raise ValueError(f"{where}: settings[{i}].mode must index modes (0..{n_modes - 1}), got {mode!r}")
         try:
             cap_level(s.get("cap")), k_cap_level(s.get("k_cap"))
         except ValueError as e:
-            raise ValueError(f"{p}: settings[{i}]: {e}") from None
-        settings.append(dict(s))
-    if not settings:
-        raise ValueError(f"{p}: settings is empty; a portfolio needs at least one setting")
-    return modes, settings
+            raise ValueError(f"{where}: settings[{i}]: {e}") from None
+        out.append(dict(s))
+    if not out:
+        raise ValueError(f"{where}: settings is empty; at least one knob setting is needed")
+    return out
 
 
 def on_track_credit(sim: Any) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 from runtime.contract import Decision, DecisionPoint, RuntimeInfo
 
 from controllers.knobs import KNOB_FEATURES, KnobController, knob_setting
+from controllers.lookahead import checked_settings
 
 SELECTOR_VERSION = 1
 #: Features the model reads: every knob feature except the knobs' own levels (constant while probing).
@@ -93,6 +94,7 @@ def load_selector(path: str | Path) -> SelectorModel:
         m = SelectorModel(**{**d, "features": tuple(d["features"])})
     except TypeError as e:
         raise ValueError(f"{p}: {e}; refit it with `python -m training.selector`") from None
+    m.settings = checked_settings(m.settings, len(m.modes), str(p))
     n, f = len(m.settings), len(m.features)
     for i, t in enumerate(m.trees):
         nodes = len(t.get("left", ()))
@@ -102,8 +104,8 @@ def load_selector(path: str | Path) -> SelectorModel:
         if not ok:
             raise ValueError(f"{p}: tree {i} is not {n} settings' shares over {f} features (left, right, feature, "
                              "threshold and value per node); refit it with `python -m training.selector`")
-    if not n or not m.trees:
-        raise ValueError(f"{p}: a selector needs settings and trees; refit it with `python -m training.selector`")
+    if not m.trees:
+        raise ValueError(f"{p}: a selector needs trees; refit it with `python -m training.selector`")
     if not 0 < m.warmup_s < m.probe_s:
         raise ValueError(f"{p}: need 0 < warmup_s < probe_s, got {m.warmup_s} and {m.probe_s}")
     return m
