@@ -99,7 +99,8 @@ def load_selector(path: str | Path) -> SelectorModel:
     for i, t in enumerate(m.trees):
         nodes = len(t.get("left", ()))
         ok = (nodes > 0 and all(len(t.get(k, ())) == nodes for k in ("right", "feature", "threshold", "value"))
-              and all(-1 <= c < nodes for c in [*t["left"], *t["right"]]) and all(0 <= j < f for j in t["feature"])
+              and all(c == -1 or i < c < nodes for side in (t["left"], t["right"]) for i, c in enumerate(side))
+              and all(0 <= j < f for j in t["feature"])
               and all(len(v) == n for v, c in zip(t["value"], t["left"]) if c == -1))
         if not ok:
             raise ValueError(f"{p}: tree {i} is not {n} settings' shares over {f} features (left, right, feature, "

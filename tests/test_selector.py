@@ -57,7 +57,7 @@ def test_a_model_file_round_trips_and_a_bad_one_is_refused_naming_the_fix(tmp_pa
     assert load_selector(path) == _model([0.5, 0.6, 0.9])
     assert make_controller(f"selector:model={path},margin=0.5").model.margin == 0.5
     d = json.loads(path.read_text())
-    bad_tree = {"left": [1], "right": [-1], "feature": [0], "threshold": [0.0], "value": [[0.5, 0.6, 0.9]]}
+    bad_tree = {"left": [0], "right": [-1], "feature": [0], "threshold": [0.0], "value": [[0.5, 0.6, 0.9]]}  # a loop
     for change, match in [({"version": 0}, "version 0"), ({"features": ["x"]}, "other features"),
                           ({"trees": [bad_tree]}, "tree 0 is not 3 settings' shares"), ({"trees": []}, "needs trees"), ({"settings": [{"mode": 9}]}, r"settings\[0\].mode must index modes"),
                           ({"speed": 1}, "unexpected keyword"), ({"warmup_s": 9.0}, "warmup_s < probe_s")]:
