@@ -13,7 +13,8 @@
    the probe features. Its leaf size and the switching margin are chosen by k-fold
    cross-validation over systems (each system's features predict its choice with a model that
    never saw it); the figures printed are those held-out folds' (mean share of each system's
-   best, and goodput against always holding the first setting with a paired BCa CI). On the
+   best, and goodput against always holding the first setting with a paired BCa CI; the folds
+   also chose among 12 leaf-margin pairs, so the figures are slightly optimistic). On the
    same folds a ridge regression per setting gained 1.025x, the forest 1.035x.
 3. **Fit and save**: on every system, the trees written as JSON for ``selector:model=FILE``
    (deploying needs numpy only).
