@@ -138,3 +138,40 @@ def test_ray_start_up_gives_up_after_its_attempts_and_other_errors_are_not_retri
     with pytest.raises(BackendError, match="object store memory"):
         connect("local")
     assert fake.inits == 1
+
+
+def _record_pid_then_sleep(directory: str) -> int:
+    Path(directory, str(os.getpid())).touch()
+    import time
+
+    time.sleep(30)
+    return os.getpid()
+
+
+def test_a_terminated_grid_takes_its_pool_workers_with_it(tmp_path):
+    """SIGTERM (kill, a scheduler's time limit) must not leave spawned workers running, orphaned."""
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys; from training.backend import map_jobs; from tests.test_backend import _record_pid_then_sleep; "
+              f"map_jobs(_record_pid_then_sleep, [{str(tmp_path)!r}] * 4, workers=2, progress=False)")
+    p = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are in a job
+        time.sleep(0.1)
+    workers = [int(f.name) for f in tmp_path.iterdir()]
+    assert len(workers) == 2, "the workers never started"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers)

@@ -17,12 +17,15 @@ line that names the fix. Ray tasks that die (a killed worker, a lost node) are r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -156,6 +159,17 @@ class Backend:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
+    def terminate(self) -> None:
+        """Stop the pool's workers now, jobs in progress included (``close`` waits for them)."""
+        if self._pool is not None:
+            workers = list((getattr(self._pool, "_processes", None) or {}).values())  # no public handle before 3.14
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.join(timeout=5)
+            self._pool = None
+
     def map(self, fn: Callable[[T], R], jobs: Sequence[T], desc: str = "jobs", unit: str = "job",
             progress: bool = True, leave: bool = True) -> list[R]:
         """``[fn(job) for job in jobs]``, run in parallel, with a progress bar (rate and ETA)."""
@@ -174,12 +188,15 @@ class Backend:
             futures = {self._pool.submit(fn, job): i for i, job in enumerate(jobs)}
             results: list[Any] = [None] * len(jobs)
             try:
-                for f in as_completed(futures):
-                    results[futures[f]] = f.result()
-                    bar.update()
+                with _sigterm_exits():
+                    for f in as_completed(futures):
+                        results[futures[f]] = f.result()
+                        bar.update()
             except BaseException:
                 for f in futures:
                     f.cancel()
+                if isinstance(sys.exc_info()[1], SystemExit):  # terminated: stop the workers too
+                    self.terminate()
                 raise
             return results
         finally:
@@ -210,6 +227,21 @@ class Backend:
                 ray.cancel(ref)
             raise
         return results
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While a pool runs: SIGTERM (``kill``, a job scheduler) raises SystemExit in the main
+    thread, so the pool shuts down and its workers exit. By default SIGTERM kills this process
+    alone, and the spawned workers live on, orphaned. A handler someone else set stays."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def progress_bar(total: int, desc: str, unit: str, leave: bool = False, show: bool = True) -> Any:
