@@ -124,13 +124,20 @@ class Selector(KnobController):
 
     def __init__(self, model: str | Path | SelectorModel | None = None, margin: float | None = None,
                  settings: Sequence[dict[str, Any]] | None = None, modes: Sequence[str] | None = None,
-                 probe_s: float = 10.0, warmup_s: float = 2.0) -> None:
+                 probe_s: float | None = None, warmup_s: float | None = None) -> None:
         self.model = load_selector(model) if isinstance(model, (str, Path)) else model
         if self.model is not None:
+            given = [k for k, v in (("settings", settings), ("modes", modes), ("probe_s", probe_s), ("warmup_s", warmup_s))
+                     if v is not None]
+            if given:  # the model was fitted on features of its own probe and settings
+                raise ValueError(f"{', '.join(given)} come(s) from the model; refit it with `python -m training.selector` "
+                                 "to change them")
             settings, modes = self.model.settings, self.model.modes
             probe_s, warmup_s = self.model.probe_s, self.model.warmup_s
             if margin is not None:
                 self.model = replace(self.model, margin=float(margin))
+        probe_s = 10.0 if probe_s is None else probe_s
+        warmup_s = 2.0 if warmup_s is None else warmup_s
         if not settings or not modes:
             raise ValueError("a selector needs a model file, or settings and modes to probe with")
         super().__init__(modes=modes)

@@ -71,6 +71,9 @@ def test_a_model_file_round_trips_and_a_bad_one_is_refused_naming_the_fix(tmp_pa
         make_controller(f"selector:model={tmp_path / 'none.json'}")
     with pytest.raises(ControllerError, match="needs a model file"):
         make_controller("selector")
+    path.write_text(json.dumps(d))
+    with pytest.raises(ControllerError, match="probe_s come.* from the model; refit it"):
+        make_controller(f"selector:model={path},probe_s=5")
 
 
 def test_the_exported_forest_predicts_what_sklearn_does_and_cross_validation_switches_where_it_pays():
