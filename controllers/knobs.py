@@ -397,6 +397,26 @@ def fixed_controller(knobs: Mapping[str, Any], modes: Sequence[str], interval_s:
                           interval_s=interval_s)
 
 
+def checked_settings(settings: Any, n_modes: int, where: str) -> list[dict[str, Any]]:
+    """Knob settings from a file (a portfolio, a selector model), each checked: a mapping of
+    mode (an index into ``n_modes`` modes), cap, k_cap and hedge at valid levels."""
+    out = []
+    for i, s in enumerate(settings):
+        if not isinstance(s, dict) or set(s) - {"mode", "cap", "k_cap", "hedge"}:
+            raise ValueError(f"{where}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
+        mode = s.get("mode", 0)
+        if not isinstance(mode, int) or not 0 <= mode < n_modes:
+            raise ValueError(f"{where}: settings[{i}].mode must index modes (0..{n_modes - 1}), got {mode!r}")
+        try:
+            cap_level(s.get("cap")), k_cap_level(s.get("k_cap"))
+        except ValueError as e:
+            raise ValueError(f"{where}: settings[{i}]: {e}") from None
+        out.append(dict(s))
+    if not out:
+        raise ValueError(f"{where}: settings is empty; at least one knob setting is needed")
+    return out
+
+
 def cap_level(cap: float | str | None) -> int:
     """The :data:`CAP_LEVELS` index of an admission cap (``None`` or ``"none"``: no cap)."""
     return _level(CAP_LEVELS, math.inf if cap in (None, "none") else float(cap), "cap")

@@ -29,9 +29,8 @@ from controllers.knobs import (
     DEFAULT_MODES,
     K_CAP_LEVELS,
     KnobController,
-    cap_level,
+    checked_settings,
     fixed_controller,
-    k_cap_level,
     knob_setting,
 )
 
@@ -67,26 +66,6 @@ def load_portfolio(path: str | Path) -> tuple[tuple[str, ...], list[dict[str, An
     return modes, checked_settings(data["settings"], len(modes), str(p))
 
 
-def checked_settings(settings: Any, n_modes: int, where: str) -> list[dict[str, Any]]:
-    """Knob settings from a file (a portfolio, a selector model), each checked: a mapping of
-    mode (an index into ``n_modes`` modes), cap, k_cap and hedge at valid levels."""
-    out = []
-    for i, s in enumerate(settings):
-        if not isinstance(s, dict) or set(s) - {"mode", "cap", "k_cap", "hedge"}:
-            raise ValueError(f"{where}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
-        mode = s.get("mode", 0)
-        if not isinstance(mode, int) or not 0 <= mode < n_modes:
-            raise ValueError(f"{where}: settings[{i}].mode must index modes (0..{n_modes - 1}), got {mode!r}")
-        try:
-            cap_level(s.get("cap")), k_cap_level(s.get("k_cap"))
-        except ValueError as e:
-            raise ValueError(f"{where}: settings[{i}]: {e}") from None
-        out.append(dict(s))
-    if not out:
-        raise ValueError(f"{where}: settings is empty; at least one knob setting is needed")
-    return out
-
-
 def on_track_credit(sim: Any) -> float:
     """Requests still in flight, counted as met by their share of tokens generated when they
     are on track for their SLOs (TTFT met, TPOT so far within its SLO): what a horizon that
@@ -110,9 +89,10 @@ class Lookahead(KnobController):
                  portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
                  include: Sequence[str] = (), known_acceptance: bool = True) -> None:
         """``portfolio``: knob settings over ``modes``, or a portfolio file (its own modes and
-        settings; ``python -m training.portfolio`` learns one). ``include``: whole controller specs added to the portfolio as they are (e.g. the best
-        tuned heuristic with its admission cap: the knobs' own cap, k cap and hedging stay off),
-        so the planner switches away from them only where a simulated future says it pays.
+        settings; ``python -m training.portfolio`` learns one). ``include``: whole controller
+        specs added to the portfolio as they are (e.g. the best tuned heuristic with its
+        admission cap: the knobs' own cap, k cap and hedging stay off), so the planner switches
+        away from them only where a simulated future says it pays.
         ``known_acceptance=False``: the forks forget each request's own acceptance rate and
         redraw it from the scenario's distribution (what a deployed planner could know)."""
         if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`

@@ -26,8 +26,7 @@ import numpy as np
 
 from runtime.contract import Decision, DecisionPoint, RuntimeInfo
 
-from controllers.knobs import KNOB_FEATURES, KnobController, knob_setting
-from controllers.lookahead import checked_settings
+from controllers.knobs import KNOB_FEATURES, KnobController, checked_settings, knob_setting
 
 SELECTOR_VERSION = 1
 #: Features the model reads: every knob feature except the knobs' own levels (constant while probing).
