@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.compare import pool_map
-    from training.mix_tune import _goodput, _key, spec_of, tuning_seeds
+    from training.mix_tune import _goodput, _key, candidates, spec_of, tuning_seeds
 
     p = OneLineParser(prog="python -m training.portfolio", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
@@ -106,14 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the shipped portfolio's settings always compete, so the learned one is judged against them
     grid = [dict(k) for k in PORTFOLIO]
     seen = {_key(g) for g in grid}
-    for m in range(len(modes)):
-        for c in a.caps:
-            for k in a.k_caps:
-                for h in hedges:
-                    g = {"mode": m, "cap": c, "k_cap": k, "hedge": h}
-                    if _key(g) not in seen:
-                        seen.add(_key(g))
-                        grid.append(g)
+    for g in candidates(len(modes), {"caps": a.caps, "k_caps": a.k_caps, "hedge": hedges}):  # mode x cap x k cap x hedge
+        if _key(g) not in seen:
+            seen.add(_key(g))
+            grid.append(g)
     seeds = tuning_seeds(a.seed, a.systems)
     print(f"{len(grid)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each", flush=True)
     jobs = [(env_kwargs, s, a.duration, g) for g in grid for s in seeds]
