@@ -90,7 +90,7 @@ def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, 
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers.knobs import DEFAULT_MODES
     from controllers.lookahead import PORTFOLIO, load_portfolio
-    from controllers.selector import SelectorModel
+    from controllers.selector import SELECTOR_FEATURES, SelectorModel
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.common import ConfigError
@@ -135,12 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               flush=True)
         jobs = [(env_kwargs, s, a.duration, i, settings, list(modes)) for s in seeds for i in range(len(settings))]
         goodput = np.zeros((len(seeds), len(settings)))
-        x = np.zeros((len(seeds), 0))
+        x = np.zeros((len(seeds), len(SELECTOR_FEATURES)))
         for seed, i, g, f in pool_map(_job, jobs, a.workers, desc="selector runs"):
             row = seeds.index(seed)
             goodput[row, i] = g
             if f is not None:
-                x = np.zeros((len(seeds), len(f))) if x.shape[1] == 0 else x
                 x[row] = f
         if a.data:
             np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds))
