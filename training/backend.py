@@ -192,10 +192,10 @@ class Backend:
                     for f in as_completed(futures):
                         results[futures[f]] = f.result()
                         bar.update()
-            except BaseException:
+            except BaseException as e:
                 for f in futures:
                     f.cancel()
-                if isinstance(sys.exc_info()[1], SystemExit):  # terminated: stop the workers too
+                if isinstance(e, SystemExit):  # terminated: stop the workers too
                     self.terminate()
                 raise
             return results
