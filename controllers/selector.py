@@ -32,6 +32,8 @@ SELECTOR_VERSION = 1
 #: Features the model reads: every knob feature except the knobs' own levels (constant while probing).
 SELECTOR_FEATURES: tuple[str, ...] = tuple(f for f in KNOB_FEATURES if f not in ("cap", "k_cap", "hedge"))
 _INDEX = [KNOB_FEATURES.index(f) for f in SELECTOR_FEATURES]
+#: The probe's length and the start of its averaging (s), unless a model says otherwise.
+PROBE_S, WARMUP_S = 10.0, 2.0
 
 
 @dataclass
@@ -44,8 +46,8 @@ class SelectorModel:
     modes: list[str]
     settings: list[dict[str, Any]]
     trees: list[dict[str, list]]
-    probe_s: float = 10.0
-    warmup_s: float = 2.0
+    probe_s: float = PROBE_S
+    warmup_s: float = WARMUP_S
     margin: float = 0.0
     features: tuple[str, ...] = SELECTOR_FEATURES
     version: int = SELECTOR_VERSION
@@ -115,19 +117,20 @@ class Selector(KnobController):
     """Runs the model's first setting for ``probe_s``, then holds the setting it chooses.
 
     ``model``: a model file (``python -m training.selector --out FILE``) or a
-    :class:`SelectorModel`; ``None`` probes only and never switches (how the training data are
-    recorded, so training and deployment compute the features with the same code).
+    :class:`SelectorModel`. Without one it probes and then holds setting ``hold`` (default: the
+    first, i.e. never switches): how the training data are recorded, each setting's label being
+    the run a deployed selector choosing it would have, and its features computed by the same code.
     """
 
     name = "selector"
 
     def __init__(self, model: str | Path | SelectorModel | None = None, margin: float | None = None,
                  settings: Sequence[dict[str, Any]] | None = None, modes: Sequence[str] | None = None,
-                 probe_s: float | None = None, warmup_s: float | None = None) -> None:
+                 probe_s: float | None = None, warmup_s: float | None = None, hold: int | None = None) -> None:
         self.model = load_selector(model) if isinstance(model, (str, Path)) else model
         if self.model is not None:
-            given = [k for k, v in (("settings", settings), ("modes", modes), ("probe_s", probe_s), ("warmup_s", warmup_s))
-                     if v is not None]
+            given = [k for k, v in (("settings", settings), ("modes", modes), ("probe_s", probe_s), ("warmup_s", warmup_s),
+                                    ("hold", hold)) if v is not None]
             if given:  # the model was fitted on features of its own probe and settings
                 raise ValueError(f"{', '.join(given)} come(s) from the model; refit it with `python -m training.selector` "
                                  "to change them")
@@ -135,13 +138,16 @@ class Selector(KnobController):
             probe_s, warmup_s = self.model.probe_s, self.model.warmup_s
             if margin is not None:
                 self.model = replace(self.model, margin=float(margin))
-        probe_s = 10.0 if probe_s is None else probe_s
-        warmup_s = 2.0 if warmup_s is None else warmup_s
+        probe_s = PROBE_S if probe_s is None else probe_s
+        warmup_s = WARMUP_S if warmup_s is None else warmup_s
         if not settings or not modes:
             raise ValueError("a selector needs a model file, or settings and modes to probe with")
         super().__init__(modes=modes)
         self.settings = [knob_setting(s) for s in settings]
         self.probe_s, self.warmup_s = float(probe_s), float(warmup_s)
+        if hold is not None and not 0 <= hold < len(self.settings):
+            raise ValueError(f"hold={hold}: there are {len(self.settings)} settings (0..{len(self.settings) - 1})")
+        self.hold = hold
         self.samples: list[np.ndarray] = []  # each probe window's features
         self.probing = True
         self.chosen: int | None = None  # the setting held after the probe
@@ -165,9 +171,9 @@ class Selector(KnobController):
                 self.samples.append(self.observation(point.system)[_INDEX].astype(float))
             if self.probing and point.time >= self.probe_s:
                 self.probing = False
-                if self.model is not None:
-                    self.chosen = self.model.choose(self.probe_features())
-                    self.set_knobs(self.action_for(self.settings[self.chosen]), point.time)
+                if self.model is not None or self.hold:
+                    self.chosen = self.model.choose(self.probe_features()) if self.model is not None else self.hold
+                    self.set_knobs(self.action_for(self.settings[self.chosen]), point.time)  # type: ignore[index]
                     return self.answer(point)
             self.set_knobs(self.knobs.as_action(), point.time)  # the same setting, a new window
         return self.answer(point)

@@ -49,6 +49,9 @@ def test_after_the_probe_it_holds_the_setting_the_model_chooses(bias, margin, ch
     assert held.spec(held.knobs) in ctl.usage
     twin = Selector(_model(bias, margin))
     assert _run(twin) == summary and twin.chosen == chosen  # deterministic by seed
+    # training labels each setting by this very run: probe, then hold it
+    label = Selector(settings=SETTINGS, modes=DEFAULT_MODES, probe_s=4.0, warmup_s=1.0, hold=chosen)
+    assert _run(label) == summary
 
 
 def test_a_model_file_round_trips_and_a_bad_one_is_refused_naming_the_fix(tmp_path):
@@ -74,6 +77,10 @@ def test_a_model_file_round_trips_and_a_bad_one_is_refused_naming_the_fix(tmp_pa
     path.write_text(json.dumps(d))
     with pytest.raises(ControllerError, match="probe_s come.* from the model; refit it"):
         make_controller(f"selector:model={path},probe_s=5")
+    with pytest.raises(ControllerError, match="hold come.* from the model"):
+        make_controller(f"selector:model={path},hold=1")
+    with pytest.raises(ValueError, match=r"hold=3: there are 3 settings \(0..2\)"):
+        Selector(settings=SETTINGS, modes=DEFAULT_MODES, hold=3)
 
 
 def test_the_exported_forest_predicts_what_sklearn_does_and_cross_validation_switches_where_it_pays():
@@ -123,6 +130,25 @@ def test_the_judge_runs_the_selector_beside_the_baseline_and_the_default(tmp_pat
     with pytest.raises(SystemExit) as e:
         judge.main(["--scenario", "wan-4region", "--baseline", "wanspec", "--controller", "nope"])
     assert e.value.code == 2 and "--controller 'nope': unknown controller" in capsys.readouterr().err
+
+
+def test_judging_on_a_distribution_runs_each_seed_on_the_system_the_knob_env_draws_for_it(capsys):
+    from policy_env.knobs_env import SpecKnobsEnv
+    from runtime.distribution import ScenarioDistribution
+    from training import judge
+    from training.compare import run_controller
+
+    mix = "training/configs/scenario-mix.yaml"
+    seed = 1_000_000_001
+    scenario, rate = SpecKnobsEnv(distribution=mix).draw(seed)
+    assert run_controller(ScenarioDistribution.load(mix), "wanspec", seed, 4.0, None) == run_controller(scenario, "wanspec", seed, 4.0, rate)
+    assert judge.main(["--distribution", mix, "--systems", "2", "--duration", "4", "--baseline", "wanspec",
+                       "--controller", "centralized", "--workers", "1"]) == 0
+    assert f"2 systems of {mix} (test seeds), 4 s each" in capsys.readouterr().out
+    for args, match in [(["--rate", "3"], "--rate applies to --scenario"), (["--scenario", "wan-4region"], "not allowed with")]:
+        with pytest.raises(SystemExit) as e:
+            judge.main(["--distribution", mix, "--baseline", "wanspec", "--controller", "wanspec", *args])
+        assert e.value.code == 2 and match in capsys.readouterr().err
 
 
 def test_the_shipped_model_loads_against_this_specctls_features():

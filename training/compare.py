@@ -40,10 +40,18 @@ class Comparison:
 
 def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, rate: float | None) -> dict[str, Any]:
     """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory.
+    ``scenario`` may be a :class:`~runtime.distribution.ScenarioDistribution`: the seed then draws
+    the system and its rate (the same draw as the knob env's for that seed).
     Goodput and costs, and for a knob controller its ``knob_usage`` (control intervals per setting)."""
+    import random
+
     from controllers import make_controller
     from runtime.contract import Controller
+    from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
+
+    if isinstance(scenario, ScenarioDistribution):
+        scenario, rate = scenario.sample(random.Random(seed))
 
     if isinstance(spec_or_ctl, str):
         ctl = make_controller(spec_or_ctl)

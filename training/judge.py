@@ -3,10 +3,15 @@
     python -m training.judge --scenario training/scenarios/apac-hybrid.yaml --rate 18 \\
         --baseline "knobs:mode=1,cap=2.5,k_cap=3,hedge=false" --controller selector:model=training/models/selector-mix.json
 
+    python -m training.judge --distribution training/configs/scenario-mix.yaml --systems 120 \
+        --baseline "knobs:mode=centralized,cap=1,k_cap=8,hedge=false" --controller selector:model=training/models/selector-mix.json
+
 Three rows run on the final comparison's test seeds (1e9, 1e9+1, ...): the baseline (e.g. the
 best tuned heuristic for the file), the default knob policy's setting, and the controller. It
 prints the controller's goodput against both with paired BCa CIs, and, for a knob controller,
-the settings it held. ``python -m training.lookahead`` is this judge with the planner's flags.
+the settings it held. With ``--distribution`` each test seed draws its own system (and rate)
+from the distribution, as the knob env does for a training seed: systems of the mix no training
+seed drew. ``python -m training.lookahead`` is this judge with the planner's flags.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from policy_env.env import TRAIN_SEED_MAX
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
     """The judge's flags (scenario, rate, baseline, seeds, duration, workers)."""
-    p.add_argument("--scenario", required=True, help="shipped scenario name or YAML path")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--scenario", help="shipped scenario name or YAML path")
+    where.add_argument("--distribution", help="scenario distribution YAML: each test seed draws its own system")
     p.add_argument("--rate", type=float, help="mean arrival rate (req/s; default: the scenario's)")
     p.add_argument("--baseline", required=True, help="controller spec to judge against (e.g. the best tuned heuristic)")
-    p.add_argument("--seeds", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's)")
+    p.add_argument("--seeds", "--systems", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's)")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per run")
     p.add_argument("--workers", type=int, default=2, help="processes")
 
@@ -32,6 +39,7 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
     """The scenario of ``a``, after checking the judge's flags and every ``(flag, spec)`` (the
     baseline's included); a bad one exits with a one-line error."""
     from controllers import ControllerError, make_controller
+    from runtime.distribution import DistributionError, ScenarioDistribution
     from runtime.scenario import ScenarioError, load_scenario
 
     if a.seeds < 2:
@@ -39,9 +47,11 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
     for flag, value in (("--duration", a.duration), ("--workers", a.workers)):
         if value <= 0:
             p.error(f"{flag} must be > 0")
+    if a.distribution and a.rate is not None:
+        p.error("--rate applies to --scenario; a distribution draws each system's rate")
     try:
-        scenario = load_scenario(a.scenario)
-    except ScenarioError as e:
+        scenario = ScenarioDistribution.load(a.distribution) if a.distribution else load_scenario(a.scenario)
+    except (ScenarioError, DistributionError, OSError) as e:
         p.error(str(e))
     for flag, spec in [("--baseline", a.baseline), *specs]:
         try:
@@ -70,7 +80,10 @@ def judge(a: argparse.Namespace, scenario: Any, name: str, make: Any) -> None:
         r, lo, hi = ratio_ci(x, y)
         return f"{r:.3f}x [{lo:.3f}, {hi:.3f}]"
 
-    print(f"{a.scenario} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s:")
+    if a.distribution:
+        print(f"{len(seeds)} systems of {a.distribution} (test seeds), {a.duration:g} s each:")
+    else:
+        print(f"{a.scenario} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s:")
     print(f"  baseline {a.baseline}: {base.mean():.3f} req/s")
     print(f"  default setting {default}: {fixed.mean():.3f} req/s, {show(fixed, base)} the baseline")
     print(f"  {name}: {judged.mean():.3f} req/s, {show(judged, base)} the baseline, {show(judged, fixed)} the default setting")

@@ -1,14 +1,17 @@
 """Fit the learned selector (controllers/selector.py) on training systems of a distribution.
 
-    python -m training.selector --distribution training/configs/scenario-mix.yaml --systems 480 --out selector.json
+    python -m training.selector --distribution training/configs/scenario-mix.yaml --systems 240 --out selector.json
     python -m runtime simulate --controller selector:model=selector.json --scenario training/scenarios/apac-hybrid.yaml --rate 18
 
 1. **Data.** On ``--systems`` training systems drawn from the distribution (training seeds
-   only), every setting of the portfolio (the lookahead's six, or ``--portfolio FILE``) runs
-   for ``--duration`` seconds with common random numbers. The first setting's run is the
-   selector itself probing: it records the probe features, so training and deployment compute
-   them with the same code. A setting's label on a system is its share of the best goodput
-   any setting reached there.
+   only), the selector runs once per setting of the portfolio (the lookahead's six, or
+   ``--portfolio FILE``) for ``--duration`` seconds with common random numbers: it probes with
+   the first setting, then holds that setting. A setting's label is the goodput of that run,
+   as a share of the best any setting reached there: the run a deployed selector choosing it
+   would have had, probe and switch included (labels from whole runs of each setting, as
+   before, overrated settings whose costs come late and did not account for the probe). The
+   probe is the same in every run, and its features are what the model reads, computed by the
+   code that computes them in deployment.
 2. **Model.** A random forest (scikit-learn, 50 trees) predicting every setting's share from
    the probe features. Its leaf size and the switching margin are chosen by k-fold
    cross-validation over systems (each system's features predict its choice with a model that
@@ -37,16 +40,15 @@ MARGINS = (0.0, 0.01, 0.02, 0.05)
 
 
 def _job(job: tuple[dict[str, Any], int, float, int, list[dict[str, Any]], list[str]]) -> tuple[int, int, float, np.ndarray | None]:
-    """One portfolio setting on one training system (a worker's job); the first setting's run
-    is the selector probing, and also returns its probe features."""
-    from controllers.knobs import fixed_controller
+    """The selector holding setting ``i`` after its probe, on one training system (a worker's
+    job); the first setting's run also returns the probe features (the same in every run)."""
     from controllers.selector import Selector
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.sim import Simulator
 
     env_kwargs, seed, duration, i, settings, modes = job
     scenario, rate = SpecKnobsEnv(**env_kwargs).draw(seed)
-    ctl = Selector(settings=settings, modes=modes) if i == 0 else fixed_controller(settings[i], modes)
+    ctl = Selector(settings=settings, modes=modes, hold=i)
     sim = Simulator(scenario, seed, duration, rate=rate)
     goodput = float(sim.run(ctl)["goodput_rps"])
     return seed, i, goodput, (ctl.probe_features() if i == 0 else None)
@@ -90,7 +92,7 @@ def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, 
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers.knobs import DEFAULT_MODES
     from controllers.lookahead import PORTFOLIO, load_portfolio
-    from controllers.selector import SELECTOR_FEATURES, SelectorModel
+    from controllers.selector import PROBE_S, SELECTOR_FEATURES, SelectorModel
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.common import ConfigError
@@ -99,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = OneLineParser(prog="python -m training.selector", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
-    p.add_argument("--systems", type=int, default=480, help="training systems every setting runs on (480: ~20 min on 2 cores)")
-    p.add_argument("--duration", type=float, default=30.0, help="simulated seconds per run")
+    p.add_argument("--systems", type=int, default=240, help="training systems every setting runs on (240: ~20 min on 2 cores)")
+    p.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run (the probe included)")
     p.add_argument("--portfolio", help="the settings to choose from (a `python -m training.portfolio` file; default: the lookahead's six)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over systems")
     p.add_argument("--seed", type=int, default=0, help="which training systems are drawn")
@@ -114,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"{flag} must be > 0")
     if a.folds < 2:
         p.error("--folds must be >= 2")
+    if a.duration <= PROBE_S:
+        p.error(f"--duration must exceed the selector's {PROBE_S:g}-s probe")
     try:
         modes, settings = load_portfolio(a.portfolio) if a.portfolio else (DEFAULT_MODES, [dict(s) for s in PORTFOLIO])
         if a.from_data:
