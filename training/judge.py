@@ -3,7 +3,7 @@
     python -m training.judge --scenario training/scenarios/apac-hybrid.yaml --rate 18 \\
         --baseline "knobs:mode=1,cap=2.5,k_cap=3,hedge=false" --controller selector:model=training/models/selector-mix.json
 
-    python -m training.judge --distribution training/configs/scenario-mix.yaml --systems 120 \
+    python -m training.judge --distribution training/configs/scenario-mix.yaml --systems 120 \\
         --baseline "knobs:mode=centralized,cap=1,k_cap=8,hedge=false" --controller selector:model=training/models/selector-mix.json
 
 Three rows run on the final comparison's test seeds (1e9, 1e9+1, ...): the baseline (e.g. the
@@ -30,7 +30,7 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--distribution", help="scenario distribution YAML: each test seed draws its own system")
     p.add_argument("--rate", type=float, help="mean arrival rate (req/s; default: the scenario's)")
     p.add_argument("--baseline", required=True, help="controller spec to judge against (e.g. the best tuned heuristic)")
-    p.add_argument("--seeds", "--systems", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's)")
+    p.add_argument("--seeds", "--systems", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's), one system each with --distribution")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per run")
     p.add_argument("--workers", type=int, default=2, help="processes")
 
