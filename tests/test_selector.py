@@ -107,9 +107,11 @@ def test_cli_fits_a_model_that_deploys_and_refits_from_saved_data(tmp_path, caps
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
-    np.savez(tmp_path / "d.npz", goodput=np.ones((3, 2)), features=np.ones((3, 4)), seeds=np.arange(3))
+    np.savez(tmp_path / "d.npz", goodput=np.ones((3, 2)), features=np.ones((3, 4)), seeds=np.arange(3), labels=np.array(fit.LABELS))
+    np.savez(tmp_path / "old.npz", goodput=np.ones((3, 6)), features=np.ones((3, 4)), seeds=np.arange(3))
     for args, match in [(["--systems", "0"], "--systems must be > 0"),
                         (["--from-data", str(tmp_path / "d.npz")], "has 2 settings, the portfolio 6"),
+                        (["--from-data", str(tmp_path / "old.npz")], "by a whole run of it (an older specctl)"),
                         (["--distribution", "nope.yaml"], "nope.yaml")]:
         with pytest.raises(SystemExit) as e:
             fit.main(args)

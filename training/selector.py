@@ -37,6 +37,9 @@ import numpy as np
 TREES = 50
 LEAVES = (3, 5, 10)
 MARGINS = (0.0, 0.01, 0.02, 0.05)
+#: How a data file's labels were made (saved with --data, checked by --from-data): each setting
+#: held after the selector's probe. Older files labelled whole runs of each setting.
+LABELS = "held-after-probe"
 
 
 def _job(job: tuple[dict[str, Any], int, float, int, list[dict[str, Any]], list[str]]) -> tuple[int, int, float, np.ndarray | None]:
@@ -122,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         modes, settings = load_portfolio(a.portfolio) if a.portfolio else (DEFAULT_MODES, [dict(s) for s in PORTFOLIO])
         if a.from_data:
             d = np.load(a.from_data, allow_pickle=False)
+            if "labels" not in d.files or str(d["labels"]) != LABELS:
+                raise ValueError(f"{a.from_data} labels each setting by a whole run of it (an older specctl), not by the "
+                                 "run after the selector's probe; record the data again with --data")
             goodput, x, seeds = d["goodput"], d["features"], d["seeds"].tolist()
             if goodput.shape[1] != len(settings):
                 raise ValueError(f"{a.from_data} has {goodput.shape[1]} settings, the portfolio {len(settings)}; pass the "
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if f is not None:
                 x[row] = f
         if a.data:
-            np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds))
+            np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds), labels=np.array(LABELS))
             print(f"wrote {a.data}")
     top = goodput.max(axis=1, keepdims=True)
     shares = np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
