@@ -50,18 +50,16 @@ PORTFOLIO: tuple[dict[str, Any], ...] = (
 def load_portfolio(path: str | Path) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """A portfolio file: ``modes`` (controller specs) and ``settings`` (knob mappings indexing
     them). A clear error names what is wrong."""
-    import yaml
+    from runtime.scenario import read_yaml_mapping
 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"portfolio file {str(p)!r} not found; write one with `python -m training.portfolio --out {p}`")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("modes"), list) or not isinstance(data.get("settings"), list):
-        raise ValueError(f"{p}: a portfolio is a mapping with `modes` (a list of controller specs) and `settings` "
-                         "(a list of knob mappings); write one with `python -m training.portfolio`")
+    expected = ("a mapping with `modes` (a list of controller specs) and `settings` (a list of knob mappings); "
+                "write one with `python -m training.portfolio`")
+    data = read_yaml_mapping(p, "portfolio file", ValueError, expected)
+    if not isinstance(data.get("modes"), list) or not isinstance(data.get("settings"), list):
+        raise ValueError(f"portfolio file {p}: expected {expected}")
     modes = tuple(str(m) for m in data["modes"])
     return modes, checked_settings(data["settings"], len(modes), str(p))
 
