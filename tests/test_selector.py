@@ -97,19 +97,26 @@ def test_the_exported_forest_predicts_what_sklearn_does_and_cross_validation_swi
 
 def test_cli_fits_a_model_that_deploys_and_refits_from_saved_data(tmp_path, capsys):
     data, out, again = tmp_path / "d.npz", tmp_path / "m.json", tmp_path / "m2.json"
-    assert fit.main(["--systems", "4", "--duration", "11", "--folds", "2", "--data", str(data), "--out", str(out)]) == 0
+    assert fit.main(["--systems", "4", "--duration", "8", "--probe-s", "5", "--folds", "2", "--data", str(data),
+                     "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "held-out folds (2-fold over 4 systems" in printed and "selector:model=" in printed
     assert fit.main(["--from-data", str(data), "--folds", "2", "--out", str(again)]) == 0
     assert json.loads(out.read_text()) == json.loads(again.read_text())
+    assert load_selector(out).probe_s == 5.0  # the probe the labels were made with
     ctl = make_controller(f"selector:model={out}")
     assert _run(ctl)["requests_completed"] > 0 and ctl.chosen is not None
+    with pytest.raises(SystemExit):  # its labels hold each setting from 5 s on, not 10
+        fit.main(["--from-data", str(data), "--probe-s", "10"])
+    assert "recorded with a 5-s probe, not 10; drop --probe-s" in capsys.readouterr().err
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", goodput=np.ones((3, 2)), features=np.ones((3, 4)), seeds=np.arange(3), labels=np.array(fit.LABELS))
     np.savez(tmp_path / "old.npz", goodput=np.ones((3, 6)), features=np.ones((3, 4)), seeds=np.arange(3))
     for args, match in [(["--systems", "0"], "--systems must be > 0"),
+                        (["--probe-s", "2"], "--probe-s must exceed the 2 s the probe waits"),
+                        (["--probe-s", "30", "--duration", "20"], "--duration must exceed the selector's 30-s probe"),
                         (["--from-data", str(tmp_path / "d.npz")], "has 2 settings, the portfolio 6"),
                         (["--from-data", str(tmp_path / "old.npz")], "by a whole run of it (an older specctl)"),
                         (["--distribution", "nope.yaml"], "nope.yaml")]:

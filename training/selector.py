@@ -6,7 +6,7 @@
 1. **Data.** On ``--systems`` training systems drawn from the distribution (training seeds
    only), the selector runs once per setting of the portfolio (the lookahead's six, or
    ``--portfolio FILE``) for ``--duration`` seconds with common random numbers: it probes with
-   the first setting, then holds that setting. A setting's label is the goodput of that run,
+   the first setting (for ``--probe-s``, 10 s by default), then holds that setting. A setting's label is the goodput of that run,
    as a share of the best any setting reached there: the run a deployed selector choosing it
    would have had, probe and switch included (labels from whole runs of each setting, as
    before, overrated settings whose costs come late and did not account for the probe). The
@@ -22,8 +22,8 @@
 3. **Fit and save**: on every system, the trees written as JSON for ``selector:model=FILE``
    (deploying needs numpy only).
 
-``--data FILE.npz`` saves the data; ``--from-data FILE.npz`` refits from saved data without
-simulating. The held-out scenario files and the test seeds are never drawn.
+``--data FILE.npz`` saves the data (with the probe length its labels were made with);
+``--from-data FILE.npz`` refits from saved data without simulating. The held-out scenario files and the test seeds are never drawn.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ MARGINS = (0.0, 0.01, 0.02, 0.05)
 LABELS = "held-after-probe"
 
 
-def _job(job: tuple[dict[str, Any], int, float, int, list[dict[str, Any]], list[str]]) -> tuple[int, int, float, np.ndarray | None]:
+def _job(job: tuple[dict[str, Any], int, float, int, list[dict[str, Any]], list[str], float]) -> tuple[int, int, float, np.ndarray | None]:
     """The selector holding setting ``i`` after its probe, on one training system (a worker's
     job); the first setting's run also returns the probe features (the same in every run)."""
     from controllers.selector import Selector
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.sim import Simulator
 
-    env_kwargs, seed, duration, i, settings, modes = job
+    env_kwargs, seed, duration, i, settings, modes, probe_s = job
     scenario, rate = SpecKnobsEnv(**env_kwargs).draw(seed)
-    ctl = Selector(settings=settings, modes=modes, hold=i)
+    ctl = Selector(settings=settings, modes=modes, hold=i, probe_s=probe_s)
     sim = Simulator(scenario, seed, duration, rate=rate)
     goodput = float(sim.run(ctl)["goodput_rps"])
     return seed, i, goodput, (ctl.probe_features() if i == 0 else None)
@@ -95,7 +95,7 @@ def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, 
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers.knobs import DEFAULT_MODES
     from controllers.lookahead import PORTFOLIO, load_portfolio
-    from controllers.selector import PROBE_S, SELECTOR_FEATURES, SelectorModel
+    from controllers.selector import PROBE_S, SELECTOR_FEATURES, WARMUP_S, SelectorModel
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.common import ConfigError
@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
     p.add_argument("--systems", type=int, default=240, help="training systems every setting runs on (240: ~20 min on 2 cores)")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds per run (the probe included)")
+    p.add_argument("--probe-s", type=float, help=f"seconds the selector probes before it holds a setting (default {PROBE_S:g}; "
+                   f"averaging starts at {WARMUP_S:g} s)")
     p.add_argument("--portfolio", help="the settings to choose from (a `python -m training.portfolio` file; default: the lookahead's six)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over systems")
     p.add_argument("--seed", type=int, default=0, help="which training systems are drawn")
@@ -119,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"{flag} must be > 0")
     if a.folds < 2:
         p.error("--folds must be >= 2")
-    if a.duration <= PROBE_S:
-        p.error(f"--duration must exceed the selector's {PROBE_S:g}-s probe")
+    if a.probe_s is not None and a.probe_s <= WARMUP_S:
+        p.error(f"--probe-s must exceed the {WARMUP_S:g} s the probe waits before averaging")
+    probe_s = PROBE_S if a.probe_s is None else a.probe_s
+    if a.duration <= probe_s:
+        p.error(f"--duration must exceed the selector's {probe_s:g}-s probe")
     try:
         modes, settings = load_portfolio(a.portfolio) if a.portfolio else (DEFAULT_MODES, [dict(s) for s in PORTFOLIO])
         if a.from_data:
@@ -129,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"{a.from_data} labels each setting by a whole run of it (an older specctl), not by the "
                                  "run after the selector's probe; record the data again with --data")
             goodput, x, seeds = d["goodput"], d["features"], d["seeds"].tolist()
+            saved_probe = float(d["probe_s"]) if "probe_s" in d.files else PROBE_S  # (older files: the 10-s probe)
+            if a.probe_s is not None and a.probe_s != saved_probe:
+                raise ValueError(f"{a.from_data} was recorded with a {saved_probe:g}-s probe, not {a.probe_s:g}; drop "
+                                 "--probe-s or record the data again")
+            probe_s = saved_probe
             if goodput.shape[1] != len(settings):
                 raise ValueError(f"{a.from_data} has {goodput.shape[1]} settings, the portfolio {len(settings)}; pass the "
                                  "--portfolio it was made with")
@@ -143,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = tuning_seeds(a.seed + 0x5E1, a.systems)
         print(f"{len(settings)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each",
               flush=True)
-        jobs = [(env_kwargs, s, a.duration, i, settings, list(modes)) for s in seeds for i in range(len(settings))]
+        jobs = [(env_kwargs, s, a.duration, i, settings, list(modes), probe_s) for s in seeds for i in range(len(settings))]
         goodput = np.zeros((len(seeds), len(settings)))
         x = np.zeros((len(seeds), len(SELECTOR_FEATURES)))
         for seed, i, g, f in pool_map(_job, jobs, a.workers, desc="selector runs"):
@@ -152,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if f is not None:
                 x[row] = f
         if a.data:
-            np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds), labels=np.array(LABELS))
+            np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds), labels=np.array(LABELS),
+                     probe_s=np.array(probe_s))
             print(f"wrote {a.data}")
     top = goodput.max(axis=1, keepdims=True)
     shares = np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
@@ -171,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  goodput against always {names[0]}: {r:.3f}x [{lo:.3f}, {hi:.3f}]")
     print("  chosen: " + ", ".join(f"{names[i]} {np.mean(picks == i):.0%}" for i in range(len(settings)) if np.any(picks == i)))
     model = SelectorModel(modes=list(modes), settings=[dict(s) for s in settings],
-                          trees=export_trees(fit_forest(x, shares, leaf, a.seed)), margin=float(margin))
+                          trees=export_trees(fit_forest(x, shares, leaf, a.seed)), margin=float(margin), probe_s=probe_s)
     if a.out:
         model.save(a.out)
         print(f"wrote {a.out} (selector:model={a.out})")
