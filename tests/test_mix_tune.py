@@ -19,7 +19,7 @@ def test_the_configs_own_setting_leads_the_grid_once() -> None:
     own = {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}
     grid = candidates(3, {**TUNE_DEFAULTS, "hedge": [False, True]}, own)
     assert grid[0] == own and len(grid) == 3 * 4 * 2 * 2  # already in the grid: not added twice
-    keys = {mix_tune._key(g) for g in grid}
+    keys = {mix_tune.setting_key(g) for g in grid}
     assert len(keys) == len(grid)
     assert len(candidates(3, SMALL, own)) == 3 * 2 + 1  # not in this grid: added in front
 
@@ -37,7 +37,7 @@ def test_successive_halving_ranks_by_each_systems_best(monkeypatch: pytest.Monke
         base = {0: (26.4, 1.02), 1: (30.0, 0.9), 2: (12.0, 1.2)}[knobs["mode"]][0 if seed in busy else 1]
         return base * (1.1 if knobs["cap"] == 3.0 else 1.0)
 
-    monkeypatch.setattr(mix_tune, "_goodput", goodput)
+    monkeypatch.setattr(mix_tune, "setting_goodput", goodput)
     tune = {**SMALL, "systems": [4, 4, 4], "objective": objective}
     result = tune_fixed_knobs({"distribution": MIX}, tune, None, seed=0, workers=1)
     assert result.spec == f"knobs:mode={winner},cap=3,k_cap=3,hedge=false"

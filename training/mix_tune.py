@@ -125,11 +125,12 @@ def candidates(n_modes: int, tune: dict[str, Any], first: dict[str, Any] | None 
         from controllers.knobs import knob_setting
 
         lead = knob_setting(first)
-        grid = [lead] + [g for g in grid if _key(g) != _key(lead)]
+        grid = [lead] + [g for g in grid if setting_key(g) != setting_key(lead)]
     return grid
 
 
-def _key(knobs: dict[str, Any]) -> tuple[Any, ...]:
+def setting_key(knobs: dict[str, Any]) -> tuple[Any, ...]:
+    """A setting's level indices: equal for settings that run the same (e.g. cap 2 and 2.0)."""
     from controllers.knobs import cap_level, k_cap_level
 
     return int(knobs["mode"]), cap_level(knobs["cap"]), k_cap_level(knobs["k_cap"]), int(knobs["hedge"])
@@ -143,8 +144,8 @@ def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
     return ctl.spec(ctl.knobs)
 
 
-def _goodput(job: tuple[dict[str, Any], int, float, dict[str, Any]]) -> float:
-    """One candidate on one system of the distribution (a worker process's job)."""
+def setting_goodput(job: tuple[dict[str, Any], int, float, dict[str, Any]]) -> float:
+    """One setting held for a whole run on one system of the distribution (a worker process's job)."""
     from controllers.knobs import fixed_controller
     from policy_env.knobs_env import SpecKnobsEnv
     from training.compare import run_controller
@@ -181,7 +182,7 @@ def tune_fixed_knobs(env_kwargs: dict[str, Any], tune: dict[str, Any], first: di
     for r, n in enumerate(tune["systems"]):
         batch, start = sim_seeds[start:start + n], start + n
         jobs = [(env_kwargs, s, float(tune["duration"]), alive[i]) for i in live for s in batch]
-        got = np.array(pool_map(_goodput, jobs, workers, desc=f"warm start: tune round {r + 1}/{len(tune['systems'])} "
+        got = np.array(pool_map(setting_goodput, jobs, workers, desc=f"warm start: tune round {r + 1}/{len(tune['systems'])} "
                                 f"({len(live)} settings x {n} systems)")).reshape(len(live), n)
         best = got.max(axis=0, keepdims=True)
         share = np.where(best > 0, got / np.maximum(best, 1e-12), 1.0)  # nothing on track anywhere: no preference

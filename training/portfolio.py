@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.compare import pool_map
-    from training.mix_tune import _goodput, _key, candidates, spec_of, tuning_seeds
+    from training.mix_tune import candidates, setting_goodput, setting_key, spec_of, tuning_seeds
 
     p = OneLineParser(prog="python -m training.portfolio", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
@@ -105,15 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     hedges = {"off": [0], "on": [1], "both": [0, 1]}[a.hedge]
     # the shipped portfolio's settings always compete, so the learned one is judged against them
     grid = [dict(k) for k in PORTFOLIO]
-    seen = {_key(g) for g in grid}
+    seen = {setting_key(g) for g in grid}
     for g in candidates(len(modes), {"caps": a.caps, "k_caps": a.k_caps, "hedge": hedges}):  # mode x cap x k cap x hedge
-        if _key(g) not in seen:
-            seen.add(_key(g))
+        if setting_key(g) not in seen:
+            seen.add(setting_key(g))
             grid.append(g)
     seeds = tuning_seeds(a.seed, a.systems)
     print(f"{len(grid)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each", flush=True)
     jobs = [(env_kwargs, s, a.duration, g) for g in grid for s in seeds]
-    got = np.array(pool_map(_goodput, jobs, a.workers, desc="portfolio runs")).reshape(len(grid), len(seeds)).T
+    got = np.array(pool_map(setting_goodput, jobs, a.workers, desc="portfolio runs")).reshape(len(grid), len(seeds)).T
     top = got.max(axis=1, keepdims=True)
     shares = np.where(top > 0, got / np.maximum(top, 1e-12), 1.0)
     chosen, coverage = greedy_portfolio(shares, a.size)
