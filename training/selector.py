@@ -6,10 +6,11 @@
 1. **Data.** On ``--systems`` training systems drawn from the distribution (training seeds
    only), the selector runs once per setting of the portfolio (the lookahead's six, or
    ``--portfolio FILE``) for ``--duration`` seconds with common random numbers: it probes with
-   the first setting (for ``--probe-s``, 10 s by default), then holds that setting. A setting's label is the goodput of that run,
-   as a share of the best any setting reached there: the run a deployed selector choosing it
-   would have had, probe and switch included (labels from whole runs of each setting, as
-   before, overrated settings whose costs come late and did not account for the probe). The
+   the first setting (for ``--probe-s``, 10 s by default), then holds that setting. A
+   setting's label is the goodput of that run, as a share of the best any setting reached
+   there: the run a deployed selector choosing it would have had, probe and switch included
+   (labels from whole runs of each setting, as before, overrated settings whose costs come
+   late and did not account for the probe). The
    probe is the same in every run, and its features are what the model reads, computed by the
    code that computes them in deployment.
 2. **Model.** A random forest (scikit-learn, 50 trees) predicting every setting's share from
@@ -23,7 +24,8 @@
    (deploying needs numpy only).
 
 ``--data FILE.npz`` saves the data (with the probe length its labels were made with);
-``--from-data FILE.npz`` refits from saved data without simulating. The held-out scenario files and the test seeds are never drawn.
+``--from-data FILE.npz`` refits from saved data without simulating. The held-out scenario
+files and the test seeds are never drawn.
 """
 
 from __future__ import annotations
