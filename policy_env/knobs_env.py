@@ -12,7 +12,6 @@ over a :class:`runtime.distribution.ScenarioDistribution` and deploys on unseen 
 
 from __future__ import annotations
 
-import random
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -112,7 +111,7 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         """The episode's system for ``sim_seed``: a draw from the distribution, else the scenario."""
         if self.distribution is None:
             return self.scenario, self.rate
-        return self.distribution.sample(random.Random(sim_seed))
+        return self.distribution.draw(sim_seed)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         sim, ctl = self.sim, self.controller

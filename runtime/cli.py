@@ -83,7 +83,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_check_dist(args: argparse.Namespace) -> int:
     """Draw ``--samples`` systems (seeds 0..n-1, as training episodes do) and summarise them, so
     a range that yields invalid systems fails here, not an hour into training."""
-    import random
     from collections import Counter
 
     from runtime.distribution import ScenarioDistribution
@@ -95,7 +94,7 @@ def cmd_check_dist(args: argparse.Namespace) -> int:
     loads: dict[str, list[float]] = {}  # per role, each system's mean long-run load over its sites
     rates, prompts = [], []
     for i in range(n):
-        sc, rate = dist.sample(random.Random(i))
+        sc, rate = dist.draw(i)
         bases[sc.name.removesuffix(f"~{dist.name}")] += 1
         rates.append(rate)
         prompts.append(sc.spec.workload.prompt_tokens.mean)

@@ -147,6 +147,11 @@ class ScenarioDistribution:
             raise DistributionError(f"{source}: {format_validation_error(e)}") from None
         return cls(spec, source)
 
+    def draw(self, seed: int) -> tuple[Scenario, float]:
+        """The system (and rate) that ``seed`` stands for: one seed, one system, wherever it is
+        drawn (the knob env's episodes, the judge's test systems, ``check-dist``)."""
+        return self.sample(random.Random(seed))
+
     def sample(self, rng: random.Random) -> tuple[Scenario, float]:
         """One scenario (validated) and its mean arrival rate, drawn from ``rng``."""
         s = self.spec

@@ -43,15 +43,13 @@ def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, 
     ``scenario`` may be a :class:`~runtime.distribution.ScenarioDistribution`: the seed then draws
     the system and its rate (the same draw as the knob env's for that seed).
     Goodput and costs, and for a knob controller its ``knob_usage`` (control intervals per setting)."""
-    import random
-
     from controllers import make_controller
     from runtime.contract import Controller
     from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
 
     if isinstance(scenario, ScenarioDistribution):
-        scenario, rate = scenario.sample(random.Random(seed))
+        scenario, rate = scenario.draw(seed)
 
     if isinstance(spec_or_ctl, str):
         ctl = make_controller(spec_or_ctl)
