@@ -27,6 +27,8 @@ an arrival rate from a seeded RNG, so an episode's system is reproducible from i
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +132,12 @@ class ScenarioDistribution:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def fingerprint(self) -> str:
+        """``name@digest`` of what the distribution draws (its spec and its base scenarios'
+        contents): data recorded on its systems names it, so data from an edited mix is refused."""
+        blob = json.dumps({"spec": self.spec.model_dump(mode="json"), "bases": self.raws}, sort_keys=True, default=str)
+        return f"{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
     @classmethod
     def load(cls, path: str | Path) -> "ScenarioDistribution":

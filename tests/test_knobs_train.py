@@ -66,12 +66,38 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"warm_start": {"knobs": {"modes": 1}}}, r"warm_start.knobs: a mapping of mode \(an index\), cap, k_cap and hedge"),
     ({"warm_start": {"tune": {"keep": 1}}}, r"warm_start.tune.keep: an integer >= 2"),
     ({"warm_start": {"tune": {"caps": [1.2]}}}, r"warm_start.tune.caps / k_caps: cap=1.2 is not a level"),
+    ({"selector": {"dat": "x.npz"}}, r"selector: unknown key\(s\) \['dat'\]; valid: \['data', 'duration'"),
+    ({"selector": {"folds": 1}}, r"selector.folds must be an integer >= 2, got 1"),
+    ({"selector": {"systems": 3, "folds": 5}}, r"selector.systems must be an integer >= folds \(5\), got 3"),
+    ({"selector": {"probe_s": 20, "duration": 10}}, r"need 2 s \(the probe's warm-up\) < probe_s < duration, got probe_s 20"),
+    ({"selector": {"data": "/nowhere.npz"}}, r"selector.data: /nowhere.npz does not exist; record it with `python -m training.selector"),
+    ({"selector": "yes"}, r"selector must be a mapping"),
 ])
 def test_bad_knob_config_gives_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], patch: dict, match: str) -> None:
     code = main(["--config", str(write(tmp_path, {**TINY, **patch})), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
     assert re.search(match, err), err
+
+
+def test_selector_data_must_come_from_the_distribution_the_run_trains_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.selector import SelectorData
+    from training.train import build_parser, resolve_knobs
+
+    shipped = SelectorData.load(REPO / "training" / "models" / "selector-mix-data.npz")
+    SelectorData(shipped.goodput, shipped.features, shipped.seeds, shipped.probe_s, "another-mix@0123456789ab").save(tmp_path / "d.npz")
+    cfg = {**TINY, "selector": {"data": str(tmp_path / "d.npz")}}
+    code = main(["--config", str(write(tmp_path, cfg)), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert re.search(r"selector.data .*d.npz was recorded on another-mix@0123456789ab, this run trains on scenario-mix@[0-9a-f]{12}; "
+                     r"set selector.data: null to record labels on its systems", err), err
+    # the default config's shipped labels are this mix's (edit the mix and this fails: record them again)
+    default = resolve_knobs(build_parser().parse_args([]))
+    assert default["selector"]["data"].endswith("selector-mix-data.npz")
+    # one scenario has no systems to choose between: the run says so and fits no selector
+    assert resolve_knobs(build_parser().parse_args(["--scenario", "wan-4region"]))["selector"] is None
+    assert "selector: not fitted (its labels in" in capsys.readouterr().out
 
 
 def test_knob_recipe_refuses_algorithms_without_masks(capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +109,9 @@ def test_knob_recipe_refuses_algorithms_without_masks(capsys: pytest.CaptureFixt
 def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> None:  # ~60 s of CPU
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(write(tmp_path, TINY)),
+    # the selector's labels recorded in the run, on 4 training systems
+    selector = {"data": None, "systems": 4, "duration": 5.0, "probe_s": 3.0, "folds": 2}
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(write(tmp_path, {**TINY, "selector": selector})),
            "--out", str(tmp_path / "ck"), "--run-name", "tiny-knobs", "--workers", "1"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -98,6 +126,12 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     assert survey and (tmp_path / "ck" / "survey" / "policy.json").is_file(), out.stdout[-2000:]
     assert f"rollouts 1/1: {int(survey.group(1)) + 1} states labelled" in out.stdout
     assert (tmp_path / "ck" / "rollout-labels.npz").is_file()
+    # the selector: labelled, fitted (its folds' figures printed), validated, judged beside the policy
+    assert "selector: labelling 6 settings x 4 training systems, 5 s each" in out.stdout
+    assert "selector held-out folds (2-fold over 4 systems" in out.stdout and "validation of the selector: goodput" in out.stdout
+    assert (tmp_path / "ck" / "selector-data.npz").is_file() and (tmp_path / "ck" / "selector.json").is_file()
+    assert "selector vs the warm start: " in out.stdout and re.search(r"\n    selector: [01]\.\d{3}x \[", out.stdout)
+    assert f"--controller selector:model={tmp_path / 'ck' / 'selector.json'}" in out.stdout
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
 
     import mlflow
@@ -106,6 +140,8 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     run = mlflow.get_run(run_id)
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
+    assert {"selector/folds_vs_default", "eval/selector_validation_goodput_rps", "final/wan-4region/selector_vs_warm_start"} <= set(run.data.metrics)
+    assert mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="selector/selector.json")
     assert run.data.tags["specctl.warm_start"] == tuned.group(1) and run.data.metrics["warm/tuned_systems"] == 2
     assert tuned.group(1) in Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="warm-start-tuning.md")).read_text()
     # the run's comparison, with its training seed, beside its checkpoints: what across_seeds reads
@@ -124,6 +160,7 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
 
     judge = [str(tmp_path / "ck"), "--config", str(tmp_path / "knobs.yaml"), "--workers", "1", "--tracking-uri", uri]
     assert compare_main(judge + ["--seed", "5"]) == 0 and load_run(tmp_path / "ck").seed == 5
+    assert "selector_vs_clone" in load_run(tmp_path / "ck").scenarios["wan-4region"]  # the run's selector is judged again too
     assert compare_main(judge) == 0 and load_run(tmp_path / "ck").seed == 5
 
     # one policy, five site sets: WAN regions, an edge fleet, a single site (no remote: its mode

@@ -104,6 +104,7 @@ def test_cli_fits_a_model_that_deploys_and_refits_from_saved_data(tmp_path, caps
     assert fit.main(["--from-data", str(data), "--folds", "2", "--out", str(again)]) == 0
     assert json.loads(out.read_text()) == json.loads(again.read_text())
     assert load_selector(out).probe_s == 5.0  # the probe the labels were made with
+    assert fit.SelectorData.load(data).distribution.startswith("scenario-mix@")  # which mix drew its systems
     ctl = make_controller(f"selector:model={out}")
     assert _run(ctl)["requests_completed"] > 0 and ctl.chosen is not None
     with pytest.raises(SystemExit):  # its labels hold each setting from 5 s on, not 10
@@ -167,3 +168,17 @@ def test_the_shipped_model_loads_against_this_specctls_features():
 
     model = load_selector(Path(__file__).parents[1] / "training" / "models" / "selector-mix.json")
     assert model.modes == list(DEFAULT_MODES) and len(model.settings) == len(PORTFOLIO) and len(model.trees) == fit.TREES
+
+
+def test_the_shipped_labels_refit_the_shipped_model(tmp_path):
+    """training/models/selector-mix-data.npz (what the default recipe fits from) and
+    selector-mix.json must stay one pair: refitted, the data gives the model's choices (byte for
+    byte with this scikit-learn; another release may grow slightly different trees)."""
+    from pathlib import Path
+
+    models = Path(__file__).parents[1] / "training" / "models"
+    assert fit.main(["--from-data", str(models / "selector-mix-data.npz"), "--out", str(tmp_path / "m.json")]) == 0
+    refit, shipped = load_selector(tmp_path / "m.json"), load_selector(models / "selector-mix.json")
+    x = fit.SelectorData.load(models / "selector-mix-data.npz").features
+    same = np.mean([refit.choose(row) == shipped.choose(row) for row in x])
+    assert refit.settings == shipped.settings and refit.probe_s == shipped.probe_s and same >= 0.95, same

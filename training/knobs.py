@@ -17,11 +17,17 @@ The recipe, and why:
    simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``).
 4. **Model selection on validation episodes** of the training distribution (seeds
    ``TRAIN_SEED_MAX + 1000..``): the evaluation scenarios are never looked at before the end.
-5. **Final comparison** on each ``eval.scenarios`` entry (scenario, rate and the baselines tuned
+5. **The learned selector** (``selector:``; :mod:`training.selector`): a random forest that
+   picks one of six settings per system from a 10-s probe of it, fitted on labelled training
+   systems (``selector.data``, or labels recorded in the run), written as
+   ``RUN_DIR/selector.json`` and validated on the same validation episodes. The rollouts learn a
+   switching policy within a run and, measured, add nothing; the selector learns which setting
+   fits which system, and gains out of sample (README).
+6. **Final comparison** on each ``eval.scenarios`` entry (scenario, rate and the baselines tuned
    for it on validation seeds with ``python -m training.tune``) over test seeds
-   ``TRAIN_SEED_MAX + i``: the policy, the clone, every baseline and the oracle, with paired
-   bootstrap CIs of the goodput ratio against the best baseline. Scenarios marked ``held_out``
-   are not in the training distribution.
+   ``TRAIN_SEED_MAX + i``: the policy, the clone, the selector, every baseline and the oracle,
+   with paired bootstrap CIs of the goodput ratio against the best baseline. Scenarios marked
+   ``held_out`` are not in the training distribution.
 """
 
 from __future__ import annotations
@@ -44,13 +50,17 @@ from training.compare import comparison_table, evaluate_controllers, pool_map, r
 from training.rollouts import ROLLOUT_DEFAULTS
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
-                 "config_file"}
+                 "selector", "config_file"}
 WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
                                  "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1},
                                  # null: clone ``knobs``; a mapping (training.mix_tune.TUNE_DEFAULTS): clone the
                                  # fixed setting that does best over training systems of the distribution
                                  "tune": None}
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
+#: The ``selector:`` block (absent or null: no selector). ``data``: labels recorded on this
+#: distribution (``python -m training.selector --data``), fitted in seconds; null: record them
+#: here on ``systems`` training systems (each of the six settings runs ``duration`` s on each).
+SELECTOR_DEFAULTS: dict[str, Any] = {"data": None, "systems": 240, "duration": 60.0, "probe_s": 10.0, "folds": 5}
 
 
 def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
@@ -128,6 +138,7 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         raise ConfigError(f"config {path}: rollouts.caps / k_caps: {e}") from None
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
         raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
+    cfg["selector"] = check_selector_config(cfg.get("selector"), path)
     from controllers import ControllerError, make_controller
 
     for i, sc in enumerate(cfg["eval"]["scenarios"]):
@@ -143,6 +154,69 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
             except (ControllerError, ValueError) as e:
                 raise ConfigError(f"config {path}: {where}: {r!r}: {e}") from None
     return cfg
+
+
+def check_selector_config(block: Any, path: Path) -> dict[str, Any] | None:
+    """The ``selector:`` block with defaults filled in, checked (None: the recipe fits no selector)."""
+    from controllers.selector import WARMUP_S
+
+    if block is None:
+        return None
+    where = f"config {path}: selector"
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where} must be a mapping ({sorted(SELECTOR_DEFAULTS)}) or null, got {block!r}")
+    bad = sorted(set(block) - set(SELECTOR_DEFAULTS))
+    if bad:
+        raise ConfigError(f"{where}: unknown key(s) {bad}; valid: {sorted(SELECTOR_DEFAULTS)}")
+    sel = {**SELECTOR_DEFAULTS, **block}
+    folds = sel["folds"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"{where}.folds must be an integer >= 2, got {folds!r}")
+    if isinstance(sel["systems"], bool) or not isinstance(sel["systems"], int) or sel["systems"] < folds:
+        raise ConfigError(f"{where}.systems must be an integer >= folds ({folds}), got {sel['systems']!r}")
+    try:
+        probe_s, duration = float(sel["probe_s"]), float(sel["duration"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: probe_s and duration must be seconds, got {sel['probe_s']!r} and {sel['duration']!r}") from None
+    if not WARMUP_S < probe_s < duration:
+        raise ConfigError(f"{where}: need {WARMUP_S:g} s (the probe's warm-up) < probe_s < duration, got probe_s {probe_s:g} "
+                          f"and duration {duration:g}")
+    if sel["data"] is not None:
+        from runtime.scenario import beside
+
+        if not isinstance(sel["data"], str):
+            raise ConfigError(f"{where}.data must be a path (.npz from `python -m training.selector --data`) or null, got {sel['data']!r}")
+        sel["data"] = beside(sel["data"], str(path))
+        if not Path(sel["data"]).is_file():
+            raise ConfigError(f"{where}.data: {sel['data']} does not exist; record it with `python -m training.selector --data "
+                              f"FILE`, or set data: null to record labels in the run")
+    return {**sel, "probe_s": probe_s, "duration": duration}
+
+
+def load_selector_data(sel: dict[str, Any], env_kwargs: dict[str, Any]) -> Any:
+    """The labelled systems ``selector.data`` names, checked against what this run trains on
+    (ConfigError naming the fix otherwise); None when the run records its own."""
+    from controllers.lookahead import PORTFOLIO
+    from policy_env.knobs_env import SpecKnobsEnv
+    from training.selector import SelectorData
+
+    if sel["data"] is None:
+        return None
+    where = f"selector.data {sel['data']}"
+    try:
+        data = SelectorData.load(sel["data"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    dist = SpecKnobsEnv(**env_kwargs).distribution
+    trains_on = dist.fingerprint() if dist is not None else f"the scenario {env_kwargs.get('scenario')}"
+    if data.distribution != trains_on:
+        raise ConfigError(f"{where} was recorded on {data.distribution or 'an unnamed distribution (an older file)'}, "
+                          f"this run trains on {trains_on}; set selector.data: null to record labels on its systems")
+    if data.goodput.shape[1] != len(PORTFOLIO):
+        raise ConfigError(f"{where} has {data.goodput.shape[1]} settings, the selector's portfolio {len(PORTFOLIO)}")
+    if data.probe_s != sel["probe_s"]:
+        raise ConfigError(f"{where} was recorded with a {data.probe_s:g}-s probe; set selector.probe_s: {data.probe_s:g}")
+    return data
 
 
 def references(ev: dict[str, Any], scenario_entry: dict[str, Any]) -> Any:
@@ -185,10 +259,12 @@ def warm_start(model: Any, env_kwargs: dict[str, Any], cfg: dict[str, Any], seed
 
 
 # ------------------------------------------------------------------------------ validation
-def validation_goodput(policy_dir: Path, env_kwargs: dict[str, Any], episodes: int, workers: int) -> float:
-    """Mean SLO-met requests per episode of the exported policy on validation systems of the
-    training distribution (seeds ``TRAIN_SEED_MAX + VALIDATION_OFFSET + i``; never trained on)."""
-    jobs = [(str(policy_dir), env_kwargs, i) for i in range(episodes)]
+def validation_goodput(controller: Path | str, env_kwargs: dict[str, Any], episodes: int, workers: int) -> float:
+    """Mean SLO-met requests per episode of an exported policy (its directory) or a controller
+    spec on validation systems of the training distribution (seeds ``TRAIN_SEED_MAX +
+    VALIDATION_OFFSET + i``; never trained on)."""
+    spec = f"policy:{controller}" if isinstance(controller, Path) else controller
+    jobs = [(spec, env_kwargs, i) for i in range(episodes)]
     return float(np.mean(pool_map(_validation_episode, jobs, workers, desc="validation episodes")))
 
 
@@ -199,18 +275,48 @@ def _validation_episode(job: tuple[str, dict[str, Any], int]) -> float:
     from runtime.sim import Simulator
     from training.common import VALIDATION_OFFSET
 
-    policy_dir, env_kwargs, i = job
+    spec, env_kwargs, i = job
     env = SpecKnobsEnv(**env_kwargs)
     seed = TRAIN_SEED_MAX + VALIDATION_OFFSET + i
     scenario, rate = env.draw(seed)  # the validation system, drawn as training draws its own
     sim = Simulator(scenario, seed, env.duration, rate=rate)
-    return float(sim.run(make_controller(f"policy:{policy_dir}"))["goodput_rps"])
+    return float(sim.run(make_controller(spec))["goodput_rps"])
+
+
+# ------------------------------------------------------------------------------ the selector
+#: The run's fitted selector, in its output directory (``selector:model=RUN_DIR/selector.json``).
+SELECTOR_FILE = "selector.json"
+
+
+def fit_selector(sel: dict[str, Any], env_kwargs: dict[str, Any], seed: int, workers: int, out_dir: Path) -> Any:
+    """The learned selector over the lookahead's six settings (:mod:`training.selector`): from
+    ``sel['data']``, or from labels recorded here on training systems (saved beside the model);
+    writes ``out_dir/selector.json`` and returns the fit (its held-out folds' figures)."""
+    from controllers.knobs import DEFAULT_MODES
+    from controllers.lookahead import PORTFOLIO
+    from training.common import tqdm_write
+    from training.mix_tune import tuning_seeds
+    from training.selector import fit, record
+
+    settings = [dict(s) for s in PORTFOLIO]
+    data = load_selector_data(sel, env_kwargs)
+    if data is None:
+        seeds = tuning_seeds(seed + 0x5E1, sel["systems"])  # as `python -m training.selector --seed S` draws them
+        tqdm_write(f"selector: labelling {len(settings)} settings x {len(seeds)} training systems, {sel['duration']:g} s each")
+        data = record({**env_kwargs, "duration": sel["duration"]}, seeds, sel["duration"], settings, DEFAULT_MODES,
+                      sel["probe_s"], workers)
+        data.save(out_dir / "selector-data.npz")
+    result = fit(data, settings, DEFAULT_MODES, sel["folds"], seed)
+    result.model.save(out_dir / SELECTOR_FILE)
+    return result
 
 
 # ------------------------------------------------------------------------------ the run
-def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], workers: int) -> tuple[list[dict[str, Any]], str]:
-    """The policy, its warm start, the tuned baselines and the oracle on every ``eval.scenarios``
-    entry over test seeds; logs to the active MLflow run. Returns (summary rows, markdown)."""
+def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], workers: int,
+                     selector: Path | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The policy, its warm start, the run's selector (if any), the tuned baselines and the
+    oracle on every ``eval.scenarios`` entry over test seeds; logs to the active MLflow run.
+    Returns (summary rows, markdown)."""
     import mlflow
 
     from policy_env import TRAIN_SEED_MAX
@@ -229,6 +335,8 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         named.update({r: r for r in refs})
         named["warm start (clone)"] = partial(load_policy, str(warm_dir))
         named["policy"] = partial(load_policy, str(policy_dir))
+        if selector is not None:
+            named["selector"] = f"selector:model={selector}"
         cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
         rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
         pol = next(r for r in rows if r["controller"] == "policy")
@@ -246,16 +354,30 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                         "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
                         "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap,
                         "policy_settings": cmp.knob_shares("policy")})
+        sel_line = ""
+        if selector is not None:
+            sel = next(r for r in rows if r["controller"] == "selector")
+            sel_clone = ratio_ci(cmp.values("selector"), cmp.values("warm start (clone)"))
+            summary[-1].update({"selector_ratio": sel["ratio_vs_best"], "selector_ci_low": sel["ratio_ci_low"],
+                                "selector_ci_high": sel["ratio_ci_high"], "selector_vs_clone": sel_clone[0],
+                                "selector_vs_clone_low": sel_clone[1], "selector_vs_clone_high": sel_clone[2],
+                                "selector_settings": cmp.knob_shares("selector")})
+            sel_line = (f"\n\nselector vs the warm start: {sel_clone[0]:.3f}x [{sel_clone[1]:.3f}, {sel_clone[2]:.3f}]; "
+                        f"settings it held: {settings_line(summary[-1]['selector_settings'])}")
         tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
                       f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
                       + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None and gap >= 0 else
                          "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else "")
                       + "\n\npolicy's knob settings (share of control intervals over the test seeds): "
-                      + settings_line(summary[-1]["policy_settings"]))
+                      + settings_line(summary[-1]["policy_settings"]) + sel_line)
         key = scenario.name.replace("/", "_")
         mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
                             f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
                             f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
+        if selector is not None:
+            mlflow.log_metrics({f"final/{key}/selector_ratio_vs_best": summary[-1]["selector_ratio"],
+                                f"final/{key}/selector_vs_warm_start": summary[-1]["selector_vs_clone"],
+                                f"final/{key}/selector_vs_warm_start_ci_low": summary[-1]["selector_vs_clone_low"]})
         tqdm_write(tables[-1] + "\n")
     return summary, "\n\n".join(tables)
 
@@ -427,8 +549,22 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         mlflow.log_metrics({"train/wall_s": train_s, "train/env_steps_per_s": model.num_timesteps / max(train_s, 1e-9),
                             "eval/warm_validation_goodput_rps": warm_goodput})
         best_dir = out_dir / "best"
+        selector, sel_goodput = None, None
+        if cfg["selector"] is not None:  # supervised: which setting fits a system, from a probe of it
+            t_sel = time.time()
+            fitted = fit_selector(cfg["selector"], env_kwargs, args.seed, workers, out_dir)
+            selector = out_dir / SELECTOR_FILE
+            r, lo, hi = fitted.ratio
+            mlflow.log_metrics({"selector/folds_vs_default": r, "selector/folds_vs_default_ci_low": lo,
+                                "selector/folds_vs_default_ci_high": hi, "selector/folds_share_of_best": fitted.share,
+                                "selector/systems": fitted.systems, "selector/wall_s": time.time() - t_sel})
+            mlflow.log_artifact(str(selector), "selector")
+            tqdm_write(f"selector {fitted.report()}")
+            sel_goodput = validation_goodput(f"selector:model={selector}", env_kwargs, ev["validation_episodes"], workers)
+            mlflow.log_metric("eval/selector_validation_goodput_rps", sel_goodput)
+            tqdm_write(f"validation of the selector: goodput {sel_goodput:.3f} req/s (the knob policy's best {select.best:.3f})")
 
-        summary, report = final_comparison(best_dir, out_dir / "warm", cfg, workers)
+        summary, report = final_comparison(best_dir, out_dir / "warm", cfg, workers, selector)
         mlflow.log_text(report, "comparison.md")
         comparison = write_comparison(out_dir, summary, args.seed, cfg["config_file"], {"validation": select.history})
         mlflow.log_dict(comparison, "comparison.json")
@@ -443,18 +579,28 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
               + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else "")
               + (f"; most used {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
-    print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s; "
-          f"trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
+        if "selector_ratio" in s:
+            print(f"    selector: {s['selector_ratio']:.3f}x [{s['selector_ci_low']:.3f}, {s['selector_ci_high']:.3f}]; "
+                  f"vs warm start {s['selector_vs_clone']:.3f}x [{s['selector_vs_clone_low']:.3f}, {s['selector_vs_clone_high']:.3f}]"
+                  + (f"; most held {settings_line(s['selector_settings'], top=1)}" if s.get("selector_settings") else ""))
+    print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s"
+          + (f", selector {sel_goodput:.3f}" if sel_goodput is not None else "")
+          + f"; trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
     print(f"MLflow run {run_id} ({run_name}) at {uri}")
     print(f"  deploy: python -m runtime simulate --controller policy:runs:/{run_id}/policy --scenario <any>"
           + (f"   or policy:{model_uri}" if args.register else ""))
     print(f"  local:  {best_dir}")
+    if selector is not None:
+        better = "above" if sel_goodput > select.best else "not above"  # type: ignore[operator]
+        print(f"  the selector (validation {better} the knob policy): python -m runtime simulate --controller "
+              f"selector:model={selector} --scenario <any>")
     return 0
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.knobs RUN_DIR``: judge a trained knob policy (``RUN_DIR/best`` against
-    ``RUN_DIR/warm``) on a config's evaluation scenarios again, e.g. with newly tuned baselines."""
+    ``RUN_DIR/warm``, and the run's selector if it fitted one) on a config's evaluation scenarios
+    again, e.g. with newly tuned baselines."""
     import argparse
 
     import mlflow
@@ -488,7 +634,9 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         uri = setup_tracking(args.tracking_uri, "specctl-policies")
         with mlflow.start_run(run_name=f"compare-{args.run_dir.name}"):
             mlflow.log_text(shlex.join([sys.executable, "-m", "training.knobs", *(argv or sys.argv[1:])]), "command.txt")
-            summary, report = final_comparison(args.run_dir / "best", args.run_dir / "warm", cfg, args.workers)
+            selector = args.run_dir / SELECTOR_FILE  # the run's selector, if it fitted one
+            summary, report = final_comparison(args.run_dir / "best", args.run_dir / "warm", cfg, args.workers,
+                                               selector if selector.is_file() else None)
             mlflow.log_text(report, "comparison.md")
             mlflow.log_dict(write_comparison(args.run_dir, summary, seed, str(args.config)), "comparison.json")
     except (ConfigError, ValueError) as e:
@@ -501,4 +649,5 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(compare_main())
 
-__all__: Sequence[str] = ["compare_main", "final_comparison", "train_knobs", "load_knob_config", "warm_start", "validation_goodput"]
+__all__: Sequence[str] = ["compare_main", "final_comparison", "fit_selector", "train_knobs", "load_knob_config", "warm_start",
+                          "validation_goodput"]

@@ -31,6 +31,8 @@ files and the test seeds are never drawn.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -94,15 +96,116 @@ def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, 
     return picks
 
 
+@dataclass
+class SelectorData:
+    """The labelled training systems: every setting's goodput after the probe, and the probe's
+    features. ``distribution`` is the fingerprint of the distribution they were drawn from
+    (``ScenarioDistribution.fingerprint``; empty in files from before it was recorded)."""
+
+    goodput: np.ndarray  # systems x settings
+    features: np.ndarray  # systems x SELECTOR_FEATURES
+    seeds: list[int]
+    probe_s: float
+    distribution: str = ""
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, goodput=self.goodput, features=self.features, seeds=np.array(self.seeds), labels=np.array(LABELS),
+                 probe_s=np.array(self.probe_s), distribution=np.array(self.distribution))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SelectorData":
+        """Read a file saved by :meth:`save`; files of an older kind of label are refused (ValueError)."""
+        from controllers.selector import PROBE_S
+
+        with np.load(path, allow_pickle=False) as d:
+            if "labels" not in d.files or str(d["labels"]) != LABELS:
+                raise ValueError(f"{path} labels each setting by a whole run of it (an older specctl), not by the "
+                                 "run after the selector's probe; record the data again with --data")
+            return cls(d["goodput"], d["features"], d["seeds"].tolist(),
+                       float(d["probe_s"]) if "probe_s" in d.files else PROBE_S,  # (older files: the 10-s probe)
+                       str(d["distribution"]) if "distribution" in d.files else "")
+
+
+def record(env_kwargs: dict[str, Any], seeds: list[int], duration: float, settings: list[dict[str, Any]],
+           modes: Sequence[str], probe_s: float, workers: int) -> SelectorData:
+    """Run the selector holding each setting after its probe on every training system (a
+    progress bar with an ETA): the labels and features :func:`fit` learns from."""
+    from controllers.selector import SELECTOR_FEATURES
+    from policy_env.knobs_env import SpecKnobsEnv
+    from training.compare import pool_map
+
+    jobs = [(env_kwargs, s, duration, i, settings, list(modes), probe_s) for s in seeds for i in range(len(settings))]
+    goodput = np.zeros((len(seeds), len(settings)))
+    x = np.zeros((len(seeds), len(SELECTOR_FEATURES)))
+    row = {s: r for r, s in enumerate(seeds)}
+    for seed, i, g, f in pool_map(_job, jobs, workers, desc="selector runs"):
+        goodput[row[seed], i] = g
+        if f is not None:
+            x[row[seed]] = f
+    dist = SpecKnobsEnv(**env_kwargs).distribution
+    return SelectorData(goodput, x, list(seeds), probe_s, dist.fingerprint() if dist is not None else "")
+
+
+@dataclass
+class SelectorFit:
+    """A fitted selector and what its held-out folds say about it."""
+
+    model: Any  # controllers.selector.SelectorModel
+    names: list[str]  # the settings as specs
+    systems: int  # labelled systems it was fitted on
+    folds: int
+    leaf: int
+    margin: float
+    default_share: float  # mean share of each system's best, always holding the first setting
+    share: float  # the same for the folds' choices
+    ratio: tuple[float, float, float]  # folds' goodput against always the first setting: ratio, CI low, CI high
+    chosen: list[float]  # share of systems the folds gave each setting
+
+    def report(self) -> str:
+        r, lo, hi = self.ratio
+        return "\n".join([
+            f"held-out folds ({self.folds}-fold over {self.systems} systems; {TREES} trees, leaves of >= "
+            f"{self.leaf} systems and margin {self.margin:g} chosen there):",
+            f"  mean share of each system's best: always {self.names[0]} {self.default_share:.3f}, the selector {self.share:.3f}",
+            f"  goodput against always {self.names[0]}: {r:.3f}x [{lo:.3f}, {hi:.3f}]",
+            "  chosen: " + ", ".join(f"{n} {c:.0%}" for n, c in zip(self.names, self.chosen) if c > 0)])
+
+
+def fit(data: SelectorData, settings: list[dict[str, Any]], modes: Sequence[str], folds: int = 5, seed: int = 0) -> SelectorFit:
+    """Choose the leaf size and switching margin by ``folds``-fold cross-validation over systems,
+    then fit the forest on every system (see the module docstring)."""
+    from controllers.selector import SelectorModel
+    from training.compare import ratio_ci
+    from training.mix_tune import spec_of
+
+    goodput, x = data.goodput, data.features
+    if goodput.shape[1] != len(settings):
+        raise ValueError(f"the data has {goodput.shape[1]} settings, the portfolio {len(settings)}")
+    if len(x) < folds:
+        raise ValueError(f"{len(x)} labelled systems cannot be split into {folds} folds; label more systems")
+    top = goodput.max(axis=1, keepdims=True)
+    shares = np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
+    rows = np.arange(len(x))
+    scores = {}
+    for leaf in LEAVES:
+        for m in MARGINS:
+            scores[leaf, m] = shares[rows, cross_validate(x, shares, leaf, m, folds, seed)].mean()
+    leaf, margin = max(scores, key=lambda k: (scores[k], k[1], k[0]))  # ties: switch less, larger leaves
+    picks = cross_validate(x, shares, leaf, margin, folds, seed)
+    model = SelectorModel(modes=list(modes), settings=[dict(s) for s in settings],
+                          trees=export_trees(fit_forest(x, shares, leaf, seed)), margin=float(margin), probe_s=data.probe_s)
+    return SelectorFit(model, [spec_of(s, modes) for s in settings], len(x), folds, leaf, float(margin), float(shares[:, 0].mean()),
+                       float(shares[rows, picks].mean()), ratio_ci(goodput[rows, picks], goodput[:, 0]),
+                       [float(np.mean(picks == i)) for i in range(len(settings))])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers.knobs import DEFAULT_MODES
     from controllers.lookahead import PORTFOLIO, load_portfolio
-    from controllers.selector import PROBE_S, SELECTOR_FEATURES, WARMUP_S, SelectorModel
+    from controllers.selector import PROBE_S, WARMUP_S
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.common import ConfigError
-    from training.compare import pool_map, ratio_ci
-    from training.mix_tune import spec_of
 
     p = OneLineParser(prog="python -m training.selector", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
@@ -131,18 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         modes, settings = load_portfolio(a.portfolio) if a.portfolio else (DEFAULT_MODES, [dict(s) for s in PORTFOLIO])
         if a.from_data:
-            d = np.load(a.from_data, allow_pickle=False)
-            if "labels" not in d.files or str(d["labels"]) != LABELS:
-                raise ValueError(f"{a.from_data} labels each setting by a whole run of it (an older specctl), not by the "
-                                 "run after the selector's probe; record the data again with --data")
-            goodput, x, seeds = d["goodput"], d["features"], d["seeds"].tolist()
-            saved_probe = float(d["probe_s"]) if "probe_s" in d.files else PROBE_S  # (older files: the 10-s probe)
-            if a.probe_s is not None and a.probe_s != saved_probe:
-                raise ValueError(f"{a.from_data} was recorded with a {saved_probe:g}-s probe, not {a.probe_s:g}; drop "
+            data = SelectorData.load(a.from_data)
+            if a.probe_s is not None and a.probe_s != data.probe_s:
+                raise ValueError(f"{a.from_data} was recorded with a {data.probe_s:g}-s probe, not {a.probe_s:g}; drop "
                                  "--probe-s or record the data again")
-            probe_s = saved_probe
-            if goodput.shape[1] != len(settings):
-                raise ValueError(f"{a.from_data} has {goodput.shape[1]} settings, the portfolio {len(settings)}; pass the "
+            if data.goodput.shape[1] != len(settings):
+                raise ValueError(f"{a.from_data} has {data.goodput.shape[1]} settings, the portfolio {len(settings)}; pass the "
                                  "--portfolio it was made with")
         else:
             env_kwargs = {"distribution": a.distribution, "duration": a.duration}
@@ -155,38 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = tuning_seeds(a.seed + 0x5E1, a.systems)
         print(f"{len(settings)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each",
               flush=True)
-        jobs = [(env_kwargs, s, a.duration, i, settings, list(modes), probe_s) for s in seeds for i in range(len(settings))]
-        goodput = np.zeros((len(seeds), len(settings)))
-        x = np.zeros((len(seeds), len(SELECTOR_FEATURES)))
-        for seed, i, g, f in pool_map(_job, jobs, a.workers, desc="selector runs"):
-            row = seeds.index(seed)
-            goodput[row, i] = g
-            if f is not None:
-                x[row] = f
+        data = record(env_kwargs, seeds, a.duration, settings, modes, probe_s, a.workers)
         if a.data:
-            np.savez(a.data, goodput=goodput, features=x, seeds=np.array(seeds), labels=np.array(LABELS),
-                     probe_s=np.array(probe_s))
+            data.save(a.data)
             print(f"wrote {a.data}")
-    top = goodput.max(axis=1, keepdims=True)
-    shares = np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
-    rows = np.arange(len(x))
-    scores = {}
-    for leaf in LEAVES:
-        for m in MARGINS:
-            scores[leaf, m] = shares[rows, cross_validate(x, shares, leaf, m, a.folds, a.seed)].mean()
-    leaf, margin = max(scores, key=lambda k: (scores[k], k[1], k[0]))  # ties: switch less, larger leaves
-    picks = cross_validate(x, shares, leaf, margin, a.folds, a.seed)
-    r, lo, hi = ratio_ci(goodput[rows, picks], goodput[:, 0])
-    names = [spec_of(s, modes) for s in settings]
-    print(f"held-out folds ({a.folds}-fold over {len(x)} systems; {TREES} trees, leaves of >= {leaf} systems and "
-          f"margin {margin:g} chosen there):")
-    print(f"  mean share of each system's best: always {names[0]} {shares[:, 0].mean():.3f}, the selector {shares[rows, picks].mean():.3f}")
-    print(f"  goodput against always {names[0]}: {r:.3f}x [{lo:.3f}, {hi:.3f}]")
-    print("  chosen: " + ", ".join(f"{names[i]} {np.mean(picks == i):.0%}" for i in range(len(settings)) if np.any(picks == i)))
-    model = SelectorModel(modes=list(modes), settings=[dict(s) for s in settings],
-                          trees=export_trees(fit_forest(x, shares, leaf, a.seed)), margin=float(margin), probe_s=probe_s)
+    try:
+        result = fit(data, settings, modes, a.folds, a.seed)
+    except ValueError as e:
+        p.error(str(e))
+    print(result.report())
     if a.out:
-        model.save(a.out)
+        result.model.save(a.out)
         print(f"wrote {a.out} (selector:model={a.out})")
     return 0
 

@@ -438,7 +438,7 @@ def load_checkpoint(ref: str, algo_cls: Any, env: Any) -> Any:
 
 def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     """The knob recipe's config (``training/configs/knobs.yaml`` unless ``--config``), with flags applied."""
-    from training.knobs import KNOB_RUN_KEYS, load_knob_config
+    from training.knobs import KNOB_RUN_KEYS, load_knob_config, load_selector_data
 
     if args.algo not in ("maskable_ppo", "ppo"):
         raise ConfigError(f"--algo {args.algo}: the knob env trains with maskable_ppo (the default) or ppo")
@@ -453,6 +453,14 @@ def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     if dist:
         cfg["env_kwargs"]["distribution"] = beside(dist, str(path))
     hyperparams(cfg, KNOB_RUN_KEYS)  # fail on bad values now
+    sel = cfg["selector"]
+    if sel is not None and sel["data"] is not None:
+        if args.scenario:  # the labels chose between systems of a distribution: one scenario has none
+            print(f"selector: not fitted (its labels in {sel['data']} are systems of a distribution; --scenario trains "
+                  "on one; set selector.data: null in a config to label this scenario's seeds)")
+            cfg["selector"] = None
+        else:
+            load_selector_data(sel, cfg["env_kwargs"])  # data of another distribution fails now, naming the fix
     cfg["config_file"] = str(path)
     return cfg
 
