@@ -13,12 +13,14 @@ from training.knobs import write_comparison
 
 
 def run(tmp_path: Path, name: str, seed: int, ratios: dict[str, float], held_out: tuple[str, ...] = ("eu",),
-        settings: dict[str, dict[str, float]] | None = None) -> str:
-    """A run directory as a knob run leaves it: comparison.json with one row per scenario."""
+        settings: dict[str, dict[str, float]] | None = None, selector: dict[str, float] | None = None) -> str:
+    """A run directory as a knob run leaves it: comparison.json with one row per scenario
+    (``selector``: the ratios of a run that fitted one, each 1.1x its warm start)."""
     rows = [{"scenario": s, "rate": 1.0, "held_out": s in held_out, "best_baseline": "wanspec", "ratio": r,
              "ci_low": r - 0.01, "ci_high": r + 0.01, "vs_clone": r / 0.9, "vs_clone_low": 0.0, "vs_clone_high": 2.0,
              "clone_ratio": 0.9, "oracle_ratio": 1.1, "gap_closed": None,
-             **({"policy_settings": settings[s]} if settings else {})} for s, r in ratios.items()]
+             **({"policy_settings": settings[s]} if settings else {}),
+             **({"selector_ratio": selector[s], "selector_vs_clone": 1.1} if selector else {})} for s, r in ratios.items()]
     d = tmp_path / name
     d.mkdir()
     write_comparison(d, rows, seed, "training/configs/knobs.yaml")
@@ -48,6 +50,18 @@ def test_report_over_runs_and_paired_by_seed(tmp_path: Path, capsys: pytest.Capt
     assert "| held-out mean | +0.100 [" in text and "| +0.050, +0.150 |" in text
     assert out_file.read_text().strip() == text.strip()
     assert "used most" not in text  # runs that recorded no knob settings (an earlier release): no table
+    assert "selectors" not in text  # nor a selector
+
+
+def test_report_judges_the_runs_selectors_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [run(tmp_path, f"s{s}", s, {"wan": 0.95, "eu": 0.9}, selector={"wan": 0.96 + 0.03 * s, "eu": 0.99}) for s in range(2)]
+    assert main(runs) == 0
+    text = capsys.readouterr().out
+    wan = t_interval([0.96, 0.99])
+    assert "the runs' learned selectors:" in text
+    assert f"| wan | {wan[0]:.3f} [{wan[1]:.3f}, {wan[2]:.3f}] | 0.960 - 0.990 | 1 of 2 | 1.100 [1.100, 1.100] |" in text
+    assert "| eu (held out) | 0.990 [0.990, 0.990] | 0.990 - 0.990 | 2 of 2 |" in text
+    assert "selector held-out mean: 0.990 [0.990, 0.990]; per run: seed 0 0.990, seed 1 0.990" in text
 
 
 def test_report_shows_the_setting_each_run_used_most(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

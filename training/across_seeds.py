@@ -9,8 +9,8 @@ scenario, the policy's goodput ratio against the best tuned baseline and against
 start as a mean over runs with a 95% t-interval over runs (runs are the independent units;
 with few of them a t-interval is wider, and more honest, than a bootstrap), the worst and the
 best run, and how many runs reach 0.98x; then each run's mean over the held-out scenarios and
-the knob setting each run used most on each scenario (which decisions made the figures).
-``--against`` pairs two recipes' runs by training seed and reports the differences.
+the knob setting each run used most on each scenario (which decisions made the figures); and
+the same table for the runs' learned selectors where the recipe fits one. ``--against`` pairs two recipes' runs by training seed and reports the differences.
 
     for s in 0 1 2 3; do python training/train.py --seed $s --out checkpoints/default-s$s; done
     python -m training.across_seeds checkpoints/default-s*
@@ -143,10 +143,32 @@ def report(runs: Sequence[RunResult], against: Sequence[RunResult] = ()) -> str:
         means = [r.held_out_mean() for r in runs]
         lines += ["", f"held-out mean (ratio to the best tuned baseline over {len(runs[0].held_out)} held-out scenarios): "
                   f"{_fmt(*t_interval(means))}; per run: " + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
+    lines += selector_lines(runs)
     lines += decisions(runs)
     if against:
         lines += ["", *paired(runs, against)]
     return "\n".join(lines)
+
+
+def selector_lines(runs: Sequence[RunResult]) -> list[str]:
+    """The runs' learned selectors (recipes with a ``selector:`` block), as the policy's table:
+    ratio to the best tuned baseline and to the run's warm start, and their held-out mean."""
+    if not all("selector_ratio" in row for r in runs for row in r.scenarios.values()):
+        return []
+    lines = ["", "the runs' learned selectors:", "",
+             f"| scenario | ratio to the best tuned baseline | worst - best run | runs at >= {BAR}x | ratio to the run's warm start |",
+             "|---|---|---|---|---|"]
+    for name in runs[0].scenarios:
+        ratios = [float(r.scenarios[name]["selector_ratio"]) for r in runs]
+        vs_warm = [float(r.scenarios[name]["selector_vs_clone"]) for r in runs]
+        lines.append(f"| {name}{' (held out)' if runs[0].scenarios[name].get('held_out') else ''} | "
+                     f"{_fmt(*t_interval(ratios))} | {min(ratios):.3f} - {max(ratios):.3f} | "
+                     f"{sum(x >= BAR for x in ratios)} of {len(runs)} | {_fmt(*t_interval(vs_warm))} |")
+    if runs[0].held_out:
+        means = [float(np.mean([r.scenarios[n]["selector_ratio"] for n in r.held_out])) for r in runs]
+        lines += ["", f"selector held-out mean: {_fmt(*t_interval(means))}; per run: "
+                  + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
+    return lines
 
 
 def decisions(runs: Sequence[RunResult]) -> list[str]:
