@@ -185,19 +185,12 @@ def export_policy(model: Any, codec: Any, directory: str | Path, meta: dict[str,
 def resolve_ref(ref: str) -> Path:
     """A local directory holding ``policy.json`` for a path, ``runs:/...`` or ``models:/...`` ref."""
     if ref.startswith(("runs:/", "models:/")):
-        import mlflow
+        from training.tracking import download_ref
 
-        from training.tracking import resolve_tracking_uri
-
-        mlflow.set_tracking_uri(resolve_tracking_uri())
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
-        except Exception as e:  # MLflow raises many types for a bad ref
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise PolicyLoadError(
-                f"cannot fetch policy {ref!r} from MLflow at {mlflow.get_tracking_uri()}: {first} "
-                f"(check the run id / model name and alias, or set MLFLOW_TRACKING_URI)"
-            ) from None
+            local = download_ref(ref)
+        except ValueError as e:
+            raise PolicyLoadError(f"policy: {e}") from None
     else:
         local = Path(ref).expanduser()
         if not local.exists():

@@ -77,7 +77,13 @@ class SelectorModel:
 
 
 def load_selector(path: str | Path) -> SelectorModel:
-    """Read a model written by ``python -m training.selector``; a clear error names the problem."""
+    """Read a model written by ``python -m training.selector`` (a file, or an MLflow ref such as
+    ``runs:/<run_id>/selector/selector.json``, where ``training/train.py`` logs the run's); a
+    clear error names the problem."""
+    if str(path).startswith(("runs:/", "models:/")):
+        from training.tracking import download_ref
+
+        path = download_ref(str(path))
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"selector model {str(p)!r} not found; fit one with `python -m training.selector --out {p}`")

@@ -106,7 +106,7 @@ def test_knob_recipe_refuses_algorithms_without_masks(capsys: pytest.CaptureFixt
 
 
 @pytest.mark.slow
-def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> None:  # ~60 s of CPU
+def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # ~60 s of CPU
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
     # the selector's labels recorded in the run, on 4 training systems
@@ -131,8 +131,9 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     assert "selector held-out folds (2-fold over 4 systems" in out.stdout and "validation of the selector: goodput" in out.stdout
     assert (tmp_path / "ck" / "selector-data.npz").is_file() and (tmp_path / "ck" / "selector.json").is_file()
     assert "selector vs the warm start: " in out.stdout and re.search(r"\n    selector: [01]\.\d{3}x \[", out.stdout)
-    assert f"--controller selector:model={tmp_path / 'ck' / 'selector.json'}" in out.stdout
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
+    assert f"--controller selector:model=runs:/{run_id}/selector/selector.json" in out.stdout
+    assert f"local:  selector:model={tmp_path / 'ck' / 'selector.json'}" in out.stdout
 
     import mlflow
 
@@ -141,7 +142,19 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path) -> No
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
     assert {"selector/folds_vs_default", "eval/selector_validation_goodput_rps", "final/wan-4region/selector_vs_warm_start"} <= set(run.data.metrics)
-    assert mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="selector/selector.json")
+    # the selector deploys from the run as from its file (the store from MLFLOW_TRACKING_URI)
+    from controllers import make_controller as make
+    from runtime.scenario import load_scenario as scenario_of
+    from runtime.sim import simulate as sim
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    remote = make(f"selector:model=runs:/{run_id}/selector/selector.json")
+    assert remote.model == make(f"selector:model={tmp_path / 'ck' / 'selector.json'}").model
+    assert sim(scenario_of("edge-fleet"), remote, seed=3, duration=3.0)["requests_completed"] > 0
+    from controllers import ControllerError
+
+    with pytest.raises(ControllerError, match=r"cannot fetch 'runs:/0{32}/selector/selector.json' from MLflow at sqlite"):
+        make(f"selector:model=runs:/{'0' * 32}/selector/selector.json")
     assert run.data.tags["specctl.warm_start"] == tuned.group(1) and run.data.metrics["warm/tuned_systems"] == 2
     assert tuned.group(1) in Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="warm-start-tuning.md")).read_text()
     # the run's comparison, with its training seed, beside its checkpoints: what across_seeds reads

@@ -593,7 +593,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
     if selector is not None:
         better = "above" if sel_goodput > select.best else "not above"  # type: ignore[operator]
         print(f"  the selector (validation {better} the knob policy): python -m runtime simulate --controller "
-              f"selector:model={selector} --scenario <any>")
+              f"selector:model=runs:/{run_id}/selector/{SELECTOR_FILE} --scenario <any>")
+        print(f"  local:  selector:model={selector}")
     return 0
 
 

@@ -26,6 +26,20 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def download_ref(ref: str) -> Path:
+    """The local copy of an MLflow artifact ref (``runs:/<run_id>/<path>`` or
+    ``models:/<name>@<alias>``) from the resolved store; ValueError with one line naming the store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri())
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref))
+    except Exception as e:  # MLflow raises many types for a bad ref
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot fetch {ref!r} from MLflow at {mlflow.get_tracking_uri()}: {first} "
+                         f"(check the run id / model name and alias, or set MLFLOW_TRACKING_URI)") from None
+
+
 def artifact_root(uri: str) -> Path | None:
     """Where a SQLite store keeps artifacts: the ``mlruns/`` folder beside the database file."""
     if not uri.startswith("sqlite:///"):
