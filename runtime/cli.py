@@ -104,6 +104,7 @@ def cmd_check_dist(args: argparse.Namespace) -> int:
             levels = [s.load.long_run_mean if s.load is not None else 0.0 for s in sc.sites if s.role == role]
             loads.setdefault(role, []).append(sum(levels) / len(levels))
     print(f"ok: {dist.name}: {n} systems drawn and validated")
+    print(f"  fingerprint: {dist.fingerprint()} (recorded with selector labels drawn from it)")
     print("  bases:  " + ", ".join(f"{b} {c / n:.0%}" for b, c in bases.most_common()))
     print(f"  rate:   {min(rates):.1f}-{max(rates):.1f} req/s; mean prompt {min(prompts):.0f}-{max(prompts):.0f} tokens")
     for role, counts in gpus.items():

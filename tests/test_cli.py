@@ -74,6 +74,15 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
     p = run("check-dist", "training/configs/scenario-mix.yaml", "--samples", "30")
     assert p.returncode == 0, p.stderr
     assert "ok: scenario-mix: 30 systems drawn and validated" in p.stdout
+    from pathlib import Path
+
+    from runtime.distribution import ScenarioDistribution
+    from training.selector import SelectorData
+
+    repo = Path(__file__).resolve().parents[1]
+    shipped = SelectorData.load(repo / "training" / "models" / "selector-mix-data.npz").distribution  # its labels' mix
+    assert f"  fingerprint: {shipped} (recorded with selector labels" in p.stdout
+    assert ScenarioDistribution.load(repo / "training" / "configs" / "scenario-mix.yaml").fingerprint() == shipped
     assert "mix-wan-edge-hybrid" in p.stdout and "edge GPUs:" in p.stdout and "remote load:" in p.stdout
     busy = tmp_path / "busy.yaml"
     busy.write_text("name: busy\nscenarios: [{scenario: wan-4region}]\ntier_load: {remote: {low: 0.6, high: 0.6}}\n")
