@@ -583,7 +583,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
             print(f"    selector: {s['selector_ratio']:.3f}x [{s['selector_ci_low']:.3f}, {s['selector_ci_high']:.3f}]; "
                   f"vs warm start {s['selector_vs_clone']:.3f}x [{s['selector_vs_clone_low']:.3f}, {s['selector_vs_clone_high']:.3f}]"
                   + (f"; most held {settings_line(s['selector_settings'], top=1)}" if s.get("selector_settings") else ""))
-    print(f"validation goodput: warm start {warm_goodput:.3f}, best {select.best:.3f} req/s"
+    print(f"validation goodput ({ev['validation_episodes']} episodes): warm start {warm_goodput:.3f}, best {select.best:.3f} req/s"
           + (f", selector {sel_goodput:.3f}" if sel_goodput is not None else "")
           + f"; trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")
     print(f"MLflow run {run_id} ({run_name}) at {uri}")
@@ -591,9 +591,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
           + (f"   or policy:{model_uri}" if args.register else ""))
     print(f"  local:  {best_dir}")
     if selector is not None:
-        better = "above" if sel_goodput > select.best else "not above"  # type: ignore[operator]
-        print(f"  the selector (validation {better} the knob policy): python -m runtime simulate --controller "
-              f"selector:model=runs:/{run_id}/selector/{SELECTOR_FILE} --scenario <any>")
+        print(f"  the selector: python -m runtime simulate --controller selector:model=runs:/{run_id}/selector/{SELECTOR_FILE} "
+              "--scenario <any>")
         print(f"  local:  selector:model={selector}")
     return 0
 
