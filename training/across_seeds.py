@@ -10,7 +10,8 @@ start as a mean over runs with a 95% t-interval over runs (runs are the independ
 with few of them a t-interval is wider, and more honest, than a bootstrap), the worst and the
 best run, and how many runs reach 0.98x; then each run's mean over the held-out scenarios and
 the knob setting each run used most on each scenario (which decisions made the figures); and
-the same table for the runs' learned selectors where the recipe fits one. ``--against`` pairs two recipes' runs by training seed and reports the differences.
+the same table for the runs' learned selectors where the recipe fits one. ``--against`` pairs
+two recipes' runs by training seed and reports the differences.
 
     for s in 0 1 2 3; do python training/train.py --seed $s --out checkpoints/default-s$s; done
     python -m training.across_seeds checkpoints/default-s*
