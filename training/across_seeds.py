@@ -51,10 +51,11 @@ class RunResult:
     def held_out(self) -> list[str]:
         return [name for name, row in self.scenarios.items() if row.get("held_out")]
 
-    def held_out_mean(self) -> float:
-        """The run's mean ratio to the best tuned baseline over the held-out scenarios (nan: none)."""
+    def held_out_mean(self, key: str = "ratio") -> float:
+        """The run's mean ratio to the best tuned baseline over the held-out scenarios (nan: none);
+        ``key="selector_ratio"``: its selector's."""
         names = self.held_out
-        return float(np.mean([self.scenarios[n]["ratio"] for n in names])) if names else math.nan
+        return float(np.mean([self.scenarios[n][key] for n in names])) if names else math.nan
 
 
 def load_run(directory: str | Path) -> RunResult:
@@ -117,29 +118,36 @@ def _fmt(mean: float, lo: float, hi: float, sign: str = "") -> str:
     return f"{mean:{sign}.3f}" if math.isnan(lo) else f"{mean:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
 
-def summary_rows(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """Per scenario, then the held-out mean: the over-runs figures :func:`report` prints."""
+def summary_rows(runs: Sequence[RunResult], ratio: str = "ratio", vs_warm: str = "vs_clone") -> list[dict[str, Any]]:
+    """Per scenario, the over-runs figures :func:`report` prints (of the policy, or with
+    ``ratio="selector_ratio", vs_warm="selector_vs_clone"`` of the runs' selectors)."""
     out = []
     for name in runs[0].scenarios:
-        ratios = [r.scenarios[name]["ratio"] for r in runs]
+        ratios = [float(r.scenarios[name][ratio]) for r in runs]
         mean, lo, hi = t_interval(ratios)
-        wmean, wlo, whi = t_interval([r.scenarios[name]["vs_clone"] for r in runs])
+        wmean, wlo, whi = t_interval([float(r.scenarios[name][vs_warm]) for r in runs])
         out.append({"scenario": name, "held_out": bool(runs[0].scenarios[name].get("held_out")), "runs": len(runs),
                     "ratio": mean, "ci_low": lo, "ci_high": hi, "worst": min(ratios), "best": max(ratios),
                     "reach_bar": sum(x >= BAR for x in ratios), "vs_warm": wmean, "vs_warm_low": wlo, "vs_warm_high": whi})
     return out
 
 
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    """:func:`summary_rows` as a markdown table."""
+    lines = [f"| scenario | ratio to the best tuned baseline | worst - best run | runs at >= {BAR}x | ratio to the run's warm start |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['scenario']}{' (held out)' if row['held_out'] else ''} | "
+                     f"{_fmt(row['ratio'], row['ci_low'], row['ci_high'])} | {row['worst']:.3f} - {row['best']:.3f} | "
+                     f"{row['reach_bar']} of {row['runs']} | {_fmt(row['vs_warm'], row['vs_warm_low'], row['vs_warm_high'])} |")
+    return lines
+
+
 def report(runs: Sequence[RunResult], against: Sequence[RunResult] = ()) -> str:
     """Markdown: the recipe over its runs, each run's held-out mean, and paired differences."""
     seeds = ", ".join(str(r.seed) for r in runs)
     lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''} (training seeds {seeds}); 95% t-intervals over runs.", "",
-             f"| scenario | ratio to the best tuned baseline | worst - best run | runs at >= {BAR}x | ratio to the run's warm start |",
-             "|---|---|---|---|---|"]
-    for row in summary_rows(runs):
-        lines.append(f"| {row['scenario']}{' (held out)' if row['held_out'] else ''} | "
-                     f"{_fmt(row['ratio'], row['ci_low'], row['ci_high'])} | {row['worst']:.3f} - {row['best']:.3f} | "
-                     f"{row['reach_bar']} of {row['runs']} | {_fmt(row['vs_warm'], row['vs_warm_low'], row['vs_warm_high'])} |")
+             *_table(summary_rows(runs))]
     if runs[0].held_out:
         means = [r.held_out_mean() for r in runs]
         lines += ["", f"held-out mean (ratio to the best tuned baseline over {len(runs[0].held_out)} held-out scenarios): "
@@ -156,17 +164,9 @@ def selector_lines(runs: Sequence[RunResult]) -> list[str]:
     ratio to the best tuned baseline and to the run's warm start, and their held-out mean."""
     if not all("selector_ratio" in row for r in runs for row in r.scenarios.values()):
         return []
-    lines = ["", "the runs' learned selectors:", "",
-             f"| scenario | ratio to the best tuned baseline | worst - best run | runs at >= {BAR}x | ratio to the run's warm start |",
-             "|---|---|---|---|---|"]
-    for name in runs[0].scenarios:
-        ratios = [float(r.scenarios[name]["selector_ratio"]) for r in runs]
-        vs_warm = [float(r.scenarios[name]["selector_vs_clone"]) for r in runs]
-        lines.append(f"| {name}{' (held out)' if runs[0].scenarios[name].get('held_out') else ''} | "
-                     f"{_fmt(*t_interval(ratios))} | {min(ratios):.3f} - {max(ratios):.3f} | "
-                     f"{sum(x >= BAR for x in ratios)} of {len(runs)} | {_fmt(*t_interval(vs_warm))} |")
+    lines = ["", "the runs' learned selectors:", "", *_table(summary_rows(runs, "selector_ratio", "selector_vs_clone"))]
     if runs[0].held_out:
-        means = [float(np.mean([r.scenarios[n]["selector_ratio"] for n in r.held_out])) for r in runs]
+        means = [r.held_out_mean("selector_ratio") for r in runs]
         lines += ["", f"selector held-out mean: {_fmt(*t_interval(means))}; per run: "
                   + ", ".join(f"seed {r.seed} {m:.3f}" for r, m in zip(runs, means))]
     return lines

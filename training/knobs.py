@@ -303,8 +303,7 @@ def fit_selector(sel: dict[str, Any], env_kwargs: dict[str, Any], seed: int, wor
     if data is None:
         seeds = tuning_seeds(seed + 0x5E1, sel["systems"])  # as `python -m training.selector --seed S` draws them
         tqdm_write(f"selector: labelling {len(settings)} settings x {len(seeds)} training systems, {sel['duration']:g} s each")
-        data = record({**env_kwargs, "duration": sel["duration"]}, seeds, sel["duration"], settings, DEFAULT_MODES,
-                      sel["probe_s"], workers)
+        data = record(env_kwargs, seeds, sel["duration"], settings, DEFAULT_MODES, sel["probe_s"], workers)
         data.save(out_dir / "selector-data.npz")
     result = fit(data, settings, DEFAULT_MODES, sel["folds"], seed)
     result.model.save(out_dir / SELECTOR_FILE)
