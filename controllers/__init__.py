@@ -14,6 +14,7 @@ from runtime.contract import Controller
 from controllers.knobs import KnobController
 from controllers.lookahead import Lookahead
 from controllers.selector import Selector
+from controllers.twin import Twin
 from controllers.registry import (
     LOADERS,
     REGISTRY,
@@ -40,4 +41,5 @@ def _load_policy(ref: str) -> Controller:
 register("knobs", KnobController)
 register("lookahead", Lookahead)
 register("selector", Selector)
+register("twin", Twin)
 LOADERS["policy"] = _load_policy

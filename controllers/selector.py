@@ -177,9 +177,16 @@ class Selector(KnobController):
                 self.samples.append(self.observation(point.system)[_INDEX].astype(float))
             if self.probing and point.time >= self.probe_s:
                 self.probing = False
-                if self.model is not None or self.hold:
-                    self.chosen = self.model.choose(self.probe_features()) if self.model is not None else self.hold
-                    self.set_knobs(self.action_for(self.settings[self.chosen]), point.time)  # type: ignore[index]
+                chosen = self.pick(point)
+                if chosen is not None:
+                    self.chosen = chosen
+                    self.set_knobs(self.action_for(self.settings[chosen]), point.time)
                     return self.answer(point)
             self.set_knobs(self.knobs.as_action(), point.time)  # the same setting, a new window
         return self.answer(point)
+
+    def pick(self, point: DecisionPoint) -> int | None:
+        """The setting to hold once the probe ends (None: the probe's, without a switch)."""
+        if self.model is not None:
+            return self.model.choose(self.probe_features())
+        return self.hold or None

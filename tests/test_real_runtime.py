@@ -80,6 +80,26 @@ def test_the_learned_selector_probes_switches_and_stays_lossless_on_the_real_run
 
 
 @pytest.mark.slow
+def test_the_digital_twin_builds_its_simulator_from_the_real_runtime_and_stays_lossless(site_addresses, tiny_dir, references):
+    """The twin reads only RuntimeInfo and the runtime's estimates, so it deploys on the real
+    runtime: it probes, simulates the tiny deployment from what it measured there, and holds a
+    setting."""
+    from controllers.twin import Twin
+
+    prompts, refs = references
+    controller = Twin(probe_s=0.5, warmup_s=0.1, horizon_s=3.0, seeds=1)
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    with rt:
+        reqs = [rt.submit(p, N_TOKENS, 0.0, at=0.3 * i) for i, p in enumerate(prompts)]  # arrivals past the 1-s tick
+        rt.end_of_workload()
+        drive(rt, controller)
+    assert [r.output for r in reqs] == refs
+    assert controller.values is not None and controller.chosen is not None and controller.values.max() > 0
+    assert controller.seen.arrivals and controller.seen.rounds  # it measured the workload and the acceptance there
+
+
+@pytest.mark.slow
 def test_sampling_through_remote_sites_completes(site_addresses, tiny_dir, references):
     prompts, _ = references
     dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})

@@ -43,6 +43,7 @@ CONTROLLERS = [
     "vllm-dynamic-k", "bandit-k", "oracle", "static+inflight-cap:max_inflight=16", "knobs",
     "knobs:mode=1,cap=1,k_cap=2,hedge=false", "lookahead:horizon_s=4,futures=1",
     "selector:model=training/models/selector-mix.json",  # (refitting the shipped model moves its cells)
+    "twin:horizon_s=4,seeds=1,probe_s=3,warmup_s=1",
 ]
 #: (arrival rate as a multiple of the scenario's, seed, arrival window in simulated seconds):
 #: the scenario's own load, and an overload that exercises queues, drops and admission.

@@ -56,7 +56,9 @@ WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 
                                  # null: clone ``knobs``; a mapping (training.mix_tune.TUNE_DEFAULTS): clone the
                                  # fixed setting that does best over training systems of the distribution
                                  "tune": None}
-EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": []}
+#: ``twin``: also judge the digital twin (``controllers/twin.py``: it needs no training) in the final comparison.
+EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": [],
+                                 "references": ["oracle"], "twin": False}
 #: The ``selector:`` block (absent or null: no selector). ``data``: labels recorded on this
 #: distribution (``python -m training.selector --data``), fitted in seconds; null: record them
 #: here on ``systems`` training systems (each of the six settings runs ``duration`` s on each).
@@ -101,6 +103,11 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
 
         cfg["warm_start"]["tune"] = check_tune_config(cfg["warm_start"]["tune"], f"config {path}: warm_start.tune")
     cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
+    bad = sorted(set(cfg["eval"]) - set(EVAL_DEFAULTS))
+    if bad:
+        raise ConfigError(f"config {path}: unknown eval key(s) {bad}; valid: {sorted(EVAL_DEFAULTS)}")
+    if not isinstance(cfg["eval"]["twin"], bool):
+        raise ConfigError(f"config {path}: eval.twin must be true or false (judge the digital twin too), got {cfg['eval']['twin']!r}")
     cfg["rollouts"] = {**ROLLOUT_DEFAULTS, **(cfg.get("rollouts") or {})}
     bad = sorted(set(cfg["rollouts"]) - set(ROLLOUT_DEFAULTS))
     if bad:
@@ -324,6 +331,8 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
 
     ev = cfg["eval"]
     seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
+    extras = {name: spec for name, spec in (("selector", selector and f"selector:model={selector}"),
+                                            ("twin", ev["twin"] and "twin")) if spec}  # judged beside the policy
     summary: list[dict[str, Any]] = []
     tables: list[str] = []
     for sc in ev["scenarios"]:
@@ -334,8 +343,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         named.update({r: r for r in refs})
         named["warm start (clone)"] = partial(load_policy, str(warm_dir))
         named["policy"] = partial(load_policy, str(policy_dir))
-        if selector is not None:
-            named["selector"] = f"selector:model={selector}"
+        named.update(extras)
         cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
         rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
         pol = next(r for r in rows if r["controller"] == "policy")
@@ -353,30 +361,30 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                         "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
                         "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap,
                         "policy_settings": cmp.knob_shares("policy")})
-        sel_line = ""
-        if selector is not None:
-            sel = next(r for r in rows if r["controller"] == "selector")
-            sel_clone = ratio_ci(cmp.values("selector"), cmp.values("warm start (clone)"))
-            summary[-1].update({"selector_ratio": sel["ratio_vs_best"], "selector_ci_low": sel["ratio_ci_low"],
-                                "selector_ci_high": sel["ratio_ci_high"], "selector_vs_clone": sel_clone[0],
-                                "selector_vs_clone_low": sel_clone[1], "selector_vs_clone_high": sel_clone[2],
-                                "selector_settings": cmp.knob_shares("selector")})
-            sel_line = (f"\n\nselector vs the warm start: {sel_clone[0]:.3f}x [{sel_clone[1]:.3f}, {sel_clone[2]:.3f}]; "
-                        f"settings it held: {settings_line(summary[-1]['selector_settings'])}")
+        extra_lines = ""
+        for name in extras:
+            row = next(r for r in rows if r["controller"] == name)
+            vs = ratio_ci(cmp.values(name), cmp.values("warm start (clone)"))
+            summary[-1].update({f"{name}_ratio": row["ratio_vs_best"], f"{name}_ci_low": row["ratio_ci_low"],
+                                f"{name}_ci_high": row["ratio_ci_high"], f"{name}_vs_clone": vs[0],
+                                f"{name}_vs_clone_low": vs[1], f"{name}_vs_clone_high": vs[2],
+                                f"{name}_settings": cmp.knob_shares(name)})
+            extra_lines += (f"\n\n{name} vs the warm start: {vs[0]:.3f}x [{vs[1]:.3f}, {vs[2]:.3f}]; "
+                            f"settings it held: {settings_line(summary[-1][f'{name}_settings'])}")
         tables.append(f"### {label}, {len(seeds)} test seeds x {ev['duration']:g} s\n\n{table}\n\n"
                       f"policy vs its warm start: {vs_clone[0]:.3f}x [{vs_clone[1]:.3f}, {vs_clone[2]:.3f}]"
                       + (f"; baseline-to-oracle gap closed: {gap:.0%}" if gap is not None and gap >= 0 else
                          "; below the best baseline (no share of the gap to the oracle closed)" if gap is not None else "")
                       + "\n\npolicy's knob settings (share of control intervals over the test seeds): "
-                      + settings_line(summary[-1]["policy_settings"]) + sel_line)
+                      + settings_line(summary[-1]["policy_settings"]) + extra_lines)
         key = scenario.name.replace("/", "_")
         mlflow.log_metrics({f"final/{key}/ratio_vs_best": pol["ratio_vs_best"], f"final/{key}/ci_low": pol["ratio_ci_low"],
                             f"final/{key}/ci_high": pol["ratio_ci_high"], f"final/{key}/vs_warm_start": vs_clone[0],
                             f"final/{key}/vs_warm_start_ci_low": vs_clone[1]})
-        if selector is not None:
-            mlflow.log_metrics({f"final/{key}/selector_ratio_vs_best": summary[-1]["selector_ratio"],
-                                f"final/{key}/selector_vs_warm_start": summary[-1]["selector_vs_clone"],
-                                f"final/{key}/selector_vs_warm_start_ci_low": summary[-1]["selector_vs_clone_low"]})
+        for name in extras:
+            mlflow.log_metrics({f"final/{key}/{name}_ratio_vs_best": summary[-1][f"{name}_ratio"],
+                                f"final/{key}/{name}_vs_warm_start": summary[-1][f"{name}_vs_clone"],
+                                f"final/{key}/{name}_vs_warm_start_ci_low": summary[-1][f"{name}_vs_clone_low"]})
         tqdm_write(tables[-1] + "\n")
     return summary, "\n\n".join(tables)
 
@@ -578,10 +586,11 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
               + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else "")
               + (f"; most used {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
-        if "selector_ratio" in s:
-            print(f"    selector: {s['selector_ratio']:.3f}x [{s['selector_ci_low']:.3f}, {s['selector_ci_high']:.3f}]; "
-                  f"vs warm start {s['selector_vs_clone']:.3f}x [{s['selector_vs_clone_low']:.3f}, {s['selector_vs_clone_high']:.3f}]"
-                  + (f"; most held {settings_line(s['selector_settings'], top=1)}" if s.get("selector_settings") else ""))
+        for name in ("selector", "twin"):
+            if f"{name}_ratio" in s:
+                print(f"    {name}: {s[f'{name}_ratio']:.3f}x [{s[f'{name}_ci_low']:.3f}, {s[f'{name}_ci_high']:.3f}]; "
+                      f"vs warm start {s[f'{name}_vs_clone']:.3f}x [{s[f'{name}_vs_clone_low']:.3f}, {s[f'{name}_vs_clone_high']:.3f}]"
+                      + (f"; most held {settings_line(s[f'{name}_settings'], top=1)}" if s.get(f"{name}_settings") else ""))
     print(f"validation goodput ({ev['validation_episodes']} episodes): warm start {warm_goodput:.3f}, best {select.best:.3f} req/s"
           + (f", selector {sel_goodput:.3f}" if sel_goodput is not None else "")
           + f"; trained {model.num_timesteps:,} steps in {train_s:.0f} s; whole run {total_s:.0f} s")

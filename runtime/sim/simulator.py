@@ -187,7 +187,12 @@ class Simulator(DecisionLoop):
         trace: str | None = None,
         rate: float | None = None,
         progress: bool = False,
+        verify_latency: LatencyModel | None = None,
+        draft_latency: dict[str, LatencyModel] | None = None,
     ) -> None:
+        """``verify_latency`` (the target model's) and ``draft_latency`` (each drafting site's,
+        by name) replace the scenario's forward-time models: a twin's, measured on the system
+        it mirrors (:mod:`controllers.twin`)."""
         if duration <= 0:
             raise ValueError(f"duration must be > 0 seconds, got {duration}")
         self.scenario = scenario
@@ -210,6 +215,12 @@ class Simulator(DecisionLoop):
         self.target = self.sites[scenario.target.name]
         self.target_lat = site_latency(scenario.target.profiles, scenario.spec.target_model, scenario.target_model,
                                        scenario.target.gpu, tp=scenario.target.tp)
+        if verify_latency is not None:
+            self.target_lat = verify_latency
+        for name, lat in (draft_latency or {}).items():
+            if name not in self.sites or self.sites[name].drafter is None:
+                raise ValueError(f"draft_latency: {name!r} is not a drafting site of {scenario.name}")
+            self.sites[name].draft_lat = lat
         self._drafter_index = {name: j for j, name in enumerate(sorted(scenario.spec.drafters))}
         # acceptance positions counted across rounds: each verified round moves them on
         self._carry = any(getattr(d.acceptance, "across_rounds", False) for d in scenario.spec.drafters.values())

@@ -1,0 +1,199 @@
+"""A digital twin: probe the system, build a simulator of it from what the probe measured, and
+hold the knob setting that runs best in that simulator.
+
+The learned selector maps probe features to a setting through a model fitted on other systems,
+so it knows only systems like those; the lookahead planner simulates the very system it runs
+on, which needs that system's simulator (the oracle's privilege). The twin sits between them.
+For ``probe_s`` it runs the first portfolio setting and measures what a deployment can measure:
+- the sites, their roles, GPUs per site and nominal RTTs (:class:`~runtime.contract.RuntimeInfo`);
+- each GPU's forward times, sampled from the runtime's own estimates (on the real runtime,
+  its profiles) into tables, with the background load at the time divided out;
+- each site's background load (the mean over the probe's windows);
+- the arrival rate, and the prompt lengths, output lengths, origins and SLOs of the requests seen;
+- each drafter's per-token acceptance, from the verifications (the runtime's prior for drafters
+  the probe did not use).
+
+From these it writes a scenario (:func:`twin_scenario`), runs every portfolio setting in it for
+``horizon_s`` on ``seeds`` workloads (the same workloads for every setting), and holds the one
+with the most SLO-meeting requests. What it cannot see it assumes: Poisson arrivals, constant
+loads, i.i.d. acceptance with the default spread across requests, the default network jitter.
+It learns the system, not a mapping from other systems, so it moves to any set of sites; the
+README ("A digital twin") measures what it gains and where the assumptions cost.
+
+The planning runs once, in the decision call at the end of the probe (a few seconds of CPU on
+2 cores; the runtime waits meanwhile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime.contract import Decision, DecisionPoint, RuntimeInfo, SystemView
+from runtime.latency import LatencyModel, ProfileTable
+from runtime.scenario import Scenario, build_scenario
+
+from controllers.knobs import DEFAULT_MODES, fixed_controller
+from controllers.lookahead import PORTFOLIO
+from controllers.selector import PROBE_S, WARMUP_S, Selector
+
+#: Where the forward-time tables are sampled: new tokens per forward, and context tokens.
+NEW_TOKENS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
+CONTEXTS: tuple[int, ...] = (0, *(2**i for i in range(9, 21)))  # 0, 512 .. 1M
+#: Below this many verified draft rounds a drafter's acceptance is the runtime's prior.
+MIN_ROUNDS = 50
+
+
+@dataclass
+class Measured:
+    """What a probe saw, beyond the knob features: the twin's raw material."""
+
+    arrivals: list[tuple[str, int, int, str, float, float]] = field(default_factory=list)  # origin, prompt, output, SLO
+    loads: dict[str, list[float]] = field(default_factory=dict)
+    accepted: dict[str, int] = field(default_factory=dict)  # by drafter model
+    rejections: dict[str, int] = field(default_factory=dict)
+    rounds: dict[str, int] = field(default_factory=dict)
+
+    def alpha(self, drafter: str, prior: float) -> float:
+        """Per-token acceptance: accepted / (accepted + rejections), the geometric run length's
+        estimate with fully accepted rounds censored; ``prior`` below :data:`MIN_ROUNDS` rounds."""
+        a, r = self.accepted.get(drafter, 0), self.rejections.get(drafter, 0)
+        if self.rounds.get(drafter, 0) < MIN_ROUNDS or a + r == 0:
+            return prior
+        return a / (a + r)
+
+
+def _length_dist(xs: Sequence[int]) -> dict[str, Any]:
+    """A lognormal (the scenario schema's length distribution) with the samples' mean, log spread and range."""
+    x = np.asarray(xs, dtype=float)
+    sigma = float(np.std(np.log(x))) if len(x) > 1 else 0.0
+    return {"mean": float(x.mean()), "sigma": sigma, "min": int(x.min()), "max": int(x.max())}
+
+
+def _table(forward: Any) -> ProfileTable:
+    """A forward-time table over :data:`NEW_TOKENS` x :data:`CONTEXTS` from ``forward(new, ctx)`` seconds."""
+    return ProfileTable([(n, c, max(forward(n, c), 1e-9) * 1000.0) for c in CONTEXTS for n in NEW_TOKENS], "twin")
+
+
+def measured_latency(sys: SystemView, info: RuntimeInfo) -> tuple[LatencyModel, dict[str, LatencyModel]]:
+    """The target's verification and every drafting site's draft step as tables, from the
+    runtime's estimates now, with the background load's slowdown (1 / (1 - load), the
+    simulator's model of sharing) divided out: the twin applies its own loads."""
+    def free(site: str) -> float:
+        return 1.0 - min(sys.site_state(site).load, 0.99)
+
+    t = free(info.target_site)
+    verify = _table(lambda n, c: sys.estimate_verify_time(1, n, c) * t)
+    drafts: dict[str, LatencyModel] = {}
+    for s in info.sites:
+        if s.drafter:
+            f = free(s.name)
+            drafts[s.name] = _table(lambda n, c, name=s.name, f=f: sys.estimate_draft_time(name, n, 1, c) * f)
+    return verify, drafts
+
+
+def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float) -> Scenario:
+    """The scenario a probe's measurements describe (its forward times come separately, from
+    :func:`measured_latency`). Every site is its own entry, so origins are weighted by listing
+    each arrival's; the drafters' architectures are placeholders that the measured tables replace."""
+    if not seen.arrivals:
+        raise ValueError("the probe saw no arrivals: nothing to build a twin from")
+    span = max(now, 1e-3)  # the probe runs from the start
+    drafters = sorted({s.drafter for s in info.sites if s.drafter})
+    sites = []
+    for s in info.sites:
+        loads = seen.loads.get(s.name) or [0.0]
+        entry: dict[str, Any] = {"name": s.name, "role": s.role, "gpus": s.gpus, "drafter": s.drafter,
+                                 "load": {"kind": "constant", "level": min(float(np.mean(loads)), 0.95)}}
+        if s.role != "target":
+            entry["rtt_ms"] = s.rtt_s * 1000.0
+        sites.append(entry)
+    classes: dict[tuple[str, float, float], int] = {}
+    for _, _, _, name, ttft, tpot in seen.arrivals:
+        classes[(name, ttft, tpot)] = classes.get((name, ttft, tpot), 0) + 1
+    raw = {
+        "name": f"twin-of-{info.scenario}",
+        "description": "built by controllers.twin from a probe's measurements",
+        "drafters": {d: {"model": "llama-3.2-1b", "acceptance": {
+            "kind": "iid", "alpha_mean": min(max(seen.alpha(d, info.prior_alpha.get(d, 0.7)), 0.02), 0.98)}}
+            for d in drafters},
+        "sites": sites,
+        "workload": {
+            "arrivals": {"kind": "poisson", "rate": len(seen.arrivals) / span},
+            "prompt_tokens": _length_dist([a[1] for a in seen.arrivals]),
+            "output_tokens": _length_dist([a[2] for a in seen.arrivals]),
+            "origins": [a[0] for a in seen.arrivals],
+            "slo_classes": [{"name": f"{name}-{i}", "ttft_s": ttft, "tpot_s": tpot, "weight": n}
+                            for i, ((name, ttft, tpot), n) in enumerate(classes.items())],
+        },
+        "limits": {"max_k": info.max_k, "max_batch_size": info.max_batch_size, "max_batch_tokens": info.max_batch_tokens,
+                   "max_redundancy": info.max_redundancy, "drain_s": drain_s},
+    }
+    return build_scenario(raw, source=f"<twin of {info.scenario}>")
+
+
+class Twin(Selector):
+    """Probes with the portfolio's first setting for ``probe_s``, then holds the setting that
+    meets the most SLOs in a simulator built from the probe's measurements.
+
+    ``horizon_s``: each twin run's arrival window; ``seeds``: twin workloads per setting (common
+    to every setting). ``portfolio``/``modes``: the candidate knob settings (default: the
+    lookahead planner's six, the selector's)."""
+
+    name = "twin"
+
+    def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
+                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES) -> None:
+        if horizon_s <= 0 or seeds < 1:
+            raise ValueError(f"horizon_s must be > 0 and seeds >= 1, got {horizon_s} and {seeds}")
+        if not 0 < warmup_s < probe_s:
+            raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
+        super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
+        self.horizon_s, self.seeds = float(horizon_s), int(seeds)
+        self.seen = Measured()
+        self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
+
+    def bind(self, info: RuntimeInfo) -> None:
+        super().bind(info)
+        self.seen = Measured()
+        self.values = None
+        self._drafter = {s.name: s.drafter for s in info.sites}
+
+    def decide(self, point: DecisionPoint) -> Decision:
+        if self.probing:
+            self._measure(point)
+        return super().decide(point)
+
+    def _measure(self, point: DecisionPoint) -> None:
+        seen = self.seen
+        for r in point.admit:
+            seen.arrivals.append((r.origin, r.prompt_tokens, r.max_tokens, r.slo_class, r.ttft_slo, r.tpot_slo))
+        for b in point.feedback:
+            for k, a, site in zip(b.ks, b.accepted, b.draft_sites):
+                model = self._drafter.get(site) if k > 0 and site is not None else None
+                if model is not None:
+                    seen.rounds[model] = seen.rounds.get(model, 0) + 1
+                    seen.accepted[model] = seen.accepted.get(model, 0) + a
+                    seen.rejections[model] = seen.rejections.get(model, 0) + (a < k)
+        if self.due(point.time) and point.time > self.warmup_s:
+            for s in self.info.sites:  # type: ignore[union-attr]
+                seen.loads.setdefault(s.name, []).append(point.system.site_state(s.name).load)
+
+    def pick(self, point: DecisionPoint) -> int | None:
+        from runtime.sim import Simulator  # the twin's engine: imported where it plans
+
+        info = self.info
+        assert info is not None, "bind() first"
+        scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s)
+        verify, drafts = measured_latency(point.system, info)
+        values = np.zeros(len(self.settings))
+        for seed in range(self.seeds):
+            for i, setting in enumerate(self.settings):
+                sim = Simulator(scenario, seed=seed, duration=self.horizon_s, verify_latency=verify, draft_latency=drafts)
+                sim.run(fixed_controller(setting, self.mode_specs))
+                values[i] += sum(r.slo_met for r in sim.metrics.records)
+        self.values = values
+        return int(np.argmax(values))
+

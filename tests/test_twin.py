@@ -1,0 +1,86 @@
+"""The digital twin (controllers/twin.py): what a probe measures, the simulator it builds from
+that, and the setting it holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from controllers import ControllerError, make_controller
+from controllers.knobs import DEFAULT_MODES, fixed_controller
+from controllers.lookahead import PORTFOLIO
+from controllers.twin import Measured, Twin, measured_latency, twin_scenario
+from runtime.scenario import load_scenario
+from runtime.sim import Simulator
+
+SETTINGS = [dict(s) for s in PORTFOLIO[:3]]
+
+
+def _probe(scenario: str, rate: float, seconds: float = 8.0) -> tuple[Twin, Simulator]:
+    """A twin that probes for ``seconds`` of a run that ends there (so it never plans)."""
+    twin = Twin(probe_s=seconds + 1.0, warmup_s=1.0, portfolio=SETTINGS)
+    sim = Simulator(load_scenario(scenario), 5, seconds, rate=rate)
+    sim.run(twin)
+    return twin, sim
+
+
+def test_the_probe_measures_the_workload_the_loads_and_the_acceptance():
+    twin, sim = _probe("wan-4region", 20.0)
+    seen, spec = twin.seen, load_scenario("wan-4region").spec
+    assert len(seen.arrivals) == sim.metrics.arrived  # every arrival, with its own lengths and SLO
+    assert {a[0] for a in seen.arrivals} <= set(sim.scenario.origins)
+    assert set(seen.loads) == {s.name for s in sim.info.sites} and all(len(v) >= 5 for v in seen.loads.values())
+    # the probe's setting (centralized) drafts at the target only: its drafter's acceptance is measured
+    target_drafter = sim.info.site(sim.info.target_site).drafter
+    alpha = spec.drafters[target_drafter].acceptance.alpha_mean
+    assert seen.rounds[target_drafter] > 500
+    assert seen.alpha(target_drafter, prior=0.0) == pytest.approx(alpha, abs=0.08)
+    assert Measured().alpha(target_drafter, prior=0.42) == 0.42  # unseen: the runtime's prior
+
+
+def test_the_twin_scenario_has_the_sites_and_the_rate_the_probe_saw():
+    twin, sim = _probe("edge-fleet", 32.0)
+    info = sim.info
+    scenario = twin_scenario(info, twin.seen, now=8.0, drain_s=10.0)
+    assert [(s.name, s.role, s.drafter, s.gpus) for s in scenario.sites] == [(s.name, s.role, s.drafter, s.gpus) for s in info.sites]
+    assert [s.rtt_ms for s in scenario.sites] == pytest.approx([s.rtt_s * 1000 for s in info.sites])
+    assert scenario.spec.workload.arrivals.rate == pytest.approx(len(twin.seen.arrivals) / 8.0)
+    assert 20.0 < scenario.spec.workload.arrivals.rate < 45.0  # the scenario runs at 32 req/s
+    edge_share = sum(o != info.target_site for o in scenario.origins) / len(scenario.origins)
+    true_share = sum(o != info.target_site for o in sim.scenario.origins) / len(sim.scenario.origins)
+    assert edge_share == pytest.approx(true_share, abs=0.15)
+    with pytest.raises(ValueError, match="saw no arrivals"):
+        twin_scenario(info, Measured(), now=8.0, drain_s=10.0)
+
+
+def test_measured_forward_times_match_the_systems_own_with_the_load_divided_out():
+    sim = Simulator(load_scenario("wan-4region"), 0, 5.0, rate=10.0)
+    point = sim.next_decision()
+    verify, drafts = measured_latency(sim, sim.info)
+    for n, ctx in [(1, 300), (40, 20_000), (200, 60_000)]:
+        assert verify.forward_time(n, n, ctx) == pytest.approx(sim.target_lat.forward_time(n, n, ctx), rel=0.05)
+        for name, lat in drafts.items():
+            true = sim.sites[name].draft_lat
+            assert lat.forward_time(n, n, ctx) == pytest.approx(true.forward_time(n, n, ctx), rel=0.05), name
+    assert point is not None
+    with pytest.raises(ValueError, match="not a drafting site"):
+        Simulator(load_scenario("wan-4region"), 0, 5.0, draft_latency={"nowhere": verify})
+
+
+def test_it_holds_the_setting_that_runs_best_in_its_twin_deterministically():
+    scenario = load_scenario("wan-4region")
+    runs = []
+    for _ in range(2):
+        ctl = make_controller("twin:horizon_s=6,seeds=1,probe_s=4,warmup_s=1")
+        runs.append((Simulator(scenario, 3, 12.0, rate=20.0).run(ctl), ctl.chosen, list(ctl.values)))
+    assert runs[0] == runs[1]
+    summary, chosen, values = runs[0]
+    assert len(values) == len(PORTFOLIO) and chosen == values.index(max(values))
+    held = fixed_controller(PORTFOLIO[chosen], DEFAULT_MODES)
+    assert held.spec(held.knobs) in ctl.usage
+
+
+def test_bad_parameters_are_refused_naming_the_fix():
+    with pytest.raises(ControllerError, match="horizon_s must be > 0"):
+        make_controller("twin:horizon_s=0")
+    with pytest.raises(ControllerError, match="warmup_s < probe_s"):
+        make_controller("twin:probe_s=2,warmup_s=3")
