@@ -26,6 +26,8 @@ The planning runs once, in the decision call at the end of the probe (a few seco
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,7 +37,7 @@ from runtime.contract import Decision, DecisionPoint, RuntimeInfo, SystemView
 from runtime.latency import LatencyModel, ProfileTable
 from runtime.scenario import Scenario, build_scenario
 
-from controllers.knobs import DEFAULT_MODES, fixed_controller
+from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, cap_level, fixed_controller, k_cap_level, knob_setting
 from controllers.lookahead import PORTFOLIO
 from controllers.selector import PROBE_S, WARMUP_S, Selector
 
@@ -44,6 +46,8 @@ NEW_TOKENS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
 CONTEXTS: tuple[int, ...] = (0, *(2**i for i in range(9, 21)))  # 0, 512 .. 1M
 #: Below this many verified draft rounds a drafter's acceptance is the runtime's prior.
 MIN_ROUNDS = 50
+#: A refinement step moves to a neighbouring setting only if it meets this share more SLOs in the twin.
+REFINE_GAIN = 0.01
 
 
 @dataclass
@@ -140,23 +144,29 @@ class Twin(Selector):
 
     ``horizon_s``: each twin run's arrival window; ``seeds``: twin workloads per setting (common
     to every setting). ``portfolio``/``modes``: the candidate knob settings (default: the
-    lookahead planner's six, the selector's)."""
+    lookahead planner's six, the selector's). ``refine``: after the portfolio, up to that many
+    hill-climbing steps in the twin to a neighbouring setting (the cap or the k cap one level
+    away, or hedging flipped) that meets :data:`REFINE_GAIN` more SLOs there (each step costs
+    up to five more settings' runs)."""
 
     name = "twin"
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
-                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES) -> None:
-        if horizon_s <= 0 or seeds < 1:
-            raise ValueError(f"horizon_s must be > 0 and seeds >= 1, got {horizon_s} and {seeds}")
+                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0) -> None:
+        if horizon_s <= 0 or seeds < 1 or refine < 0:
+            raise ValueError(f"horizon_s must be > 0, seeds >= 1 and refine >= 0, got {horizon_s}, {seeds} and {refine}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
-        self.horizon_s, self.seeds = float(horizon_s), int(seeds)
+        self.horizon_s, self.seeds, self.refine = float(horizon_s), int(seeds), int(refine)
+        self.portfolio = list(self.settings)
         self.seen = Measured()
         self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
+        self.plan_s = 0.0  # wall seconds the plan took (the runtime waited that long)
 
     def bind(self, info: RuntimeInfo) -> None:
         super().bind(info)
+        self.settings = list(self.portfolio)  # (a refined setting is appended after the plan)
         self.seen = Measured()
         self.values = None
         self._drafter = {s.name: s.drafter for s in info.sites}
@@ -184,16 +194,55 @@ class Twin(Selector):
     def pick(self, point: DecisionPoint) -> int | None:
         from runtime.sim import Simulator  # the twin's engine: imported where it plans
 
+        start = time.perf_counter()
         info = self.info
         assert info is not None, "bind() first"
         scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s)
         verify, drafts = measured_latency(point.system, info)
-        values = np.zeros(len(self.settings))
-        for seed in range(self.seeds):
-            for i, setting in enumerate(self.settings):
+
+        def met(setting: dict[str, Any]) -> float:
+            """SLO-met requests of ``setting`` in the twin, summed over its workloads."""
+            total = 0.0
+            for seed in range(self.seeds):
                 sim = Simulator(scenario, seed=seed, duration=self.horizon_s, verify_latency=verify, draft_latency=drafts)
                 sim.run(fixed_controller(setting, self.mode_specs))
-                values[i] += sum(r.slo_met for r in sim.metrics.records)
-        self.values = values
-        return int(np.argmax(values))
+                total += sum(r.slo_met for r in sim.metrics.records)
+            return total
 
+        values = np.array([met(s) for s in self.settings])
+        best = int(np.argmax(values))
+        current, value = self.settings[best], float(values[best])
+        tried = {_key(s) for s in self.settings}
+        for _ in range(self.refine):
+            around = [n for n in _neighbours(current) if _key(n) not in tried]
+            tried.update(_key(n) for n in around)
+            scored = [(met(n), n) for n in around]
+            if not scored or max(v for v, _ in scored) <= value * (1 + REFINE_GAIN):
+                break
+            value, current = max(scored, key=lambda vn: vn[0])
+        if current is not self.settings[best]:
+            self.settings.append(current)
+            best = len(self.settings) - 1
+        self.values = values
+        self.plan_s = time.perf_counter() - start
+        return best
+
+
+def _key(setting: dict[str, Any]) -> tuple[int, int, int, int]:
+    k = knob_setting(setting)
+    return k["mode"], cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]
+
+
+def _setting(mode: int, cap: int, k_cap: int, hedge: int) -> dict[str, Any]:
+    """A knobs mapping from level indices."""
+    c = CAP_LEVELS[cap]
+    return {"mode": mode, "cap": None if math.isinf(c) else c, "k_cap": K_CAP_LEVELS[k_cap], "hedge": hedge}
+
+
+def _neighbours(setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings one level away in the admission cap or the k cap, or with hedging flipped (same mode)."""
+    mode, cap, k_cap, hedge = _key(setting)
+    levels = [(c, k_cap, hedge) for c in (cap - 1, cap + 1) if 0 <= c < len(CAP_LEVELS)]
+    levels += [(cap, q, hedge) for q in (k_cap - 1, k_cap + 1) if 0 <= q < len(K_CAP_LEVELS)]
+    levels.append((cap, k_cap, 1 - hedge))
+    return [_setting(mode, *lv) for lv in levels]

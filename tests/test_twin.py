@@ -84,3 +84,23 @@ def test_bad_parameters_are_refused_naming_the_fix():
         make_controller("twin:horizon_s=0")
     with pytest.raises(ControllerError, match="warmup_s < probe_s"):
         make_controller("twin:probe_s=2,warmup_s=3")
+
+
+def test_refining_climbs_from_the_portfolios_best_to_a_neighbouring_setting_that_runs_better_in_the_twin():
+    from controllers.twin import _key, _neighbours
+
+    assert sorted(map(_key, _neighbours({"mode": 1, "cap": 2.0, "k_cap": 8, "hedge": 0}))) == [
+        (1, 2, 5, 0), (1, 3, 4, 0), (1, 3, 5, 1), (1, 4, 5, 0)]  # cap 1.75 / 2.5, k cap 6, hedged
+    assert {_key(n)[1] for n in _neighbours({"mode": 0, "cap": 1.0, "k_cap": 1, "hedge": 1})} == {0, 1}  # no level below the first
+    scenario = load_scenario("training/scenarios/apac-hybrid.yaml")
+    ctl = make_controller("twin:horizon_s=6,seeds=1,probe_s=4,warmup_s=1,refine=2")
+    Simulator(scenario, 3, 12.0, rate=18.0).run(ctl)
+    plain = list(map(_key, PORTFOLIO))
+    held = _key(ctl.settings[ctl.chosen])
+    assert len(ctl.values) == len(PORTFOLIO) and ctl.portfolio == ctl.settings[: len(PORTFOLIO)]
+    best = plain[int(ctl.values.argmax())]
+    if ctl.chosen < len(PORTFOLIO):
+        assert held == best  # no neighbour ran 1% better in the twin
+    else:  # one or two steps away from the best: the same mode, one level or the hedge apart per step
+        assert held[0] == best[0] and held not in plain
+        assert sum(abs(a - b) for a, b in zip(held[1:], best[1:])) <= 2
