@@ -27,7 +27,7 @@ TINY = {
         {"scenario": "wan-4region", "rate": 20.0, "baselines": ["wanspec", "wanspec+inflight-cap:max_inflight=100"], "references": []},
         {"scenario": str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"), "rate": 8.0, "held_out": True,
          "baselines": ["centralized"], "references": []},
-    ]},
+    ], "twin": "twin:probe_s=2,warmup_s=1,horizon_s=2,seeds=1"},
 }
 
 
@@ -54,6 +54,9 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"committee": 4, "agree": 0.5}}, r"rollouts.agree must be a share in \(0.5, 1\]"),
     ({"rollouts": {"committee": 4}}, r"PPO cannot fine-tune a committee policy; set total_timesteps: 0"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
+    ({"eval": {**TINY["eval"], "evals": 3}}, r"unknown eval key\(s\) \['evals'\]; valid: \['duration'"),
+    ({"eval": {**TINY["eval"], "twin": "yes"}}, r"eval.twin must be true, false or a twin spec such as 'twin:seeds=3'"),
+    ({"eval": {**TINY["eval"], "twin": "twin:seeds=0"}}, r"eval.twin: .*seeds >= 1"),
     ({"eval": {**TINY["eval"], "references": ["selector:model=/nowhere.json"],
                "scenarios": [{"scenario": "wan-4region", "baselines": ["wanspec"]}]}},
      r"eval.references: 'selector:model=/nowhere.json': .*not found; fit one with `python -m training.selector"),
@@ -134,6 +137,9 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", out.stdout).group(1)
     assert f"--controller selector:model=runs:/{run_id}/selector/selector.json" in out.stdout
     assert f"local:  selector:model={tmp_path / 'ck' / 'selector.json'}" in out.stdout
+    # the twin: judged beside them (it plans at 2 s of the 4-s test episodes)
+    assert "twin vs the warm start: " in out.stdout and re.search(r"\n    twin: [01]\.\d{3}x \[", out.stdout)
+    assert "--controller twin:probe_s=2,warmup_s=1,horizon_s=2,seeds=1 --scenario <any>" in out.stdout
 
     import mlflow
 
@@ -141,7 +147,8 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
     run = mlflow.get_run(run_id)
     assert "final/wan-4region/ratio_vs_best" in run.data.metrics and "eval/validation_goodput_rps" in run.data.metrics
     assert "final/eu-3region-bursty/vs_warm_start" in run.data.metrics
-    assert {"selector/folds_vs_default", "eval/selector_validation_goodput_rps", "final/wan-4region/selector_vs_warm_start"} <= set(run.data.metrics)
+    assert {"selector/folds_vs_default", "eval/selector_validation_goodput_rps", "final/wan-4region/selector_vs_warm_start",
+            "final/wan-4region/twin_ratio_vs_best"} <= set(run.data.metrics)
     # the selector deploys from the run as from its file (the store from MLFLOW_TRACKING_URI)
     from controllers import make_controller as make
     from runtime.scenario import load_scenario as scenario_of

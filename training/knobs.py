@@ -56,7 +56,8 @@ WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 
                                  # null: clone ``knobs``; a mapping (training.mix_tune.TUNE_DEFAULTS): clone the
                                  # fixed setting that does best over training systems of the distribution
                                  "tune": None}
-#: ``twin``: also judge the digital twin (``controllers/twin.py``: it needs no training) in the final comparison.
+#: ``twin``: also judge the digital twin (``controllers/twin.py``: it needs no training) in the final
+#: comparison (true: ``twin`` as it ships; or a spec of it such as ``twin:seeds=3``).
 EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_episodes": 4, "every": 2000, "scenarios": [],
                                  "references": ["oracle"], "twin": False}
 #: The ``selector:`` block (absent or null: no selector). ``data``: labels recorded on this
@@ -106,8 +107,17 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     bad = sorted(set(cfg["eval"]) - set(EVAL_DEFAULTS))
     if bad:
         raise ConfigError(f"config {path}: unknown eval key(s) {bad}; valid: {sorted(EVAL_DEFAULTS)}")
-    if not isinstance(cfg["eval"]["twin"], bool):
-        raise ConfigError(f"config {path}: eval.twin must be true or false (judge the digital twin too), got {cfg['eval']['twin']!r}")
+    twin = cfg["eval"]["twin"]
+    if not (isinstance(twin, bool) or isinstance(twin, str) and twin.split(":")[0] == "twin"):
+        raise ConfigError(f"config {path}: eval.twin must be true, false or a twin spec such as 'twin:seeds=3' (judge the "
+                          f"digital twin too), got {twin!r}")
+    if isinstance(twin, str):
+        from controllers import ControllerError, make_controller
+
+        try:
+            make_controller(twin)
+        except ControllerError as e:
+            raise ConfigError(f"config {path}: eval.twin: {e}") from None
     cfg["rollouts"] = {**ROLLOUT_DEFAULTS, **(cfg.get("rollouts") or {})}
     bad = sorted(set(cfg["rollouts"]) - set(ROLLOUT_DEFAULTS))
     if bad:
@@ -226,6 +236,12 @@ def load_selector_data(sel: dict[str, Any], env_kwargs: dict[str, Any]) -> Any:
     return data
 
 
+def twin_spec(ev: dict[str, Any]) -> str | None:
+    """The digital twin's controller spec from ``eval.twin`` (None: not judged)."""
+    twin = ev.get("twin", False)
+    return "twin" if twin is True else twin or None
+
+
 def references(ev: dict[str, Any], scenario_entry: dict[str, Any]) -> Any:
     """The reference rows of an evaluation scenario (the oracle unless ``eval.references`` or the
     entry's own ``references`` say otherwise): shown beside the baselines, never the best baseline."""
@@ -332,7 +348,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
     ev = cfg["eval"]
     seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
     extras = {name: spec for name, spec in (("selector", selector and f"selector:model={selector}"),
-                                            ("twin", ev["twin"] and "twin")) if spec}  # judged beside the policy
+                                            ("twin", twin_spec(ev))) if spec}  # judged beside the policy
     summary: list[dict[str, Any]] = []
     tables: list[str] = []
     for sc in ev["scenarios"]:
@@ -602,6 +618,9 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         print(f"  the selector: python -m runtime simulate --controller selector:model=runs:/{run_id}/selector/{SELECTOR_FILE} "
               "--scenario <any>")
         print(f"  local:  selector:model={selector}")
+    if twin_spec(ev):
+        print(f"  the twin (no training; it models each system from a probe): python -m runtime simulate --controller "
+              f"{twin_spec(ev)} --scenario <any>")
     return 0
 
 
