@@ -55,6 +55,17 @@ def test_greedy_output_identical_to_target_alone_for_every_controller(spec, site
         assert s["draft_tokens"] == 0
 
 
+def _outputs_over_time(controller, prompts, site_addresses, tiny_dir) -> list[list[int]]:
+    """Greedy outputs of ``prompts`` arriving 0.3 s apart (past the knob controllers' 1-s tick)."""
+    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep)
+    with rt:
+        reqs = [rt.submit(p, N_TOKENS, 0.0, at=0.3 * i) for i, p in enumerate(prompts)]
+        rt.end_of_workload()
+        drive(rt, controller)
+    return [r.output for r in reqs]
+
+
 @pytest.mark.slow
 def test_the_learned_selector_probes_switches_and_stays_lossless_on_the_real_runtime(site_addresses, tiny_dir, references):
     """The selector reads only what the knob controller observes, so it deploys on the real
@@ -68,13 +79,7 @@ def test_the_learned_selector_probes_switches_and_stays_lossless_on_the_real_run
     model = SelectorModel(modes=list(DEFAULT_MODES), settings=[dict(k) for k in PORTFOLIO], trees=[leaf], probe_s=0.5,
                           warmup_s=0.1)
     controller = Selector(model)
-    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
-    rt = RealRuntime(dep)
-    with rt:
-        reqs = [rt.submit(p, N_TOKENS, 0.0, at=0.3 * i) for i, p in enumerate(prompts)]  # arrivals past the 1-s tick
-        rt.end_of_workload()
-        drive(rt, controller)
-    assert [r.output for r in reqs] == refs
+    assert _outputs_over_time(controller, prompts, site_addresses, tiny_dir) == refs
     assert controller.chosen == 3 and controller.samples  # loose wanspec, after probing under the default
     assert "knobs:mode=wanspec,cap=2,k_cap=8,hedge=true" in controller.usage
 
@@ -88,13 +93,7 @@ def test_the_digital_twin_builds_its_simulator_from_the_real_runtime_and_stays_l
 
     prompts, refs = references
     controller = Twin(probe_s=0.5, warmup_s=0.1, horizon_s=3.0, seeds=1)
-    dep = load_deployment(models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
-    rt = RealRuntime(dep)
-    with rt:
-        reqs = [rt.submit(p, N_TOKENS, 0.0, at=0.3 * i) for i, p in enumerate(prompts)]  # arrivals past the 1-s tick
-        rt.end_of_workload()
-        drive(rt, controller)
-    assert [r.output for r in reqs] == refs
+    assert _outputs_over_time(controller, prompts, site_addresses, tiny_dir) == refs
     assert controller.values is not None and controller.chosen is not None and controller.values.max() > 0
     assert controller.seen.arrivals and controller.seen.rounds  # it measured the workload and the acceptance there
 
