@@ -33,6 +33,8 @@ SCENARIOS = {
     "eu-3region-bursty": "training/scenarios/eu-3region-bursty.yaml",
     "apac-hybrid": "training/scenarios/apac-hybrid.yaml",
     "us-code-edge": "training/scenarios/us-code-edge.yaml",
+    "sa-qwen-bursty": "training/scenarios/sa-qwen-bursty.yaml",
+    "eu-jetson-fleet": "training/scenarios/eu-jetson-fleet.yaml",
     "mix-wan-edge-hybrid": "training/configs/mix-wan-edge-hybrid.yaml",
     "tiny-local": "runtime/real/scenarios/tiny-local.yaml",
 }
