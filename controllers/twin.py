@@ -48,6 +48,9 @@ CONTEXTS: tuple[int, ...] = (0, *(2**i for i in range(9, 21)))  # 0, 512 .. 1M
 MIN_ROUNDS = 50
 #: A refinement step moves to a neighbouring setting only if it meets this share more SLOs in the twin.
 REFINE_GAIN = 0.01
+#: The guard: after the switch it skips GUARD_SETTLE windows, then reverts to the probe's setting
+#: when the mean live score of the last GUARD_WINDOWS windows is GUARD_DROP below the probe's.
+GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
 
 
 @dataclass
@@ -147,18 +150,22 @@ class Twin(Selector):
     lookahead planner's six, the selector's). ``refine``: after the portfolio, up to that many
     hill-climbing steps in the twin to a neighbouring setting (the cap or the k cap one level
     away, or hedging flipped) that meets :data:`REFINE_GAIN` more SLOs there (each step costs
-    up to five more settings' runs)."""
+    up to five more settings' runs). ``guard``: watch the held setting live and go back to the
+    probe's setting, for good, when its live score (admitted share x share of rounds started on
+    their SLO pace) falls :data:`GUARD_DROP` below the probe's: the twin cannot see load swings,
+    bursts or acceptance drift, and a setting it favours can collapse under them."""
 
     name = "twin"
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
-                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0) -> None:
+                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
+                 guard: bool = False) -> None:
         if horizon_s <= 0 or seeds < 1 or refine < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1 and refine >= 0, got {horizon_s}, {seeds} and {refine}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
-        self.horizon_s, self.seeds, self.refine = float(horizon_s), int(seeds), int(refine)
+        self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.portfolio = list(self.settings)
         self.seen = Measured()
         self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
@@ -170,10 +177,30 @@ class Twin(Selector):
         self.seen = Measured()
         self.values = None
         self._drafter = {s.name: s.drafter for s in info.sites}
+        self.probe_scores: list[float] = []
+        self.held_scores: list[float] = []
+        self.reverted_at: float | None = None  # when the guard went back to the probe's setting
+
+    def live_score(self) -> float:
+        """The current window's admitted share x share of rounds started on their SLO pace."""
+        w = self._win
+        admitted = w.admitted / w.arrived if w.arrived else 1.0
+        return admitted * (1.0 - (w.behind / w.planned if w.planned else 0.0))
 
     def decide(self, point: DecisionPoint) -> Decision:
+        due = self.due(point.time)
         if self.probing:
             self._measure(point)
+            if due and point.time > self.warmup_s:
+                self.probe_scores.append(self.live_score())
+        elif due and self.guard and self.reverted_at is None and self.chosen:
+            self.held_scores.append(self.live_score())
+            recent = self.held_scores[GUARD_SETTLE:][-GUARD_WINDOWS:]
+            if len(recent) == GUARD_WINDOWS and np.mean(recent) < np.mean(self.probe_scores) - GUARD_DROP:
+                self.reverted_at, self.chosen = point.time, 0
+                self.see(point)
+                self.set_knobs(self.action_for(self.settings[0]), point.time)
+                return self.answer(point)
         return super().decide(point)
 
     def _measure(self, point: DecisionPoint) -> None:

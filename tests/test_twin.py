@@ -104,3 +104,22 @@ def test_refining_climbs_from_the_portfolios_best_to_a_neighbouring_setting_that
     else:  # one or two steps away from the best: the same mode, one level or the hedge apart per step
         assert held[0] == best[0] and held not in plain
         assert sum(abs(a - b) for a, b in zip(held[1:], best[1:])) <= 2
+
+
+@pytest.mark.slow
+def test_the_guard_goes_back_to_the_probes_setting_when_the_held_one_collapses_and_otherwise_changes_nothing():
+    # eu-jetson-fleet: a probe that saw the remote region idle makes the twin favour loose wanspec,
+    # which collapses once that region's load flips to busy
+    jetson = load_scenario("training/scenarios/eu-jetson-fleet.yaml")
+    plain, guarded = make_controller("twin"), make_controller("twin:guard=true")
+    lost = Simulator(jetson, 1_000_000_002, 30.0, rate=4.0).run(plain)
+    kept = Simulator(jetson, 1_000_000_002, 30.0, rate=4.0).run(guarded)
+    assert plain.chosen == 3 and plain.reverted_at is None
+    assert guarded.reverted_at is not None and 16.0 <= guarded.reverted_at <= 20.0 and guarded.chosen == 0
+    assert min(guarded.held_scores[3:]) < sum(guarded.probe_scores) / len(guarded.probe_scores) - 0.15
+    assert kept["goodput_rps"] > 2 * lost["goodput_rps"]
+    # where the held setting keeps its pace, the guard only watches: the same run, decision for decision
+    wan = load_scenario("wan-4region")
+    a, b = make_controller("twin:horizon_s=10,seeds=1"), make_controller("twin:horizon_s=10,seeds=1,guard=true")
+    assert Simulator(wan, 4, 24.0, rate=23.0).run(a) == Simulator(wan, 4, 24.0, rate=23.0).run(b)
+    assert b.reverted_at is None and len(b.held_scores) >= 10
