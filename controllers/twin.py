@@ -224,6 +224,8 @@ class Twin(Selector):
         start = time.perf_counter()
         info = self.info
         assert info is not None, "bind() first"
+        if not self.seen.arrivals:
+            return None  # nothing to model a workload from: keep the probe's setting
         scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s)
         verify, drafts = measured_latency(point.system, info)
 

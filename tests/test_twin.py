@@ -79,6 +79,12 @@ def test_it_holds_the_setting_that_runs_best_in_its_twin_deterministically():
     assert held.spec(held.knobs) in ctl.usage
 
 
+def test_a_probe_that_saw_no_arrivals_keeps_its_setting():
+    sim, ctl = Simulator(load_scenario("wan-4region"), 0, 8.0, rate=20.0), Twin()
+    ctl.bind(sim.info)
+    assert ctl.pick(sim.next_decision()) is None and ctl.values is None  # rather than fail mid-run
+
+
 def test_bad_parameters_are_refused_naming_the_fix():
     with pytest.raises(ControllerError, match="horizon_s must be > 0"):
         make_controller("twin:horizon_s=0")
