@@ -190,9 +190,7 @@ class Twin(Selector):
     def decide(self, point: DecisionPoint) -> Decision:
         due = self.due(point.time)
         if self.probing:
-            self._measure(point)
-            if due and point.time > self.warmup_s:
-                self.probe_scores.append(self.live_score())
+            self._measure(point, window_ends=due and point.time > self.warmup_s)
         elif due and self.guard and self.reverted_at is None and self.chosen:
             self.held_scores.append(self.live_score())
             recent = self.held_scores[GUARD_SETTLE:][-GUARD_WINDOWS:]
@@ -203,7 +201,8 @@ class Twin(Selector):
                 return self.answer(point)
         return super().decide(point)
 
-    def _measure(self, point: DecisionPoint) -> None:
+    def _measure(self, point: DecisionPoint, window_ends: bool) -> None:
+        """Account a probe point; at the end of each window after the warm-up, the loads and the live score."""
         seen = self.seen
         for r in point.admit:
             seen.arrivals.append((r.origin, r.prompt_tokens, r.max_tokens, r.slo_class, r.ttft_slo, r.tpot_slo))
@@ -214,9 +213,10 @@ class Twin(Selector):
                     seen.rounds[model] = seen.rounds.get(model, 0) + 1
                     seen.accepted[model] = seen.accepted.get(model, 0) + a
                     seen.rejections[model] = seen.rejections.get(model, 0) + (a < k)
-        if self.due(point.time) and point.time > self.warmup_s:
+        if window_ends:
             for s in self.info.sites:  # type: ignore[union-attr]
                 seen.loads.setdefault(s.name, []).append(point.system.site_state(s.name).load)
+            self.probe_scores.append(self.live_score())
 
     def pick(self, point: DecisionPoint) -> int | None:
         from runtime.sim import Simulator  # the twin's engine: imported where it plans
