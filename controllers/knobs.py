@@ -390,6 +390,13 @@ def knob_setting(knobs: Mapping[str, Any]) -> dict[str, Any]:
             "hedge": int(knobs.get("hedge", 1))}
 
 
+def setting_key(knobs: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """A knobs mapping's level indices (defaults: :func:`knob_setting`): equal for settings that
+    run the same (e.g. cap 2 and 2.0)."""
+    k = knob_setting(knobs)
+    return k["mode"], cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]
+
+
 def fixed_controller(knobs: Mapping[str, Any], modes: Sequence[str], interval_s: float = 1.0) -> KnobController:
     """A knobs mapping (defaults: :func:`knob_setting`) as the KnobController that holds it."""
     k = knob_setting(knobs)

@@ -37,7 +37,7 @@ from runtime.contract import Decision, DecisionPoint, RuntimeInfo, SystemView
 from runtime.latency import LatencyModel, ProfileTable
 from runtime.scenario import Scenario, build_scenario
 
-from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, cap_level, fixed_controller, k_cap_level, knob_setting
+from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, fixed_controller, setting_key
 from controllers.lookahead import PORTFOLIO
 from controllers.selector import PROBE_S, WARMUP_S, Selector
 
@@ -241,10 +241,10 @@ class Twin(Selector):
         values = np.array([met(s) for s in self.settings])
         best = int(np.argmax(values))
         current, value = self.settings[best], float(values[best])
-        tried = {_key(s) for s in self.settings}
+        tried = {setting_key(s) for s in self.settings}
         for _ in range(self.refine):
-            around = [n for n in _neighbours(current) if _key(n) not in tried]
-            tried.update(_key(n) for n in around)
+            around = [n for n in _neighbours(current) if setting_key(n) not in tried]
+            tried.update(setting_key(n) for n in around)
             scored = [(met(n), n) for n in around]
             if not scored or max(v for v, _ in scored) <= value * (1 + REFINE_GAIN):
                 break
@@ -257,11 +257,6 @@ class Twin(Selector):
         return best
 
 
-def _key(setting: dict[str, Any]) -> tuple[int, int, int, int]:
-    k = knob_setting(setting)
-    return k["mode"], cap_level(k["cap"]), k_cap_level(k["k_cap"]), k["hedge"]
-
-
 def _setting(mode: int, cap: int, k_cap: int, hedge: int) -> dict[str, Any]:
     """A knobs mapping from level indices."""
     c = CAP_LEVELS[cap]
@@ -270,7 +265,7 @@ def _setting(mode: int, cap: int, k_cap: int, hedge: int) -> dict[str, Any]:
 
 def _neighbours(setting: dict[str, Any]) -> list[dict[str, Any]]:
     """The settings one level away in the admission cap or the k cap, or with hedging flipped (same mode)."""
-    mode, cap, k_cap, hedge = _key(setting)
+    mode, cap, k_cap, hedge = setting_key(setting)
     levels = [(c, k_cap, hedge) for c in (cap - 1, cap + 1) if 0 <= c < len(CAP_LEVELS)]
     levels += [(cap, q, hedge) for q in (k_cap - 1, k_cap + 1) if 0 <= q < len(K_CAP_LEVELS)]
     levels.append((cap, k_cap, 1 - hedge))

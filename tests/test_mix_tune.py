@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from controllers.knobs import setting_key
 from training import mix_tune
 from training.common import ConfigError
 from training.mix_tune import TUNE_DEFAULTS, candidates, check_tune_config, main, tune_fixed_knobs
@@ -19,7 +20,7 @@ def test_the_configs_own_setting_leads_the_grid_once() -> None:
     own = {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1}
     grid = candidates(3, {**TUNE_DEFAULTS, "hedge": [False, True]}, own)
     assert grid[0] == own and len(grid) == 3 * 4 * 2 * 2  # already in the grid: not added twice
-    keys = {mix_tune.setting_key(g) for g in grid}
+    keys = {setting_key(g) for g in grid}
     assert len(keys) == len(grid)
     assert len(candidates(3, SMALL, own)) == 3 * 2 + 1  # not in this grid: added in front
 

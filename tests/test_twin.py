@@ -93,7 +93,8 @@ def test_bad_parameters_are_refused_naming_the_fix():
 
 
 def test_refining_climbs_from_the_portfolios_best_to_a_neighbouring_setting_that_runs_better_in_the_twin():
-    from controllers.twin import _key, _neighbours
+    from controllers.knobs import setting_key as _key
+    from controllers.twin import _neighbours
 
     assert sorted(map(_key, _neighbours({"mode": 1, "cap": 2.0, "k_cap": 8, "hedge": 0}))) == [
         (1, 2, 5, 0), (1, 3, 4, 0), (1, 3, 5, 1), (1, 4, 5, 0)]  # cap 1.75 / 2.5, k cap 6, hedged

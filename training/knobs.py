@@ -238,14 +238,13 @@ def load_selector_data(sel: dict[str, Any], env_kwargs: dict[str, Any]) -> Any:
 
 def twin_spec(ev: dict[str, Any]) -> str | None:
     """The digital twin's controller spec from ``eval.twin`` (None: not judged)."""
-    twin = ev.get("twin", False)
-    return "twin" if twin is True else twin or None
+    return "twin" if ev["twin"] is True else ev["twin"] or None
 
 
 def references(ev: dict[str, Any], scenario_entry: dict[str, Any]) -> Any:
     """The reference rows of an evaluation scenario (the oracle unless ``eval.references`` or the
     entry's own ``references`` say otherwise): shown beside the baselines, never the best baseline."""
-    return scenario_entry.get("references", ev.get("references", ["oracle"]))
+    return scenario_entry.get("references", ev["references"])
 
 
 # ------------------------------------------------------------------------------ warm start

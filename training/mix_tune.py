@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from controllers.knobs import setting_key
 from training.common import ConfigError
 
 #: ``warm_start.tune`` in a knob config (and this CLI's defaults).
@@ -127,13 +128,6 @@ def candidates(n_modes: int, tune: dict[str, Any], first: dict[str, Any] | None 
         lead = knob_setting(first)
         grid = [lead] + [g for g in grid if setting_key(g) != setting_key(lead)]
     return grid
-
-
-def setting_key(knobs: dict[str, Any]) -> tuple[Any, ...]:
-    """A setting's level indices: equal for settings that run the same (e.g. cap 2 and 2.0)."""
-    from controllers.knobs import cap_level, k_cap_level
-
-    return int(knobs["mode"]), cap_level(knobs["cap"]), k_cap_level(knobs["k_cap"]), int(knobs["hedge"])
 
 
 def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:

@@ -69,11 +69,12 @@ def _setting_yaml(knobs: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
+    from controllers.knobs import setting_key
     from controllers.lookahead import PORTFOLIO
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.compare import pool_map
-    from training.mix_tune import candidates, setting_goodput, setting_key, spec_of, tuning_seeds
+    from training.mix_tune import candidates, setting_goodput, spec_of, tuning_seeds
 
     p = OneLineParser(prog="python -m training.portfolio", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")

@@ -213,10 +213,8 @@ class Simulator(DecisionLoop):
             link = Link(s, self.net, random.Random(seed * 6007 + 15485863 * (i + 1))) if s.role != "target" else None
             self.sites[s.name] = SimSite(s, scenario, LoadProcess(s.load, rng), link)
         self.target = self.sites[scenario.target.name]
-        self.target_lat = site_latency(scenario.target.profiles, scenario.spec.target_model, scenario.target_model,
-                                       scenario.target.gpu, tp=scenario.target.tp)
-        if verify_latency is not None:
-            self.target_lat = verify_latency
+        self.target_lat = verify_latency if verify_latency is not None else site_latency(
+            scenario.target.profiles, scenario.spec.target_model, scenario.target_model, scenario.target.gpu, tp=scenario.target.tp)
         for name, lat in (draft_latency or {}).items():
             if name not in self.sites or self.sites[name].drafter is None:
                 raise ValueError(f"draft_latency: {name!r} is not a drafting site of {scenario.name}")
