@@ -51,6 +51,8 @@ REFINE_GAIN = 0.01
 #: The guard: after the switch it skips GUARD_SETTLE windows, then reverts to the probe's setting
 #: when the mean live score of the last GUARD_WINDOWS windows is GUARD_DROP below the probe's.
 GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
+#: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
+LOAD_GAP = 0.15
 
 
 @dataclass
@@ -101,10 +103,51 @@ def measured_latency(sys: SystemView, info: RuntimeInfo) -> tuple[LatencyModel, 
     return verify, drafts
 
 
-def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float) -> Scenario:
+def load_regimes(history: Sequence[float]) -> list[int]:
+    """Each window's regime: the loads sorted and split wherever neighbours are more than
+    :data:`LOAD_GAP` apart, numbered from the lowest (a smooth drift stays one regime)."""
+    order = sorted(range(len(history)), key=lambda i: history[i])
+    labels, regime = [0] * len(history), 0
+    for prev, i in zip(order, order[1:]):
+        regime += history[i] - history[prev] > LOAD_GAP
+        labels[i] = regime
+    return labels
+
+
+def load_process(history: Sequence[float], window_s: float) -> dict[str, Any]:
+    """A site's load as the twin models it from its windows' loads: constant at their mean if they
+    form one regime (:func:`load_regimes`); otherwise a Markov process over the regimes' means,
+    starting in the current one, each regime's mean dwell the mean length of its finished runs
+    (one with no finished run: the longer of its current run and the others' mean dwell)."""
+    if not history:
+        return {"kind": "constant", "level": 0.0}
+    labels = load_regimes(history)
+    n = max(labels) + 1
+    if n == 1:
+        return {"kind": "constant", "level": min(float(np.mean(history)), 0.95)}
+    runs: list[tuple[int, int]] = []  # (regime, windows), in time order
+    for label in labels:
+        if runs and runs[-1][0] == label:
+            runs[-1] = (label, runs[-1][1] + 1)
+        else:
+            runs.append((label, 1))
+    finished = [[w * window_s for r, w in runs[:-1] if r == g] for g in range(n)]
+    known = [float(np.mean(f)) for f in finished if f]
+    now, current_run = runs[-1]
+    dwell = [float(np.mean(f)) if f else max(current_run * window_s if g == now else 0.0, float(np.mean(known)))
+             for g, f in enumerate(finished)]
+    levels = [min(float(np.mean([x for x, lab in zip(history, labels) if lab == g])), 0.95) for g in range(n)]
+    order = [now] + [g for g in range(n) if g != now]  # the simulator starts in the first level
+    return {"kind": "markov", "levels": [levels[g] for g in order], "mean_dwell_s": [dwell[g] for g in order]}
+
+
+def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float,
+                  load_window_s: float | None = None) -> Scenario:
     """The scenario a probe's measurements describe (its forward times come separately, from
     :func:`measured_latency`). Every site is its own entry, so origins are weighted by listing
-    each arrival's; the drafters' architectures are placeholders that the measured tables replace."""
+    each arrival's; the drafters' architectures are placeholders that the measured tables replace.
+    Loads are constant at the windows' mean, or, given ``load_window_s`` (the windows' length),
+    the regimes and dwells the windows show (:func:`load_process`)."""
     if not seen.arrivals:
         raise ValueError("the probe saw no arrivals: nothing to build a twin from")
     span = max(now, 1e-3)  # the probe runs from the start
@@ -112,8 +155,9 @@ def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float)
     sites = []
     for s in info.sites:
         loads = seen.loads.get(s.name) or [0.0]
-        entry: dict[str, Any] = {"name": s.name, "role": s.role, "gpus": s.gpus, "drafter": s.drafter,
-                                 "load": {"kind": "constant", "level": min(float(np.mean(loads)), 0.95)}}
+        load = (load_process(loads, load_window_s) if load_window_s else
+                {"kind": "constant", "level": min(float(np.mean(loads)), 0.95)})
+        entry: dict[str, Any] = {"name": s.name, "role": s.role, "gpus": s.gpus, "drafter": s.drafter, "load": load}
         if s.role != "target":
             entry["rtt_ms"] = s.rtt_s * 1000.0
         sites.append(entry)
@@ -153,33 +197,39 @@ class Twin(Selector):
     up to five more settings' runs). ``guard``: watch the held setting live and go back to the
     probe's setting, for good, when its live score (admitted share x share of rounds started on
     their SLO pace) falls :data:`GUARD_DROP` below the probe's: the twin cannot see load swings,
-    bursts or acceptance drift, and a setting it favours can collapse under them."""
+    bursts or acceptance drift, and a setting it favours can collapse under them. ``replan``: keep
+    measuring after the probe, model each site's load by the regimes it has shown
+    (:func:`load_process`), and plan again, up to that many times, when a site's load enters a
+    regime not seen before (a load swing the probe could not see)."""
 
     name = "twin"
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
                  portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
-                 guard: bool = False) -> None:
-        if horizon_s <= 0 or seeds < 1 or refine < 0:
-            raise ValueError(f"horizon_s must be > 0, seeds >= 1 and refine >= 0, got {horizon_s}, {seeds} and {refine}")
+                 guard: bool = False, replan: int = 0) -> None:
+        if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0:
+            raise ValueError(f"horizon_s must be > 0, seeds >= 1, refine >= 0 and replan >= 0, got {horizon_s}, {seeds}, "
+                             f"{refine} and {replan}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
+        self.replan = int(replan)
         self.portfolio = list(self.settings)
         self.seen = Measured()
         self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
-        self.plan_s = 0.0  # wall seconds the plan took (the runtime waited that long)
+        self.plan_s = 0.0  # wall seconds the plans took (the runtime waited that long)
 
     def bind(self, info: RuntimeInfo) -> None:
         super().bind(info)
         self.settings = list(self.portfolio)  # (a refined setting is appended after the plan)
         self.seen = Measured()
-        self.values = None
+        self.values, self.plan_s = None, 0.0
         self._drafter = {s.name: s.drafter for s in info.sites}
         self.probe_scores: list[float] = []
         self.held_scores: list[float] = []
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
+        self.replanned_at: list[float] = []  # when it planned again (``replan``)
 
     def live_score(self) -> float:
         """The current window's admitted share x share of rounds started on their SLO pace."""
@@ -189,17 +239,38 @@ class Twin(Selector):
 
     def decide(self, point: DecisionPoint) -> Decision:
         due = self.due(point.time)
-        if self.probing:
+        if self.probing or self.replan:
             self._measure(point, window_ends=due and point.time > self.warmup_s)
-        elif due and self.guard and self.reverted_at is None and self.chosen:
+        if self.probing:
+            if due and point.time > self.warmup_s:
+                self.probe_scores.append(self.live_score())
+            return super().decide(point)
+        if due and self.guard and self.reverted_at is None and self.chosen:
             self.held_scores.append(self.live_score())
             recent = self.held_scores[GUARD_SETTLE:][-GUARD_WINDOWS:]
             if len(recent) == GUARD_WINDOWS and np.mean(recent) < np.mean(self.probe_scores) - GUARD_DROP:
                 self.reverted_at, self.chosen = point.time, 0
-                self.see(point)
-                self.set_knobs(self.action_for(self.settings[0]), point.time)
-                return self.answer(point)
+                return self._hold(point)
+        if due and self.values is not None and len(self.replanned_at) < self.replan and self.reverted_at is None \
+                and self._new_regime():
+            self.replanned_at.append(point.time)
+            self.settings = list(self.portfolio)
+            self.chosen = self._plan(point)
+            return self._hold(point)
         return super().decide(point)
+
+    def _hold(self, point: DecisionPoint) -> Decision:
+        """Account ``point`` and switch to the chosen setting now."""
+        self.see(point)
+        self.set_knobs(self.action_for(self.settings[self.chosen or 0]), point.time)
+        return self.answer(point)
+
+    def _new_regime(self) -> bool:
+        """Whether a site's latest load lies in a regime its earlier loads did not show."""
+        for loads in self.seen.loads.values():
+            if len(loads) > 1 and max(load_regimes(loads)) > max(load_regimes(loads[:-1])):
+                return True
+        return False
 
     def _measure(self, point: DecisionPoint, window_ends: bool) -> None:
         """Account a probe point; at the end of each window after the warm-up, the loads and the live score."""
@@ -216,17 +287,21 @@ class Twin(Selector):
         if window_ends:
             for s in self.info.sites:  # type: ignore[union-attr]
                 seen.loads.setdefault(s.name, []).append(point.system.site_state(s.name).load)
-            self.probe_scores.append(self.live_score())
 
     def pick(self, point: DecisionPoint) -> int | None:
+        if not self.seen.arrivals:
+            return None  # nothing to model a workload from: keep the probe's setting
+        return self._plan(point)
+
+    def _plan(self, point: DecisionPoint) -> int:
+        """Build the twin from what was measured so far and return the index of the setting it runs best."""
         from runtime.sim import Simulator  # the twin's engine: imported where it plans
 
         start = time.perf_counter()
         info = self.info
         assert info is not None, "bind() first"
-        if not self.seen.arrivals:
-            return None  # nothing to model a workload from: keep the probe's setting
-        scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s)
+        scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s,
+                                 load_window_s=self.interval_s if self.replan else None)
         verify, drafts = measured_latency(point.system, info)
 
         def met(setting: dict[str, Any]) -> float:
@@ -253,7 +328,7 @@ class Twin(Selector):
             self.settings.append(current)
             best = len(self.settings) - 1
         self.values = values
-        self.plan_s = time.perf_counter() - start
+        self.plan_s += time.perf_counter() - start
         return best
 
 
