@@ -18,7 +18,10 @@ From these it writes a scenario (:func:`twin_scenario`), runs every portfolio se
 with the most SLO-meeting requests. What it cannot see it assumes: Poisson arrivals, constant
 loads, i.i.d. acceptance with the default spread across requests, the default network jitter.
 It learns the system, not a mapping from other systems, so it moves to any set of sites; the
-README ("A digital twin") measures what it gains and where the assumptions cost.
+README ("A digital twin") measures what it gains and where the assumptions cost. With
+``replan=N`` it drops the constant-load assumption where the system contradicts it: it keeps
+measuring, and when a site's load jumps to a regime it has not shown before, it plans again with
+that site's load as a Markov process over the regimes seen (:func:`load_process`).
 
 The planning runs once, in the decision call at the end of the probe: 3.5-15 s of one core on
 the shipped files (:attr:`Twin.plan_s`), while the runtime waits.

@@ -8,7 +8,7 @@ import pytest
 from controllers import ControllerError, make_controller
 from controllers.knobs import DEFAULT_MODES, fixed_controller
 from controllers.lookahead import PORTFOLIO
-from controllers.twin import Measured, Twin, measured_latency, twin_scenario
+from controllers.twin import Measured, Twin, load_process, load_regimes, measured_latency, twin_scenario
 from runtime.scenario import load_scenario
 from runtime.sim import Simulator
 
@@ -90,6 +90,8 @@ def test_bad_parameters_are_refused_naming_the_fix():
         make_controller("twin:horizon_s=0")
     with pytest.raises(ControllerError, match="warmup_s < probe_s"):
         make_controller("twin:probe_s=2,warmup_s=3")
+    with pytest.raises(ControllerError, match="replan >= 0"):
+        make_controller("twin:replan=-1")
 
 
 def test_refining_climbs_from_the_portfolios_best_to_a_neighbouring_setting_that_runs_better_in_the_twin():
@@ -130,3 +132,37 @@ def test_the_guard_goes_back_to_the_probes_setting_when_the_held_one_collapses_a
     a, b = make_controller("twin:horizon_s=10,seeds=1"), make_controller("twin:horizon_s=10,seeds=1,guard=true")
     assert Simulator(wan, 4, 24.0, rate=23.0).run(a) == Simulator(wan, 4, 24.0, rate=23.0).run(b)
     assert b.reverted_at is None and len(b.held_scores) >= 10
+
+
+def test_a_sites_load_is_modelled_by_the_regimes_its_windows_showed():
+    assert load_process([0.3, 0.32, 0.28], 1.0) == {"kind": "constant", "level": pytest.approx(0.3)}
+    assert load_regimes([0.1, 0.2, 0.3, 0.4, 0.5]) == [0] * 5  # a smooth drift is one regime
+    # idle for 3 windows, busy for 2, idle for 4, now busy again for 1: Markov, starting busy
+    history = [0.05] * 3 + [0.8] * 2 + [0.05] * 4 + [0.8]
+    assert load_regimes(history) == [0] * 3 + [1] * 2 + [0] * 4 + [1]
+    m = load_process(history, 2.0)
+    assert m["kind"] == "markov" and m["levels"] == pytest.approx([0.8, 0.05])
+    assert m["mean_dwell_s"] == pytest.approx([4.0, 7.0])  # finished runs only: busy 2 windows, idle 3.5, x 2 s
+    # a regime with no finished run dwells the longer of its run so far and the others' mean dwell
+    assert load_process([0.05] * 6 + [0.7], 1.0)["mean_dwell_s"] == pytest.approx([6.0, 6.0])
+    assert load_process([0.05] * 2 + [0.7] * 9, 1.0)["mean_dwell_s"] == pytest.approx([9.0, 2.0])
+
+
+@pytest.mark.slow
+def test_replanning_plans_again_when_a_sites_load_enters_a_new_regime_and_otherwise_changes_nothing():
+    # eu-jetson-fleet, seed ...04: the probe sees the remote region busy; it goes idle at ~13 s
+    jetson = load_scenario("training/scenarios/eu-jetson-fleet.yaml")
+    twin = make_controller("twin:replan=3")
+    Simulator(jetson, 1_000_000_004, 20.0, rate=4.0).run(twin)
+    loads = twin.seen.loads["eu-west-2"]
+    assert len(twin.replanned_at) == 1 and 10.0 < twin.replanned_at[0] < 20.0
+    assert max(loads[:8]) > 0.7 and min(loads) < 0.1  # busy through the probe, idle later
+    assert twin.chosen is not None and twin.plan_s > 0
+    model = load_process(loads, 1.0)
+    assert model["kind"] == "markov" and model["levels"][0] < 0.1  # the regime it is in now comes first
+    # where no site's load changes regime (edge-fleet's loads are constant or diurnal), it never
+    # replans: the same run as the plain twin's
+    edge = load_scenario("edge-fleet")
+    a, b = make_controller("twin:horizon_s=10,seeds=1"), make_controller("twin:horizon_s=10,seeds=1,replan=3")
+    assert Simulator(edge, 4, 24.0, rate=32.0).run(a) == Simulator(edge, 4, 24.0, rate=32.0).run(b)
+    assert b.replanned_at == [] and len(b.seen.loads[b.info.target_site]) >= 20
