@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -203,13 +205,17 @@ class Twin(Selector):
     bursts or acceptance drift, and a setting it favours can collapse under them. ``replan``: keep
     measuring after the probe, model each site's load by the regimes it has shown
     (:func:`load_process`), and plan again, up to that many times, when a site's load enters a
-    regime not seen before (a load swing the probe could not see)."""
+    regime not seen before (a load swing the probe could not see). ``background``: plan in a
+    separate process while the current setting keeps serving, and switch at the first decision
+    after the plan is done; default: on runtimes that run in wall-clock time (the real one, whose
+    serving would otherwise wait for the plan), not in the simulator (where the switch time would
+    then depend on the machine's speed)."""
 
     name = "twin"
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
                  portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
-                 guard: bool = False, replan: int = 0) -> None:
+                 guard: bool = False, replan: int = 0, background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1, refine >= 0 and replan >= 0, got {horizon_s}, {seeds}, "
                              f"{refine} and {replan}")
@@ -217,8 +223,10 @@ class Twin(Selector):
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
-        self.replan = int(replan)
+        self.replan, self.background = int(replan), background
         self.portfolio = list(self.settings)
+        self._pool: ProcessPoolExecutor | None = None
+        self._future: Future | None = None
         self.seen = Measured()
         self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
         self.plan_s = 0.0  # wall seconds the plans took (the runtime waited that long)
@@ -233,6 +241,8 @@ class Twin(Selector):
         self.held_scores: list[float] = []
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
+        self._background = self.background if self.background is not None else info.clairvoyant is None
+        self._future = None
 
     def live_score(self) -> float:
         """The current window's admitted share x share of rounds started on their SLO pace."""
@@ -248,18 +258,28 @@ class Twin(Selector):
             if due and point.time > self.warmup_s:
                 self.probe_scores.append(self.live_score())
             return super().decide(point)
+        if self._future is not None and self._future.done():  # a plan finished in the background
+            plan, self._future = self._future.result(), None
+            chosen = self._adopt(plan)
+            if self._pool is not None and len(self.replanned_at) >= self.replan:  # no plan is due any more
+                self._pool.shutdown()
+                self._pool = None
+            if self.reverted_at is None:
+                self.chosen = chosen
+                return self._hold(point)
         if due and self.guard and self.reverted_at is None and self.chosen:
             self.held_scores.append(self.live_score())
             recent = self.held_scores[GUARD_SETTLE:][-GUARD_WINDOWS:]
             if len(recent) == GUARD_WINDOWS and np.mean(recent) < np.mean(self.probe_scores) - GUARD_DROP:
                 self.reverted_at, self.chosen = point.time, 0
                 return self._hold(point)
-        if due and self.values is not None and len(self.replanned_at) < self.replan and self.reverted_at is None \
-                and self._new_regime():
+        if due and self.values is not None and self._future is None and len(self.replanned_at) < self.replan \
+                and self.reverted_at is None and self._new_regime():
             self.replanned_at.append(point.time)
-            self.settings = list(self.portfolio)
-            self.chosen = self._plan(point)
-            return self._hold(point)
+            chosen = self._plan(point)
+            if chosen is not None:
+                self.chosen = chosen
+                return self._hold(point)
         return super().decide(point)
 
     def _hold(self, point: DecisionPoint) -> Decision:
@@ -296,43 +316,67 @@ class Twin(Selector):
             return None  # nothing to model a workload from: keep the probe's setting
         return self._plan(point)
 
-    def _plan(self, point: DecisionPoint) -> int:
-        """Build the twin from what was measured so far and return the index of the setting it runs best."""
-        from runtime.sim import Simulator  # the twin's engine: imported where it plans
-
-        start = time.perf_counter()
+    def _plan(self, point: DecisionPoint) -> int | None:
+        """Build the twin from what was measured so far and return the index of the setting it
+        runs best; in the background, start that and return None (keep the current setting)."""
         info = self.info
         assert info is not None, "bind() first"
         scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s,
                                  load_window_s=self.interval_s if self.replan else None)
-        verify, drafts = measured_latency(point.system, info)
+        args = (scenario, *measured_latency(point.system, info), self.portfolio, self.mode_specs, self.horizon_s,
+                self.seeds, self.refine)
+        self._plan_started = time.perf_counter()
+        if not self._background:
+            return self._adopt(plan_settings(*args))
+        if self._pool is None:  # spawned: the parent may hold a GPU context, which fork would copy
+            self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+        self._future = self._pool.submit(plan_settings, *args)
+        return None
 
-        def met(setting: dict[str, Any]) -> float:
-            """SLO-met requests of ``setting`` in the twin, summed over its workloads."""
-            total = 0.0
-            for seed in range(self.seeds):
-                sim = Simulator(scenario, seed=seed, duration=self.horizon_s, verify_latency=verify, draft_latency=drafts)
-                sim.run(fixed_controller(setting, self.mode_specs))
-                total += sum(r.slo_met for r in sim.metrics.records)
-            return total
+    def _adopt(self, plan: tuple[np.ndarray, dict[str, Any]]) -> int:
+        """Take a finished plan: the portfolio's values, and the index of the setting to hold."""
+        self.values, best = plan
+        self.plan_s += time.perf_counter() - self._plan_started
+        self.settings = list(self.portfolio)
+        if setting_key(best) not in {setting_key(s) for s in self.settings}:
+            self.settings.append(best)  # a refined setting
+        return [setting_key(s) for s in self.settings].index(setting_key(best))
 
-        values = np.array([met(s) for s in self.settings])
-        best = int(np.argmax(values))
-        current, value = self.settings[best], float(values[best])
-        tried = {setting_key(s) for s in self.settings}
-        for _ in range(self.refine):
-            around = [n for n in _neighbours(current) if setting_key(n) not in tried]
-            tried.update(setting_key(n) for n in around)
-            scored = [(met(n), n) for n in around]
-            if not scored or max(v for v, _ in scored) <= value * (1 + REFINE_GAIN):
-                break
-            value, current = max(scored, key=lambda vn: vn[0])
-        if current is not self.settings[best]:
-            self.settings.append(current)
-            best = len(self.settings) - 1
-        self.values = values
-        self.plan_s += time.perf_counter() - start
-        return best
+    def wait(self) -> None:
+        """Block until a plan running in the background is done (it is adopted at the next decision)."""
+        if self._future is not None:
+            self._future.result()
+
+
+def plan_settings(scenario: Scenario, verify: LatencyModel, drafts: dict[str, LatencyModel],
+                  portfolio: Sequence[dict[str, Any]], modes: Sequence[str], horizon_s: float, seeds: int,
+                  refine: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every portfolio setting's SLO-met requests in the twin (summed over ``seeds`` workloads, the
+    same for every setting), and the setting to hold: the best, then up to ``refine`` hill-climbing
+    steps to a neighbour that meets :data:`REFINE_GAIN` more. A plain function of picklable
+    arguments, so it runs here or in a planning process alike."""
+    from runtime.sim import Simulator  # the twin's engine: imported where it plans
+
+    def met(setting: dict[str, Any]) -> float:
+        total = 0.0
+        for seed in range(seeds):
+            sim = Simulator(scenario, seed=seed, duration=horizon_s, verify_latency=verify, draft_latency=drafts)
+            sim.run(fixed_controller(setting, modes))
+            total += sum(r.slo_met for r in sim.metrics.records)
+        return total
+
+    values = np.array([met(s) for s in portfolio])
+    best = int(np.argmax(values))
+    current, value = dict(portfolio[best]), float(values[best])
+    tried = {setting_key(s) for s in portfolio}
+    for _ in range(refine):
+        around = [n for n in _neighbours(current) if setting_key(n) not in tried]
+        tried.update(setting_key(n) for n in around)
+        scored = [(met(n), n) for n in around]
+        if not scored or max(v for v, _ in scored) <= value * (1 + REFINE_GAIN):
+            break
+        value, current = max(scored, key=lambda vn: vn[0])
+    return values, current
 
 
 def _setting(mode: int, cap: int, k_cap: int, hedge: int) -> dict[str, Any]:

@@ -92,10 +92,18 @@ def test_the_digital_twin_builds_its_simulator_from_the_real_runtime_and_stays_l
     from controllers.twin import Twin
 
     prompts, refs = references
-    controller = Twin(probe_s=0.5, warmup_s=0.1, horizon_s=3.0, seeds=1)
+    controller = Twin(probe_s=0.5, warmup_s=0.1, horizon_s=3.0, seeds=1, background=False)
     assert _outputs_over_time(controller, prompts, site_addresses, tiny_dir) == refs
     assert controller.values is not None and controller.chosen is not None and controller.values.max() > 0
     assert controller.seen.arrivals and controller.seen.rounds  # it measured the workload and the acceptance there
+    # by default it plans in a separate process there, while the probe's setting keeps serving
+    controller = Twin(probe_s=0.5, warmup_s=0.1, horizon_s=3.0, seeds=1)
+    assert _outputs_over_time(controller, prompts, site_addresses, tiny_dir) == refs
+    assert controller._background
+    if controller.values is None:  # the run ended before the plan did: it finishes all the same
+        controller.wait()
+        values, _ = controller._future.result()
+        assert values.max() > 0
 
 
 @pytest.mark.slow

@@ -166,3 +166,37 @@ def test_replanning_plans_again_when_a_sites_load_enters_a_new_regime_and_otherw
     a, b = make_controller("twin:horizon_s=10,seeds=1"), make_controller("twin:horizon_s=10,seeds=1,replan=3")
     assert Simulator(edge, 4, 24.0, rate=32.0).run(a) == Simulator(edge, 4, 24.0, rate=32.0).run(b)
     assert b.replanned_at == [] and len(b.seen.loads[b.info.target_site]) >= 20
+
+
+def _run_waiting(twin: Twin, sim: Simulator) -> tuple[float | None, float | None]:
+    """Drive ``sim`` with ``twin``, waiting for each background plan to finish before the next
+    decision (so the result does not depend on the machine's speed): when the first plan started
+    and when the twin switched."""
+    twin.bind(sim.info)
+    point, started, switched = sim.next_decision(), None, None
+    while point is not None:
+        sim.apply(twin.decide(point))
+        if started is None and twin._future is not None:
+            started = point.time
+        twin.wait()
+        if switched is None and twin.chosen is not None:
+            switched = point.time
+        point = sim.next_decision()
+    return started, switched
+
+
+def test_a_plan_in_the_background_chooses_what_the_blocking_plan_chooses_and_serving_goes_on_meanwhile():
+    apac = load_scenario("training/scenarios/apac-hybrid.yaml")
+    blocking = make_controller("twin:horizon_s=5,seeds=1")
+    assert blocking.background is None and blocking.info is None
+    plain = Simulator(apac, 3, 14.0, rate=18.0).run(blocking)
+    assert not blocking._background  # in the simulator it plans in the decision call by default
+    background = make_controller("twin:horizon_s=5,seeds=1,background=true")
+    sim = Simulator(apac, 3, 14.0, rate=18.0)
+    started, switched = _run_waiting(background, sim)
+    assert background._background and background.plan_s > 0
+    assert list(background.values) == list(blocking.values) and background.chosen == blocking.chosen
+    # it kept the probe's setting for the decision that started the plan, and switched at the next
+    assert started is not None and started >= background.probe_s and switched is not None and switched > started
+    assert background._pool is None  # the planning process is stopped once no plan is due
+    assert sim.summary()["requests_completed"] == pytest.approx(plain["requests_completed"], rel=0.05)
