@@ -262,7 +262,7 @@ class Twin(Selector):
             plan, self._future = self._future.result(), None
             chosen = self._adopt(plan)
             if self._pool is not None and len(self.replanned_at) >= self.replan:  # no plan is due any more
-                self._pool.shutdown()
+                self._pool.shutdown(wait=False)  # (joining it would stall serving while it exits)
                 self._pool = None
             if self.reverted_at is None:
                 self.chosen = chosen
