@@ -23,8 +23,9 @@ README ("A digital twin") measures what it gains and where the assumptions cost.
 measuring, and when a site's load jumps to a regime it has not shown before, it plans again with
 that site's load as a Markov process over the regimes seen (:func:`load_process`).
 
-The planning runs once, in the decision call at the end of the probe: 3.5-15 s of one core on
-the shipped files (:attr:`Twin.plan_s`), while the runtime waits.
+A plan takes 3.5-15 s of one core on the shipped files (:attr:`Twin.plan_s`). In the simulator
+it runs in the decision call at the end of the probe (simulated time stands still meanwhile);
+on the real runtime it runs in a spawned process while the probe's setting keeps serving.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from multiprocessing import get_context
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -229,7 +230,7 @@ class Twin(Selector):
         self._future: Future | None = None
         self.seen = Measured()
         self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
-        self.plan_s = 0.0  # wall seconds the plans took (the runtime waited that long)
+        self.plan_s = 0.0  # wall seconds from each plan's start to its adoption, summed
 
     def bind(self, info: RuntimeInfo) -> None:
         super().bind(info)
@@ -242,7 +243,7 @@ class Twin(Selector):
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
         self._background = self.background if self.background is not None else info.clairvoyant is None
-        self._future = None
+        self._future, self._plan_started = None, 0.0
 
     def live_score(self) -> float:
         """The current window's admitted share x share of rounds started on their SLO pace."""
@@ -296,7 +297,8 @@ class Twin(Selector):
         return False
 
     def _measure(self, point: DecisionPoint, window_ends: bool) -> None:
-        """Account a probe point; at the end of each window after the warm-up, the loads and the live score."""
+        """Account a point's arrivals and verified rounds; at the end of each window after the
+        warm-up, every site's load (during the probe, and after it with ``replan``)."""
         seen = self.seen
         for r in point.admit:
             seen.arrivals.append((r.origin, r.prompt_tokens, r.max_tokens, r.slo_class, r.ttft_slo, r.tpot_slo))
