@@ -12,9 +12,8 @@ and how many systems moved by more than 3%.
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,14 +22,13 @@ from runtime.flags import OneLineParser  # noqa: E402
 DEFAULT_DIST = "training/configs/scenario-mix.yaml"
 
 
-def run_one(job: tuple[str, str, int, float]) -> tuple[float, list[float], int | None]:
+def run_one(job: tuple[Any, str, int, float]) -> tuple[float, list[float], int | None]:
     """One system of the distribution, drawn by ``seed``, under one twin spec: goodput, replan times, last held setting."""
     dist, spec, seed, duration = job
     from controllers import make_controller
-    from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
 
-    scenario, rate = ScenarioDistribution.load(dist).draw(seed)
+    scenario, rate = dist.draw(seed)
     twin = make_controller(spec)
     s = Simulator(scenario, seed, duration, rate=rate).run(twin)
     return float(s["goodput_rps"]), list(getattr(twin, "replanned_at", [])), twin.chosen
@@ -50,16 +48,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--systems and --workers must be >= 1 and --duration > 0")
     from runtime.distribution import DistributionError, ScenarioDistribution
 
+    from training.compare import pool_map
+
     try:
-        ScenarioDistribution.load(a.distribution)
+        dist = ScenarioDistribution.load(a.distribution)
     except (DistributionError, OSError) as e:
         p.error(str(e))
     seeds = range(a.first_seed, a.first_seed + a.systems)
-    jobs = [(a.distribution, spec, seed, a.duration) for seed in seeds for spec in (a.baseline, a.compare)]
-    from tqdm import tqdm
-
-    with ProcessPoolExecutor(a.workers, mp_context=get_context("spawn")) as pool:
-        results = list(tqdm(pool.map(run_one, jobs), total=len(jobs), desc="runs", unit="run"))
+    jobs = [(dist, spec, seed, a.duration) for seed in seeds for spec in (a.baseline, a.compare)]
+    results = pool_map(run_one, jobs, a.workers, desc="systems x twins")
     totals, moved_up, moved_down, replanned = [0.0, 0.0], 0, 0, 0
     for i, seed in enumerate(seeds):
         (g0, _, held0), (g1, at, held1) = results[2 * i], results[2 * i + 1]

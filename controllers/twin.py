@@ -120,6 +120,11 @@ def load_regimes(history: Sequence[float]) -> list[int]:
     return labels
 
 
+def constant_load(history: Sequence[float]) -> dict[str, Any]:
+    """A site's load as constant at its windows' mean (below 0.95: the twin's sites stay usable)."""
+    return {"kind": "constant", "level": min(float(np.mean(history)), 0.95)}
+
+
 def load_process(history: Sequence[float], window_s: float) -> dict[str, Any]:
     """A site's load as the twin models it from its windows' loads: constant at their mean if they
     form one regime (:func:`load_regimes`); otherwise a Markov process over the regimes' means,
@@ -130,7 +135,7 @@ def load_process(history: Sequence[float], window_s: float) -> dict[str, Any]:
     labels = load_regimes(history)
     n = max(labels) + 1
     if n == 1:
-        return {"kind": "constant", "level": min(float(np.mean(history)), 0.95)}
+        return constant_load(history)
     runs: list[tuple[int, int]] = []  # (regime, windows), in time order
     for label in labels:
         if runs and runs[-1][0] == label:
@@ -161,8 +166,7 @@ def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float,
     sites = []
     for s in info.sites:
         loads = seen.loads.get(s.name) or [0.0]
-        load = (load_process(loads, load_window_s) if load_window_s else
-                {"kind": "constant", "level": min(float(np.mean(loads)), 0.95)})
+        load = load_process(loads, load_window_s) if load_window_s else constant_load(loads)
         entry: dict[str, Any] = {"name": s.name, "role": s.role, "gpus": s.gpus, "drafter": s.drafter, "load": load}
         if s.role != "target":
             entry["rtt_ms"] = s.rtt_s * 1000.0
@@ -242,7 +246,7 @@ class Twin(Selector):
         self.held_scores: list[float] = []
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
-        self._background = self.background if self.background is not None else info.clairvoyant is None
+        self._background = self.background if self.background is not None else info.wall_clock
         self._future, self._plan_started = None, 0.0
 
     def live_score(self) -> float:

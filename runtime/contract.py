@@ -64,6 +64,9 @@ class RuntimeInfo:
     clairvoyant: Any = None
     #: Whether the runtime honours ``Redundancy(ahead=True)`` (draft-ahead streams).
     draft_ahead: bool = False
+    #: Whether decisions happen in wall-clock time (the real runtime): there, a controller that
+    #: computes for long (the twin's plan) stalls serving unless it works in the background.
+    wall_clock: bool = False
 
     def site(self, name: str) -> SiteInfo:
         for s in self.sites:

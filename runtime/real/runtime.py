@@ -327,6 +327,7 @@ class RealRuntime(DecisionLoop):
             max_batch_tokens=self.limits.max_batch_tokens, max_redundancy=self.limits.max_redundancy,
             prior_alpha={n: _prior_alpha(d.acceptance) for n, d in sc.spec.drafters.items()},
             draft_ahead=True,
+            wall_clock=True,
         )
         self._allowed = drafting_sites(sc)
         self._drafter_of = {s.name: s.drafter or "" for s in sc.sites}  # per reply, off Scenario.site's scan
