@@ -210,7 +210,11 @@ class Twin(Selector):
     bursts or acceptance drift, and a setting it favours can collapse under them. ``replan``: keep
     measuring after the probe, model each site's load by the regimes it has shown
     (:func:`load_process`), and plan again, up to that many times, when a site's load enters a
-    regime not seen before (a load swing the probe could not see). ``background``: plan in a
+    regime not seen before (a load swing the probe could not see). ``replan_gap_s``: at least that
+    long between two plans' starts (a new regime seen sooner waits for it), so the replans are not
+    all spent on the first swings after the probe. ``replan_margin``: a replan switches away from
+    the held setting only if the best setting meets that share more SLOs than the held one in the
+    twin (a noisy twin's best is often no better than what runs now). ``background``: plan in a
     separate process while the current setting keeps serving, and switch at the first decision
     after the plan is done; default: on runtimes that run in wall-clock time (the real one, whose
     serving would otherwise wait for the plan), not in the simulator (where the switch time would
@@ -220,15 +224,19 @@ class Twin(Selector):
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
                  portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
-                 guard: bool = False, replan: int = 0, background: bool | None = None) -> None:
+                 guard: bool = False, replan: int = 0, replan_gap_s: float = 0.0, replan_margin: float = 0.0,
+                 background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1, refine >= 0 and replan >= 0, got {horizon_s}, {seeds}, "
                              f"{refine} and {replan}")
+        if replan_gap_s < 0 or replan_margin < 0:
+            raise ValueError(f"replan_gap_s and replan_margin must be >= 0, got {replan_gap_s} and {replan_margin}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.replan, self.background = int(replan), background
+        self.replan_gap_s, self.replan_margin = float(replan_gap_s), float(replan_margin)
         self.portfolio = list(self.settings)
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
@@ -246,6 +254,9 @@ class Twin(Selector):
         self.held_scores: list[float] = []
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
+        self.kept_at: list[float] = []  # replans that kept the held setting by the margin (``replan_margin``)
+        self._planned_t = 0.0  # when the last plan started
+        self._regime_pending = False  # a site entered a new regime; a replan is due after the gap
         self._background = self.background if self.background is not None else info.wall_clock
         self._future, self._plan_started = None, 0.0
 
@@ -278,8 +289,12 @@ class Twin(Selector):
             if len(recent) == GUARD_WINDOWS and np.mean(recent) < np.mean(self.probe_scores) - GUARD_DROP:
                 self.reverted_at, self.chosen = point.time, 0
                 return self._hold(point)
-        if due and self.values is not None and self._future is None and len(self.replanned_at) < self.replan \
-                and self.reverted_at is None and self._new_regime():
+        if due and self.values is not None and len(self.replanned_at) < self.replan and self.reverted_at is None \
+                and not self._regime_pending:
+            self._regime_pending = self._new_regime()
+        if self._regime_pending and self._future is None and self.reverted_at is None \
+                and point.time - self._planned_t >= self.replan_gap_s:
+            self._regime_pending = False
             self.replanned_at.append(point.time)
             chosen = self._plan(point)
             if chosen is not None:
@@ -331,7 +346,7 @@ class Twin(Selector):
                                  load_window_s=self.interval_s if self.replan else None)
         args = (scenario, *measured_latency(point.system, info), self.portfolio, self.mode_specs, self.horizon_s,
                 self.seeds, self.refine)
-        self._plan_started = time.perf_counter()
+        self._plan_started, self._planned_t = time.perf_counter(), point.time
         if not self._background:
             return self._adopt(plan_settings(*args))
         if self._pool is None:  # spawned: the parent may hold a GPU context, which fork would copy
@@ -346,7 +361,13 @@ class Twin(Selector):
         self.settings = list(self.portfolio)
         if setting_key(best) not in {setting_key(s) for s in self.settings}:
             self.settings.append(best)  # a refined setting
-        return [setting_key(s) for s in self.settings].index(setting_key(best))
+        chosen, held = [setting_key(s) for s in self.settings].index(setting_key(best)), self.chosen
+        values = self.values
+        if self.replanned_at and held is not None and held != chosen and max(chosen, held) < len(values) \
+                and values[chosen] < values[held] * (1 + self.replan_margin):
+            self.kept_at.append(self.replanned_at[-1])
+            return held  # not enough better in the twin to switch
+        return chosen
 
     def wait(self) -> None:
         """Block until a plan running in the background is done (it is adopted at the next decision)."""
