@@ -9,7 +9,7 @@ import pytest
 
 from controllers import make_controller
 from runtime.sim.acceptance import AcceptanceState
-from runtime.sim.load import LoadProcess
+from runtime.load import LoadProcess
 from runtime.network import Link
 from runtime.scenario import (
     DiurnalLoad, DriftAcceptance, IIDAcceptance, MarkovLoad, NetworkSpec, PositionAcceptance, load_scenario,
@@ -131,3 +131,24 @@ def test_link_delay_and_peek():
     assert statistics.fmean(delays) == pytest.approx(site.rtt_ms / 2000, rel=0.05)
     slow = Link(site.model_copy(update={"bandwidth_mbps": 8.0}), NetworkSpec(), random.Random(0))
     assert slow.send(1_000_000) >= 1.0  # 1 MB over 8 Mbit/s
+
+
+def test_an_emulated_load_stretches_a_forward_by_other_tenants_share_and_reads_like_a_scenarios_load():
+    import time as _time
+
+    from runtime.load import EmulatedLoad, emulates_nothing, parse_load
+    from runtime.scenario import ConstantLoad, MarkovLoad
+
+    assert parse_load("{kind: constant, level: 0.5}") == ConstantLoad(level=0.5)
+    assert isinstance(parse_load('{"kind": "markov", "levels": [0.05, 0.8], "mean_dwell_s": [10, 10]}'), MarkovLoad)
+    with pytest.raises(ValueError, match="level.*e.g."):
+        parse_load("{kind: constant, level: 1.5}")
+    with pytest.raises(ValueError, match="not YAML"):
+        parse_load("{kind: [")
+    assert emulates_nothing(ConstantLoad()) and not emulates_nothing(ConstantLoad(level=0.1))
+    load = EmulatedLoad(ConstantLoad(level=0.75), seed=0)
+    assert load.level() == 0.75
+    t0 = _time.perf_counter()
+    assert load.stretch(0.75, 0.01) == pytest.approx(0.04)  # compute / (1 - u)
+    assert _time.perf_counter() - t0 >= 0.03  # it held the GPU (slept) for the tenants' share
+    assert load.stretch(0.0, 0.01) == 0.01

@@ -513,3 +513,79 @@ def test_site_state_and_draft_estimates_mean_what_the_simulator_means(site_addre
         one, eight = rt.estimate_draft_time("near", 1, 4, 100), rt.estimate_draft_time("near", 8, 4, 800)
         assert one == pytest.approx(4 * 0.002, rel=0.05) and eight == pytest.approx(4 * 0.009, rel=0.05)
         assert rt.estimate_draft_time("near", 1, 0, 100) == 0.0
+
+
+def _loaded_tiny(tmp_path):
+    """tiny-local with other tenants: the target's GPU a quarter busy, near's half (far idle)."""
+    import yaml
+
+    from runtime.real.deploy import REAL_SCENARIO_DIR
+
+    raw = yaml.safe_load((REAL_SCENARIO_DIR / "tiny-local.yaml").read_text())
+    raw["sites"][0]["load"] = {"kind": "constant", "level": 0.25}
+    raw["sites"][1]["load"] = {"kind": "constant", "level": 0.5}
+    path = tmp_path / "loaded.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_a_scenarios_background_load_is_emulated_on_the_real_sites_and_seen_as_the_simulator_sees_it(tiny_dir, references, tmp_path):
+    prompts, refs = references
+    rt = RealRuntime(load_deployment(scenario=str(_loaded_tiny(tmp_path)), models_dir=tiny_dir))
+    with rt:
+        reqs = [rt.submit(p, N_TOKENS, at=0.02 * i) for i, p in enumerate(prompts[:3])]
+        rt.end_of_workload()
+        drive(rt, RemoteFirst("near"))
+        deadline = time.monotonic() + 10
+        while rt.clients["near"].background == 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # (the site's load arrives with its health replies)
+        # controllers see other tenants' load as SiteState.load, as in the simulator
+        assert [rt.site_state(s).load for s in ("dc", "near", "far")] == [0.25, 0.5, 0.0]
+    assert [r.output for r in reqs] == refs[:3]  # still lossless
+    # every forward is stretched by their share: the target's GPU seconds are its compute / (1 - 0.25)
+    target_model = rt.scenario.spec.target_model
+    compute = sum(x[-1] for x in rt.forward_log if x[0] == "dc" and x[1] == target_model)
+    assert rt.metrics.target_verify_gpu_s == pytest.approx(compute / 0.75)
+    # the estimates apply the load now to a latency model fitted to the compute alone
+    assert rt.estimate_draft_time("near", 1, 4, 100) == pytest.approx(2 * 4 * rt._draft_lat["near"].forward_time(1, 1, 100))
+    assert rt.estimate_verify_time(1, 5, 100) == pytest.approx(rt.target_lat.forward_time(1, 5, 100) / 0.75)
+    # where real tenants share the GPUs, nothing is emulated
+    off = RealRuntime(load_deployment(scenario=str(_loaded_tiny(tmp_path)), models_dir=tiny_dir, emulate_load=False))
+    assert off.target_load is None and off._emulated_load(off.scenario.site("near")) is None
+    off.close()
+
+
+def test_a_site_refuses_a_bad_load_spec_naming_the_fix(capsys):
+    from runtime.real.site import main as site_main
+
+    with pytest.raises(SystemExit):
+        site_main(["--name", "near", "--model", "/nonexistent", "--load", "{kind: markov, levels: [0.1]}"])
+    err = capsys.readouterr().err
+    assert "--load" in err and "levels" in err and "mean_dwell_s" in err
+
+
+@pytest.mark.slow
+def test_the_twin_replans_on_the_real_runtime_when_an_emulated_load_changes_regime(site_addresses, tiny_dir, references, tmp_path):
+    import yaml
+
+    from controllers.twin import Twin
+    from runtime.real.deploy import REAL_SCENARIO_DIR
+
+    prompts, refs = references
+    raw = yaml.safe_load((REAL_SCENARIO_DIR / "tiny-local.yaml").read_text())
+    # the target's other tenants: idle, then busy from 2.55 s (the first dwell that seed 1 draws) on
+    raw["sites"][0]["load"] = {"kind": "markov", "levels": [0.05, 0.6], "mean_dwell_s": [2.5, 1000]}
+    path = tmp_path / "flip.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    dep = load_deployment(scenario=str(path), models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    rt = RealRuntime(dep, seed=1)
+    twin = Twin(probe_s=1.2, warmup_s=0.2, horizon_s=2.0, seeds=1, replan=1, background=False)
+    with rt:
+        reqs = [rt.submit(prompts[i % len(prompts)], N_TOKENS, 0.0, at=0.3 * i) for i in range(20)]
+        rt.end_of_workload()
+        drive(rt, twin)
+    assert [r.output for r in reqs] == [refs[i % len(refs)] for i in range(20)]
+    loads = twin.seen.loads["dc"]
+    assert loads[0] == pytest.approx(0.05) and max(loads) == pytest.approx(0.6)
+    assert len(twin.replanned_at) == 1 and twin.replanned_at[0] > 2.55  # it saw the flip and planned again

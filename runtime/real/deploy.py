@@ -11,6 +11,7 @@ Kept separate so the simulator's schema carries no host names or file paths::
     sites:                           # sites with an address run elsewhere; others start locally
       us-east-2: {address: 10.0.1.7:50061}
     emulate_wan: false               # real WAN between hosts: no emulated delay
+    emulate_load: false              # real tenants share the GPUs: no emulated background load
 
 Unset models default to the tiny pair (``python -m runtime.real.models build-tiny``).
 """
@@ -50,6 +51,9 @@ class DeploymentSpec(_Strict):
     drafters: dict[str, ModelRef] = Field(default_factory=dict)
     sites: dict[str, SiteDeploy] = Field(default_factory=dict)
     emulate_wan: bool = True  # delay/jitter/bandwidth of the scenario's links in the transport
+    # each site's scenario load: (other tenants) emulated by stretching its forwards; off where
+    # real tenants share the GPUs
+    emulate_load: bool = True
     draft_timeout_s: float = Field(2.0, gt=0)  # a draft RPC slower than this fails over
     health_interval_s: float = Field(0.5, gt=0)
     max_context: int | None = Field(None, ge=8)  # prompt + max_tokens limit (default: the model's)

@@ -58,6 +58,7 @@ from runtime.contract import (
 )
 from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.latency import ProfileTable
+from runtime.load import EmulatedLoad, emulates_nothing
 from runtime.metrics import KEYS, Metrics, RequestRecord
 from runtime.real.models import check_pair, load_model
 from runtime.real.deploy import Deployment
@@ -169,14 +170,18 @@ class SiteProcesses:
         self.backoff_s, self.max_backoff_s, self.stable_s = backoff_s, max_backoff_s, stable_s
         self.ready_timeout_s = ready_timeout_s
         self._refs: dict[str, Any] = {}
+        self._args: dict[str, list[str]] = {}  # per site: more command-line arguments (its emulated load)
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
-    def launch(self, sites: dict[str, Any], timeout_s: float | None = None) -> dict[str, str]:
-        """Start one process per ``{name: ModelRef}`` (in parallel) and supervise them; returns their addresses."""
+    def launch(self, sites: dict[str, Any], timeout_s: float | None = None,
+               args: dict[str, list[str]] | None = None) -> dict[str, str]:
+        """Start one process per ``{name: ModelRef}`` (in parallel; ``args``: more arguments of
+        ``python -m runtime.real.site`` per site) and supervise them; returns their addresses."""
         self._refs.update(sites)
+        self._args.update(args or {})
         for name in sites:
             self._spawn(name)
         deadline = time.monotonic() + (timeout_s or self.ready_timeout_s)
@@ -195,7 +200,7 @@ class SiteProcesses:
     def _spawn(self, name: str) -> None:
         ref = self._refs[name]
         cmd = [sys.executable, "-m", "runtime.real.site", "--name", name, "--model", ref.path,
-               "--device", ref.device, "--dtype", ref.dtype, "--exit-with-parent"]
+               "--device", ref.device, "--dtype", ref.dtype, "--exit-with-parent", *self._args.get(name, [])]
         with self._lock:
             if self._stopping.is_set():
                 return
@@ -355,6 +360,10 @@ class RealRuntime(DecisionLoop):
             s.name: ProfileTable.from_csv(s.profiles[s.drafter]) if s.drafter in s.profiles else OnlineLatency()
             for s in sc.sites if s.drafter}
 
+        #: other tenants on the target's GPU, emulated (the scenario's ``load:``; see ``emulate_load``)
+        target_load = self._emulated_load(sc.target)
+        self.target_load = EmulatedLoad(target_load, seed * 7919) if target_load is not None else None
+
         self.metrics = Metrics()
         self._t0 = time.perf_counter()
         self._events: queue.Queue = queue.Queue()
@@ -399,6 +408,21 @@ class RealRuntime(DecisionLoop):
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.on_finish: Callable[[RealRequest], None] | None = None
 
+    def _emulated_load(self, site: Any) -> Any:
+        """The load spec to emulate at ``site`` (its scenario ``load:``), or None: idle, or
+        ``emulate_load`` off in the deployment (real tenants, or none)."""
+        return None if not self.deployment.spec.emulate_load or emulates_nothing(site.load) else site.load
+
+    def _slowdown(self, load: float) -> float:
+        return 1.0 / (1.0 - load)
+
+    def _load_of(self, site: str) -> float:
+        """Other tenants' utilisation at ``site``: emulated here for the target, as reported by a drafter site."""
+        if site == self.target_name:
+            return self.target_load.level() if self.target_load is not None else 0.0
+        c = self.clients.get(site)
+        return c.background if c is not None else 0.0
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "RealRuntime":
         """Start (or connect to) the drafter sites and the transport; resets the clock."""
@@ -408,7 +432,9 @@ class RealRuntime(DecisionLoop):
         to_launch = {s.name: dep.drafter_for(s.name) for s in remote if dep.address(s.name) is None}
         if to_launch and not self._launch_sites:
             raise RuntimeError(f"sites {sorted(to_launch)} have no address in the deployment and launching is off")
-        launched = self.processes.launch(to_launch) if to_launch else {}
+        args = {name: ["--load", load.model_dump_json(), "--load-seed", str(self.seed * 7919 + sc.site(name).index)]
+                for name in to_launch if (load := self._emulated_load(sc.site(name))) is not None}
+        launched = self.processes.launch(to_launch, args=args) if to_launch else {}
         for s in remote:
             addr = dep.address(s.name) or launched[s.name]
             self.clients[s.name] = SiteClient(s, addr, sc.spec.network, dep.spec.emulate_wan,
@@ -417,6 +443,8 @@ class RealRuntime(DecisionLoop):
         self.transport = Transport(self.clients, dep.spec.health_interval_s)
         self.transport.start()
         self._t0 = time.perf_counter()
+        if self.target_load is not None:  # its time 0 is the runtime's
+            self.target_load.restart()
         self.started = True
         return self
 
@@ -517,29 +545,31 @@ class RealRuntime(DecisionLoop):
 
     def site_state(self, name: str) -> SiteState:
         if name == self.target_name:
-            return SiteState(name, 0.0, len(self._local_q), self._target_busy, 0.0)
+            return SiteState(name, self._load_of(name), len(self._local_q), self._target_busy, 0.0)
         c = self.clients.get(name)
         if c is None:
             s = self.scenario.site(name)
             return SiteState(name, 0.0, 0, False, s.rtt_ms / 1000.0)
         if not c.up:  # a down site looks fully loaded, busy and far away
             return SiteState(name, 1.0, c.in_flight, True, 10.0)
-        # load is other tenants' use (SiteState): the site reports only its own drafting, which
-        # shows in the queue (in flight) and in busy; counted as load too, a site drafting for
+        # load is other tenants' use (SiteState), as the site reports it; our own drafting there
+        # shows in the queue (in flight) and in busy: counted as load too, a site drafting for
         # us looked up to 10x slower and wanspec fled to a farther one (the simulator does not)
-        return SiteState(name, 0.0, c.in_flight, c.load > 0.9, c.rtt_s)
+        return SiteState(name, c.background, c.in_flight, c.load > 0.9, c.rtt_s)
 
     def site_up(self, name: str) -> bool:
         return name == self.target_name or (name in self.clients and self.clients[name].up)
 
+    # the forward time, as the simulator estimates it: the latency model (profile or fitted to
+    # the compute alone) times the site's slowdown from other tenants now
     def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
-        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens)
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self._load_of(self.target_name))
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
         lat = self._draft_lat.get(site)
         if k <= 0 or lat is None:
             return 0.0
-        return lat.forward_time(n_seqs, n_seqs, context_tokens) * k
+        return lat.forward_time(n_seqs, n_seqs, context_tokens) * k * self._slowdown(self._load_of(site))
 
     # ------------------------------------------------------------------ Runtime protocol
     def next_decision(self) -> DecisionPoint | None:
@@ -748,7 +778,8 @@ class RealRuntime(DecisionLoop):
             if current:
                 self._drop_drafter(req, site)
             return
-        self._count_remote_draft(site, len(res.draft.tokens), res.passes, res.job_size, res.job_s, len(req.context))
+        self._count_remote_draft(site, len(res.draft.tokens), res.passes, res.job_size, res.job_s * (1 - res.background),
+                                 len(req.context))
         req.synced[site] = res.known
         if current and len(res.draft.tokens) == k:
             req.pending.discard(site)
@@ -762,7 +793,8 @@ class RealRuntime(DecisionLoop):
     def _count_remote_draft(self, site: str, tokens: int, passes: int, job_size: int, job_s: float,
                             context: int) -> None:
         """A remote site's drafted tokens, and what its batched job tells of its pace (its
-        sequences' context is taken to be about this request's, ``context`` tokens each)."""
+        sequences' context is taken to be about this request's, ``context`` tokens each;
+        ``job_s`` without other tenants' share, which the estimates apply as the load is now)."""
         self.metrics.draft_tokens += tokens
         self._remote_passes += passes / max(job_size, 1)
         if passes:
@@ -848,7 +880,8 @@ class RealRuntime(DecisionLoop):
         st, reply, landed = arg
         n = len(reply.tokens)
         # a stream's pace is the site's whole job cycle (its site drafts job after job)
-        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.cycle_s, len(st.req.context))
+        self._count_remote_draft(st.site, n, reply.passes, reply.job_size, reply.cycle_s - reply.job_s * reply.background,
+                                 len(st.req.context))
         if st.closed or reply.pos != st.ledger.arrived or not st.ledger.arrive(reply.epoch, n):
             self.metrics.wasted_rejected += n  # drafted past a correction the site had not heard of yet
             return
@@ -899,24 +932,26 @@ class RealRuntime(DecisionLoop):
             return
         tasks = tasks[: self.limits.max_batch_size]
         jobs = [DraftJob(t.req.local_cache, t.req.context, t.k, t.req.temperature, t.req.generator) for t in tasks]
+        load = self.target_load.level() if self.target_load is not None else 0.0
         t0 = time.perf_counter()
         self._target_busy = True
         try:
             drafts = draft_batch(self.local_model, jobs)
+            dur = time.perf_counter() - t0  # the compute; stretched by other tenants' share (emulated)
+            held = self.target_load.stretch(load, dur) if self.target_load is not None else dur
         finally:
             self._target_busy = False
-        dur = time.perf_counter() - t0
         m = self.metrics
         steps = max(t.k for t in tasks)
         m.target_draft_passes += steps
-        m.target_draft_gpu_s += dur
+        m.target_draft_gpu_s += held
         self._observe_draft(self.target_name, len(tasks), sum(len(t.req.context) for t in tasks), dur / steps)
         for t, d in zip(tasks, drafts):
             m.draft_tokens += len(d.tokens)
             # queued behind what landed while the driver drafted (stream tokens, draft replies),
             # so a race goes to whoever finished first, as in the simulator's event order
             self._post(self._on_draft_reply, (t.req, t.round_id, self.target_name, t.k,
-                                              DraftResult(d, len(t.req.context), dur, 0, len(tasks), 0, 0), None))
+                                              DraftResult(d, len(t.req.context), held, 0, len(tasks), 0, 0), None))
 
     def _make_ready(self, req: RealRequest, draft: Draft | None, site: str | None) -> None:
         req.ready_draft = draft
@@ -938,20 +973,22 @@ class RealRuntime(DecisionLoop):
             return
         batch, new, ctx = self._take_verify_batch(rids, lim)
         jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator, r.logprobs) for r in batch]
+        load = self.target_load.level() if self.target_load is not None else 0.0
         t0 = time.perf_counter()
         self._target_busy = True
         try:
             verdicts = verify_batch(self.model, jobs)
+            dur = time.perf_counter() - t0  # the compute; stretched by other tenants' share (emulated)
+            held = self.target_load.stretch(load, dur) if self.target_load is not None else dur
         finally:
             self._target_busy = False
-        dur = time.perf_counter() - t0
         if isinstance(self.target_lat, OnlineLatency):
             self.target_lat.observe(new, ctx, dur)
-        self.verify_time_ewma = dur if self.verify_time_ewma == 0 else 0.8 * self.verify_time_ewma + 0.2 * dur
+        self.verify_time_ewma = held if self.verify_time_ewma == 0 else 0.8 * self.verify_time_ewma + 0.2 * held
         self.last_batch_size = len(batch)
         m = self.metrics
         m.target_verify_passes += 1
-        m.target_verify_gpu_s += dur
+        m.target_verify_gpu_s += held
         self.forward_log.append((self.target_name, self.scenario.spec.target_model, len(batch), new, ctx, dur))
         m.batch_sizes_sum += len(batch)
         now = self.now

@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dep = load_deployment(args.deploy, scenario=args.scenario, models_dir=args.models,
                               emulate_wan=False if args.no_wan_emulation else None)
         if args.site:
-            return _serve_site(dep, args.site, args.host, args.port)
+            return _serve_site(dep, args.site, args.host, args.port, args.seed)
         controller = make_controller(args.controller)
         runtime = RealRuntime(dep, seed=args.seed)
         controller.bind(runtime.info)  # a checkpoint built for another scenario fails here, before serving
@@ -555,7 +555,8 @@ class _Uvicorn(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _serve_site(dep: Any, site: str, host: str, port: int) -> int:
+def _serve_site(dep: Any, site: str, host: str, port: int, seed: int) -> int:
+    from runtime.load import EmulatedLoad, emulates_nothing
     from runtime.real.models import load_model
     from runtime.real.site import serve_site
 
@@ -566,8 +567,10 @@ def _serve_site(dep: Any, site: str, host: str, port: int) -> int:
     if ref is None or dep.scenario.site(site).role == "target":
         raise ValueError(f"site {site!r} hosts no drafter of its own; run the target site without --site")
     model, _ = load_model(ref.path, ref.device, ref.dtype)
+    spec = dep.scenario.site(site)
+    load = None if not dep.spec.emulate_load or emulates_nothing(spec.load) else EmulatedLoad(spec.load, seed * 7919 + spec.index)
     try:
-        asyncio.run(serve_site(site, model, host, port))
+        asyncio.run(serve_site(site, model, host, port, load=load))
     except KeyboardInterrupt:
         pass
     return 0

@@ -18,6 +18,10 @@ the job's longest round, at least one, never past ``max_ahead``) and its tokens 
 as the job ends, tagged with the stream's epoch. A correction starts a new epoch; tokens of a
 job that ran across it still go back, with the old epoch, and the target counts them as waste.
 
+``--load`` emulates other tenants on the site's GPU (a scenario site's ``load:``): each job is
+stretched by their share, and the site reports their utilisation in its health replies, as a
+shared GPU's site would report what its monitoring sees.
+
     python -m runtime.real.site --name near --model DIR/draft --port 50061
 """
 
@@ -35,6 +39,7 @@ import torch
 
 from runtime.real import site_pb2 as pb
 from runtime.real import site_pb2_grpc as pb_grpc
+from runtime.load import EmulatedLoad, parse_load
 from runtime.real.engine import DRAFT_TOP_M, DraftJob, SeqCache, draft_batch
 
 #: The GIL hand-over interval in site and target processes (CPython's default is 5 ms): an RPC
@@ -74,9 +79,11 @@ class _AheadStream:
 class DrafterService(pb_grpc.DrafterSiteServicer):
     """Drafts for the target site; one batched job at a time on this site's device."""
 
-    def __init__(self, name: str, model: Any, max_batch: int = 64, max_seqs: int = 4096) -> None:
+    def __init__(self, name: str, model: Any, max_batch: int = 64, max_seqs: int = 4096,
+                 load: EmulatedLoad | None = None) -> None:
         self.name = name
         self.model = model
+        self.load = load  # other tenants, emulated (None: this process is the GPU's only tenant we know of)
         self.max_batch = max_batch
         self.max_seqs = max_seqs  # least recently used contexts beyond this are evicted (resynced on demand)
         self.seqs: dict[int, _SeqState] = {}
@@ -162,9 +169,9 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         done = await fut
         if done is None:
             return pb.DraftReply(known=len(st.context))
-        draft, job_s, passes, size, started = done
+        draft, job_s, passes, size, started, background = done
         reply = pb.DraftReply(tokens=draft.tokens, known=len(st.context), job_s=job_s, passes=passes, job_size=size,
-                              wait_s=max(started - queued, 0.0))
+                              wait_s=max(started - queued, 0.0), background=background)
         _put_probs(reply, draft)
         return reply
 
@@ -231,7 +238,8 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         if self._busy_since is not None:
             busy += min(now - self._busy_since, 1.0)
         return pb.HealthReply(site=self.name, model=str(self.model.config._name_or_path), sequences=len(self.seqs),
-                              queue=len(self.queue), busy=min(busy, 1.0))
+                              queue=len(self.queue), busy=min(busy, 1.0),
+                              background=self.load.level() if self.load is not None else 0.0)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +257,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                 t0 = self._busy_since = time.perf_counter()
                 try:
                     # off the loop, so health checks are answered and new RPCs queue for the next job
-                    drafts, dur = await loop.run_in_executor(None, _timed_draft, self.model, jobs)
+                    drafts, dur, background = await loop.run_in_executor(None, _timed_draft, self.model, jobs, self.load)
                 except Exception as e:  # a bad job must not kill the site: fail its callers
                     for _, _, fut in batch:
                         if not fut.done():
@@ -263,9 +271,9 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                 passes = max(j.k for j in jobs)
                 for (_, _, fut), d in zip(batch, drafts):
                     if not fut.done():
-                        fut.set_result((d, dur, passes, len(jobs), t0))
+                        fut.set_result((d, dur, passes, len(jobs), t0, background))
                 for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
-                    self._ship(st, epoch, d, dur, passes, len(jobs), t0)
+                    self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
                 self._around_job_s = time.perf_counter() - began - dur
 
     def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
@@ -277,12 +285,13 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                                         st.generator)) for st in run]
 
     def _ship(self, st: _AheadStream, epoch: int, d: Any, job_s: float, passes: int, size: int,
-              started: float) -> None:
+              started: float, background: float) -> None:
         """Send a stream's drafted tokens; keep them only if no correction came in meanwhile."""
         if st.closed:
             return
         reply = pb.StreamTokens(epoch=epoch, pos=len(st.drafted) if epoch == st.epoch else 0, tokens=d.tokens,
-                                job_s=job_s, passes=passes, job_size=size, cycle_s=job_s + self._around_job_s)
+                                job_s=job_s, passes=passes, job_size=size, cycle_s=job_s + self._around_job_s,
+                                background=background)
         _put_probs(reply, d)
         if epoch == st.epoch:
             if st.since is not None and started >= st.since:  # the epoch's first tokens
@@ -300,21 +309,25 @@ def _put_probs(reply: Any, draft: Any) -> None:
         reply.probs.extend(draft.probs.flatten().tolist())
 
 
-def _timed_draft(model: Any, jobs: list[DraftJob]) -> tuple[list[Any], float]:
-    """Draft in the worker thread; the time is pure compute (no thread hops), reported as job_s."""
+def _timed_draft(model: Any, jobs: list[DraftJob], load: EmulatedLoad | None) -> tuple[list[Any], float, float]:
+    """Draft in the worker thread: the drafts, the job's time on the GPU (compute, no thread
+    hops, plus the emulated other tenants' share: reported as job_s) and their load at its start."""
+    level = load.level() if load is not None else 0.0
     t0 = time.perf_counter()
     drafts = draft_batch(model, jobs, DRAFT_TOP_M)
-    return drafts, time.perf_counter() - t0
+    compute = time.perf_counter() - t0
+    return drafts, load.stretch(level, compute) if load is not None else compute, level
 
 
 async def serve_site(name: str, model: Any, host: str = "127.0.0.1", port: int = 0,
-                     ready: Any = None, exit_with_parent: bool = False) -> None:
+                     ready: Any = None, exit_with_parent: bool = False, load: EmulatedLoad | None = None) -> None:
     """Run a drafter site until cancelled; prints ``READY <port>`` once listening.
 
     ``exit_with_parent``: stop when the launching process dies (no orphaned local sites).
+    ``load``: other tenants to emulate on this site's GPU (a scenario's site ``load:``).
     """
     server = grpc.aio.server()
-    service = DrafterService(name, model)
+    service = DrafterService(name, model, load=load)
     pb_grpc.add_DrafterSiteServicer_to_server(service, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -351,7 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--exit-with-parent", action="store_true", help="stop when the launching process exits")
+    p.add_argument("--load", metavar="SPEC", help="emulate other tenants on this GPU: a scenario site's load:, "
+                   "e.g. '{kind: markov, levels: [0.05, 0.8], mean_dwell_s: [10, 10]}' (default: none)")
+    p.add_argument("--load-seed", type=int, default=0, help="seed of the emulated load's process")
     args = p.parse_args(argv)
+    load = None
+    if args.load is not None:
+        try:
+            load = EmulatedLoad(parse_load(args.load), args.load_seed)
+        except ValueError as e:
+            p.error(f"--load: {e}")
     torch.set_num_threads(args.threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
@@ -360,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve_site(args.name, model, args.host, args.port, exit_with_parent=args.exit_with_parent))
+        asyncio.run(serve_site(args.name, model, args.host, args.port, exit_with_parent=args.exit_with_parent, load=load))
     except KeyboardInterrupt:
         pass
     except OSError as e:

@@ -49,6 +49,7 @@ class DraftResult:
     bytes_up: int
     bytes_down: int
     wait_s: float = 0.0  # queued at the site behind other draft jobs
+    background: float = 0.0  # other tenants' utilisation of the site when the job started (their share is in job_s)
 
 
 class SiteClient:
@@ -65,6 +66,7 @@ class SiteClient:
         self.up = True
         self.rtt_s = site.rtt_ms / 1000.0  # EWMA of measured round trips (emulated + real), less queueing and compute
         self.load = 0.0  # the site's reported busy fraction
+        self.background = 0.0  # other tenants' utilisation of the site's GPU, as it reports it
         self.in_flight = 0
         self.bytes_sent = 0
         self._rounds: _RoundsCall | None = None
@@ -118,7 +120,8 @@ class SiteClient:
             # the round trip without the site's queueing and compute (as the simulator's links
             # measure it): the queue is the controller's to weigh, from in_flight
             self.rtt_s += 0.2 * (time.perf_counter() - t0 - reply.job_s - reply.wait_s - self.rtt_s)
-            return DraftResult(draft_of(reply), reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s)
+            return DraftResult(draft_of(reply), reply.known, reply.job_s, reply.passes, reply.job_size, up, down, reply.wait_s,
+                               reply.background)
         finally:
             self.in_flight -= 1
 
@@ -150,7 +153,7 @@ class SiteClient:
             self.up = False
             return False
         self.up = True
-        self.load = h.busy
+        self.load, self.background = h.busy, h.background
         return True
 
 

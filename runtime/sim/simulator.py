@@ -41,7 +41,7 @@ from runtime.metrics import Metrics, RequestRecord
 from runtime.network import Link
 from runtime.scenario import Scenario, Site
 from runtime.sim.acceptance import AcceptanceState
-from runtime.sim.load import LoadProcess
+from runtime.load import LoadProcess
 from runtime.workload import Arrival, arrivals
 
 
