@@ -18,14 +18,17 @@ From these it writes a scenario (:func:`twin_scenario`), runs every portfolio se
 with the most SLO-meeting requests. What it cannot see it assumes: Poisson arrivals, constant
 loads, i.i.d. acceptance with the default spread across requests, the default network jitter.
 It learns the system, not a mapping from other systems, so it moves to any set of sites; the
-README ("A digital twin") measures what it gains and where the assumptions cost. With
-``replan=N`` it drops the constant-load assumption where the system contradicts it: it keeps
+README ("A digital twin") measures what it gains and where the assumptions cost. It drops the
+constant-load assumption where the system contradicts it (``replan``, on by default): it keeps
 measuring, and when a site's load jumps to a regime it has not shown before, it plans again with
-that site's load as a Markov process over the regimes seen (:func:`load_process`).
+that site's load as a Markov process over the regimes seen (:func:`load_process`), at least
+``replan_gap_s`` after the last plan, and switches only if the new best is ``replan_margin``
+better in the twin than what it holds.
 
-A plan takes 3.5-15 s of one core on the shipped files (:attr:`Twin.plan_s`). In the simulator
-it runs in the decision call at the end of the probe (simulated time stands still meanwhile);
-on the real runtime it runs in a spawned process while the probe's setting keeps serving.
+A plan takes 3.5-15 s of one core on the shipped files (:attr:`Twin.plan_s` sums a run's plans,
+up to ``1 + replan`` of them). In the simulator it runs in the decision call (simulated time
+stands still meanwhile); on the real runtime it runs in a spawned process while the current
+setting keeps serving.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ REFINE_GAIN = 0.01
 #: The guard: after the switch it skips GUARD_SETTLE windows, then reverts to the probe's setting
 #: when the mean live score of the last GUARD_WINDOWS windows is GUARD_DROP below the probe's.
 GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
+#: Replanning, the default since it passed its rule on unseen systems of the mix (README): up to
+#: REPLAN more plans a run, at least REPLAN_GAP_S apart, each switching only for REPLAN_MARGIN more SLOs.
+REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
 LOAD_GAP = 0.15
 
@@ -224,8 +230,8 @@ class Twin(Selector):
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
                  portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
-                 guard: bool = False, replan: int = 0, replan_gap_s: float = 0.0, replan_margin: float = 0.0,
-                 background: bool | None = None) -> None:
+                 guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
+                 replan_margin: float = REPLAN_MARGIN, background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1, refine >= 0 and replan >= 0, got {horizon_s}, {seeds}, "
                              f"{refine} and {replan}")
@@ -277,7 +283,7 @@ class Twin(Selector):
         if self._future is not None and self._future.done():  # a plan finished in the background
             plan, self._future = self._future.result(), None
             chosen = self._adopt(plan)
-            if self._pool is not None and len(self.replanned_at) >= self.replan:  # no plan is due any more
+            if self._pool is not None:  # no idle planning process while serving; a replan starts another
                 self._pool.shutdown(wait=False)  # (joining it would stall serving while it exits)
                 self._pool = None
             if self.reverted_at is None:

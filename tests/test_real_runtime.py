@@ -580,7 +580,7 @@ def test_the_twin_replans_on_the_real_runtime_when_an_emulated_load_changes_regi
     path.write_text(yaml.safe_dump(raw))
     dep = load_deployment(scenario=str(path), models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
     rt = RealRuntime(dep, seed=1)
-    twin = Twin(probe_s=1.2, warmup_s=0.2, horizon_s=2.0, seeds=1, replan=1, background=False)
+    twin = Twin(probe_s=1.2, warmup_s=0.2, horizon_s=2.0, seeds=1, replan=1, replan_gap_s=0.0, background=False)
     with rt:
         reqs = [rt.submit(prompts[i % len(prompts)], N_TOKENS, 0.0, at=0.3 * i) for i in range(20)]
         rt.end_of_workload()
