@@ -49,7 +49,7 @@ def main() -> None:
     profiles = profile(dep, out, repeats=5, max_context=4096, quiet=True)
     procs = SiteProcesses()
     remote = [s.name for s in dep.scenario.sites if s.role != "target" and s.drafter]
-    addrs = procs.launch({n: dep.drafter_for(n) for n in remote})
+    addrs = procs.launch({n: dep.drafter_for(n) for n in remote}, args={n: dep.site_args(n, args.seed) for n in remote})
     dep = load_deployment(scenario=args.scenario, models_dir=args.models, sites={n: {"address": a} for n, a in addrs.items()})
     dep.scenario = with_rate(dep.scenario, args.rate)
     rows = []

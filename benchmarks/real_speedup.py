@@ -34,7 +34,7 @@ def main() -> None:
     dep = load_deployment(scenario=args.scenario, models_dir=args.models)
     procs = SiteProcesses()
     remote = [s.name for s in dep.scenario.sites if s.role != "target" and s.drafter]
-    addrs = procs.launch({n: dep.drafter_for(n) for n in remote})
+    addrs = procs.launch({n: dep.drafter_for(n) for n in remote}, args={n: dep.site_args(n, args.seed) for n in remote})
     dep = load_deployment(scenario=args.scenario, models_dir=args.models, emulate_wan=not args.no_wan_emulation,
                           sites={n: {"address": a} for n, a in addrs.items()})
     dep.scenario = with_rate(dep.scenario, args.rate)

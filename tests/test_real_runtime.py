@@ -537,9 +537,10 @@ def test_a_scenarios_background_load_is_emulated_on_the_real_sites_and_seen_as_t
         reqs = [rt.submit(p, N_TOKENS, at=0.02 * i) for i, p in enumerate(prompts[:3])]
         rt.end_of_workload()
         drive(rt, RemoteFirst("near"))
-        deadline = time.monotonic() + 10
-        while rt.clients["near"].background == 0.0 and time.monotonic() < deadline:
-            time.sleep(0.05)  # (the site's load arrives with its health replies)
+        # a site's load arrives with its health replies (and a site marked down looks fully loaded)
+        near, far, deadline = rt.clients["near"], rt.clients["far"], time.monotonic() + 10
+        while (near.background == 0.0 or not near.up or not far.up) and time.monotonic() < deadline:
+            time.sleep(0.05)
         # controllers see other tenants' load as SiteState.load, as in the simulator
         assert [rt.site_state(s).load for s in ("dc", "near", "far")] == [0.25, 0.5, 0.0]
     assert [r.output for r in reqs] == refs[:3]  # still lossless
@@ -552,7 +553,7 @@ def test_a_scenarios_background_load_is_emulated_on_the_real_sites_and_seen_as_t
     assert rt.estimate_verify_time(1, 5, 100) == pytest.approx(rt.target_lat.forward_time(1, 5, 100) / 0.75)
     # where real tenants share the GPUs, nothing is emulated
     off = RealRuntime(load_deployment(scenario=str(_loaded_tiny(tmp_path)), models_dir=tiny_dir, emulate_load=False))
-    assert off.target_load is None and off._emulated_load(off.scenario.site("near")) is None
+    assert off.target_load is None and off.deployment.emulated_load("near") is None and off.deployment.site_args("near", 0) == []
     off.close()
 
 

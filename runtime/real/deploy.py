@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from runtime.load import emulates_nothing
 from runtime.scenario import Scenario, ScenarioError, format_validation_error, load_scenario, read_yaml_mapping, shipped_scenarios
 
 REAL_SCENARIO_DIR = Path(__file__).parent / "scenarios"
@@ -105,6 +106,21 @@ class Deployment:
     def address(self, site: str) -> str | None:
         d = self.spec.sites.get(site)
         return d.address if d is not None else None
+
+    def emulated_load(self, site: str) -> Any:
+        """The load spec to emulate at ``site`` (its scenario ``load:``), or None: idle, or
+        ``emulate_load`` off (real tenants, or none)."""
+        load = self.scenario.site(site).load
+        return None if not self.spec.emulate_load or emulates_nothing(load) else load
+
+    def load_seed(self, site: str, seed: int) -> int:
+        """The seed of ``site``'s emulated load in a run seeded ``seed`` (the same wherever it runs)."""
+        return seed * 7919 + self.scenario.site(site).index
+
+    def site_args(self, site: str, seed: int) -> list[str]:
+        """More ``python -m runtime.real.site`` arguments for ``site``: its emulated load, if any."""
+        load = self.emulated_load(site)
+        return [] if load is None else ["--load", load.model_dump_json(), "--load-seed", str(self.load_seed(site, seed))]
 
 
 def _scenario_path(name: str) -> str:

@@ -34,7 +34,9 @@ class RealSpecControlEnv(SpecControlEnv):
         self.processes = SiteProcesses()
         remote = [s.name for s in dep.scenario.sites if s.role != "target" and s.drafter and dep.address(s.name) is None]
         if remote:
-            dep = dep.with_addresses(self.processes.launch({n: dep.drafter_for(n) for n in remote}))
+            # (started once for every episode: an emulated load runs on from the first one)
+            dep = dep.with_addresses(self.processes.launch({n: dep.drafter_for(n) for n in remote},
+                                                           args={n: dep.site_args(n, 0) for n in remote}))
         self.deployment = dep
         self.sim: RealRuntime | None = None  # type: ignore[assignment]
 

@@ -58,7 +58,7 @@ from runtime.contract import (
 )
 from runtime.core import AheadLedger, DecisionLoop, check_plan, drafting_sites
 from runtime.latency import ProfileTable
-from runtime.load import EmulatedLoad, emulates_nothing
+from runtime.load import EmulatedLoad
 from runtime.metrics import KEYS, Metrics, RequestRecord
 from runtime.real.models import check_pair, load_model
 from runtime.real.deploy import Deployment
@@ -361,8 +361,9 @@ class RealRuntime(DecisionLoop):
             for s in sc.sites if s.drafter}
 
         #: other tenants on the target's GPU, emulated (the scenario's ``load:``; see ``emulate_load``)
-        target_load = self._emulated_load(sc.target)
-        self.target_load = EmulatedLoad(target_load, seed * 7919) if target_load is not None else None
+        target_load = deployment.emulated_load(sc.target.name)
+        self.target_load = (EmulatedLoad(target_load, deployment.load_seed(sc.target.name, seed))
+                            if target_load is not None else None)
 
         self.metrics = Metrics()
         self._t0 = time.perf_counter()
@@ -408,11 +409,6 @@ class RealRuntime(DecisionLoop):
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.on_finish: Callable[[RealRequest], None] | None = None
 
-    def _emulated_load(self, site: Any) -> Any:
-        """The load spec to emulate at ``site`` (its scenario ``load:``), or None: idle, or
-        ``emulate_load`` off in the deployment (real tenants, or none)."""
-        return None if not self.deployment.spec.emulate_load or emulates_nothing(site.load) else site.load
-
     def _slowdown(self, load: float) -> float:
         return 1.0 / (1.0 - load)
 
@@ -432,8 +428,7 @@ class RealRuntime(DecisionLoop):
         to_launch = {s.name: dep.drafter_for(s.name) for s in remote if dep.address(s.name) is None}
         if to_launch and not self._launch_sites:
             raise RuntimeError(f"sites {sorted(to_launch)} have no address in the deployment and launching is off")
-        args = {name: ["--load", load.model_dump_json(), "--load-seed", str(self.seed * 7919 + sc.site(name).index)]
-                for name in to_launch if (load := self._emulated_load(sc.site(name))) is not None}
+        args = {name: dep.site_args(name, self.seed) for name in to_launch}
         launched = self.processes.launch(to_launch, args=args) if to_launch else {}
         for s in remote:
             addr = dep.address(s.name) or launched[s.name]

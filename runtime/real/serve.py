@@ -556,7 +556,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _serve_site(dep: Any, site: str, host: str, port: int, seed: int) -> int:
-    from runtime.load import EmulatedLoad, emulates_nothing
+    from runtime.load import EmulatedLoad
     from runtime.real.models import load_model
     from runtime.real.site import serve_site
 
@@ -567,8 +567,8 @@ def _serve_site(dep: Any, site: str, host: str, port: int, seed: int) -> int:
     if ref is None or dep.scenario.site(site).role == "target":
         raise ValueError(f"site {site!r} hosts no drafter of its own; run the target site without --site")
     model, _ = load_model(ref.path, ref.device, ref.dtype)
-    spec = dep.scenario.site(site)
-    load = None if not dep.spec.emulate_load or emulates_nothing(spec.load) else EmulatedLoad(spec.load, seed * 7919 + spec.index)
+    spec = dep.emulated_load(site)
+    load = EmulatedLoad(spec, dep.load_seed(site, seed)) if spec is not None else None
     try:
         asyncio.run(serve_site(site, model, host, port, load=load))
     except KeyboardInterrupt:
