@@ -409,9 +409,6 @@ class RealRuntime(DecisionLoop):
         self.on_batch: Callable[[BatchResult], None] | None = None
         self.on_finish: Callable[[RealRequest], None] | None = None
 
-    def _slowdown(self, load: float) -> float:
-        return 1.0 / (1.0 - load)
-
     def _load_of(self, site: str) -> float:
         """Other tenants' utilisation at ``site``: emulated here for the target, as reported by a drafter site."""
         if site == self.target_name:
@@ -558,13 +555,13 @@ class RealRuntime(DecisionLoop):
     # the forward time, as the simulator estimates it: the latency model (profile or fitted to
     # the compute alone) times the site's slowdown from other tenants now
     def estimate_verify_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
-        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * self._slowdown(self._load_of(self.target_name))
+        return self.target_lat.forward_time(n_seqs, new_tokens, context_tokens) * _slowdown(self._load_of(self.target_name))
 
     def estimate_draft_time(self, site: str, n_seqs: int, k: int, context_tokens: int) -> float:
         lat = self._draft_lat.get(site)
         if k <= 0 or lat is None:
             return 0.0
-        return lat.forward_time(n_seqs, n_seqs, context_tokens) * k * self._slowdown(self._load_of(site))
+        return lat.forward_time(n_seqs, n_seqs, context_tokens) * k * _slowdown(self._load_of(site))
 
     # ------------------------------------------------------------------ Runtime protocol
     def next_decision(self) -> DecisionPoint | None:
@@ -1090,6 +1087,12 @@ class RealRuntime(DecisionLoop):
             return
         self.summary()
         self._finished = True
+
+
+def _slowdown(load: float) -> float:
+    """How much slower other tenants at ``load`` make a forward (a load reported as a float32
+    just under 1 can round to 1: capped at 1000x)."""
+    return 1.0 / max(1.0 - load, 1e-3)
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> frozenset[int]:
