@@ -1,7 +1,8 @@
-"""Where the twin's replanning gains and loses: each system of a distribution, plain vs replanning.
+"""Where the twin's replanning gains and loses: each system of a distribution, plan-once vs replanning.
 
     python benchmarks/twin_replan_diagnosis.py                      # 30 training-seed systems of the mix
-    python benchmarks/twin_replan_diagnosis.py --systems 8 --compare twin:replan=3,seeds=4
+    python benchmarks/twin_replan_diagnosis.py --systems 8 --compare twin:seeds=4
+    python benchmarks/twin_replan_diagnosis.py --baseline twin:replan=3,replan_gap_s=0,replan_margin=0 --compare twin
 
 Seeds start at 7000, far below the test seeds (1e9, ...), so a diagnosis never looks at the
 systems the judge uses. Per system it prints both goodputs, the setting each held last (an index
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--systems", type=int, default=30, help="systems (seeds 7000, 7001, ...)")
     p.add_argument("--first-seed", type=int, default=7000)
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per run")
-    p.add_argument("--baseline", default="twin", help="the plain twin's spec")
-    p.add_argument("--compare", default="twin:replan=3", help="the replanning twin's spec")
+    p.add_argument("--baseline", default="twin:replan=0", help="the twin it is compared against (default: planning once)")
+    p.add_argument("--compare", default="twin", help="the replanning twin's spec (default: the twin's default)")
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     if a.systems < 1 or a.workers < 1 or a.duration <= 0:

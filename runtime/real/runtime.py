@@ -924,7 +924,7 @@ class RealRuntime(DecisionLoop):
             return
         tasks = tasks[: self.limits.max_batch_size]
         jobs = [DraftJob(t.req.local_cache, t.req.context, t.k, t.req.temperature, t.req.generator) for t in tasks]
-        load = self.target_load.level() if self.target_load is not None else 0.0
+        load = self._load_of(self.target_name)
         t0 = time.perf_counter()
         self._target_busy = True
         try:
@@ -965,7 +965,7 @@ class RealRuntime(DecisionLoop):
             return
         batch, new, ctx = self._take_verify_batch(rids, lim)
         jobs = [VerifyJob(r.cache, r.context, r.ready_draft, r.temperature, r.generator, r.logprobs) for r in batch]
-        load = self.target_load.level() if self.target_load is not None else 0.0
+        load = self._load_of(self.target_name)
         t0 = time.perf_counter()
         self._target_busy = True
         try:
