@@ -33,7 +33,9 @@ setting keeps serving.
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +67,13 @@ GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
 REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
 LOAD_GAP = 0.15
+#: Stressed twin workloads (``stress=N``) draw what a probe cannot see from the training mix's own
+#: ranges (training/configs/scenario-mix.yaml): bursts (factor, mean burst and calm seconds), each
+#: site's load flipping to a busy level with STRESS_FLIP_PROB (busy level, mean dwell idle and busy),
+#: and each drafter's acceptance drifting within requests with STRESS_DRIFT_PROB.
+STRESS_BURST_FACTOR, STRESS_BURST_S, STRESS_CALM_S = (1.5, 3.0), (3.0, 15.0), (10.0, 40.0)
+STRESS_FLIP_PROB, STRESS_BUSY, STRESS_DWELL_S = 0.3, (0.4, 0.8), ((10.0, 60.0), (5.0, 30.0))
+STRESS_DRIFT_PROB = 0.3
 
 
 @dataclass
@@ -165,6 +174,34 @@ def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float,
     each arrival's; the drafters' architectures are placeholders that the measured tables replace.
     Loads are constant at the windows' mean, or, given ``load_window_s`` (the windows' length),
     the regimes and dwells the windows show (:func:`load_process`)."""
+    return build_scenario(twin_raw(info, seen, now, drain_s, load_window_s), source=f"<twin of {info.scenario}>")
+
+
+def stressed_raw(raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """A twin's raw scenario (:func:`twin_raw`) with what a probe cannot see drawn from the
+    training mix's ranges (the ``STRESS_*`` constants): bursty arrivals at the measured mean rate;
+    each site whose load the twin holds constant flips, with :data:`STRESS_FLIP_PROB`, between
+    that level and a busy one (starting at the measured level); each drafter's acceptance drifts
+    within requests with :data:`STRESS_DRIFT_PROB`. Everything measured stays as measured."""
+    raw = copy.deepcopy(raw)
+    work = raw["workload"]
+    work["arrivals"] = {"kind": "bursty", "rate": work["arrivals"]["rate"],
+                        "burst_factor": rng.uniform(*STRESS_BURST_FACTOR),
+                        "mean_burst_s": rng.uniform(*STRESS_BURST_S), "mean_calm_s": rng.uniform(*STRESS_CALM_S)}
+    for site in raw["sites"]:
+        load, busy = site["load"], rng.uniform(*STRESS_BUSY)
+        if rng.random() < STRESS_FLIP_PROB and load["kind"] == "constant" and load["level"] < busy:
+            site["load"] = {"kind": "markov", "levels": [load["level"], busy],
+                            "mean_dwell_s": [rng.uniform(*STRESS_DWELL_S[0]), rng.uniform(*STRESS_DWELL_S[1])]}
+    for d in raw["drafters"].values():
+        if rng.random() < STRESS_DRIFT_PROB:
+            d["acceptance"] = {**d["acceptance"], "kind": "drift"}
+    return raw
+
+
+def twin_raw(info: RuntimeInfo, seen: Measured, now: float, drain_s: float,
+             load_window_s: float | None = None) -> dict[str, Any]:
+    """:func:`twin_scenario`'s raw mapping (before validation)."""
     if not seen.arrivals:
         raise ValueError("the probe saw no arrivals: nothing to build a twin from")
     span = max(now, 1e-3)  # the probe runs from the start
@@ -198,7 +235,7 @@ def twin_scenario(info: RuntimeInfo, seen: Measured, now: float, drain_s: float,
         "limits": {"max_k": info.max_k, "max_batch_size": info.max_batch_size, "max_batch_tokens": info.max_batch_tokens,
                    "max_redundancy": info.max_redundancy, "drain_s": drain_s},
     }
-    return build_scenario(raw, source=f"<twin of {info.scenario}>")
+    return raw
 
 
 class Twin(Selector):
@@ -220,7 +257,10 @@ class Twin(Selector):
     long between two plans' starts (a new regime seen sooner waits for it), so the replans are not
     all spent on the first swings after the probe. ``replan_margin``: a replan switches away from
     the held setting only if the best setting meets that share more SLOs than the held one in the
-    twin (a noisy twin's best is often no better than what runs now). ``background``: plan in a
+    twin (a noisy twin's best is often no better than what runs now). ``stress``: that many more
+    twin workloads per setting, each in a stressed twin (:func:`stressed_raw`: bursts, load flips
+    and acceptance drift the probe could not see, drawn from the training mix's ranges), so a
+    setting that collapses under them scores low. ``background``: plan in a
     separate process while the current setting keeps serving, and switch at the first decision
     after the plan is done; default: on runtimes that run in wall-clock time (the real one, whose
     serving would otherwise wait for the plan), not in the simulator (where the switch time would
@@ -231,10 +271,10 @@ class Twin(Selector):
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
                  portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
-                 replan_margin: float = REPLAN_MARGIN, background: bool | None = None) -> None:
-        if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0:
-            raise ValueError(f"horizon_s must be > 0, seeds >= 1, refine >= 0 and replan >= 0, got {horizon_s}, {seeds}, "
-                             f"{refine} and {replan}")
+                 replan_margin: float = REPLAN_MARGIN, stress: int = 0, background: bool | None = None) -> None:
+        if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0 or stress < 0:
+            raise ValueError(f"horizon_s must be > 0, seeds >= 1, and refine, replan and stress >= 0, got {horizon_s}, "
+                             f"{seeds}, {refine}, {replan} and {stress}")
         if replan_gap_s < 0 or replan_margin < 0:
             raise ValueError(f"replan_gap_s and replan_margin must be >= 0, got {replan_gap_s} and {replan_margin}")
         if not 0 < warmup_s < probe_s:
@@ -243,6 +283,7 @@ class Twin(Selector):
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.replan, self.background = int(replan), background
         self.replan_gap_s, self.replan_margin = float(replan_gap_s), float(replan_margin)
+        self.stress = int(stress)
         self.portfolio = list(self.settings)
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
@@ -348,10 +389,14 @@ class Twin(Selector):
         runs best; in the background, start that and return None (keep the current setting)."""
         info = self.info
         assert info is not None, "bind() first"
-        scenario = twin_scenario(info, self.seen, point.time, drain_s=self.horizon_s,
-                                 load_window_s=self.interval_s if self.replan else None)
+        raw = twin_raw(info, self.seen, point.time, drain_s=self.horizon_s,
+                       load_window_s=self.interval_s if self.replan else None)
+        source = f"<twin of {info.scenario}>"
+        scenario = build_scenario(raw, source=source)
+        stressed = tuple(build_scenario(stressed_raw(raw, random.Random(j)), source=f"<stressed {source}>")
+                         for j in range(self.stress))
         args = (scenario, *measured_latency(point.system, info), self.portfolio, self.mode_specs, self.horizon_s,
-                self.seeds, self.refine)
+                self.seeds, self.refine, stressed)
         self._plan_started, self._planned_t = time.perf_counter(), point.time
         if not self._background:
             return self._adopt(plan_settings(*args))
@@ -383,17 +428,19 @@ class Twin(Selector):
 
 def plan_settings(scenario: Scenario, verify: LatencyModel, drafts: dict[str, LatencyModel],
                   portfolio: Sequence[dict[str, Any]], modes: Sequence[str], horizon_s: float, seeds: int,
-                  refine: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Every portfolio setting's SLO-met requests in the twin (summed over ``seeds`` workloads, the
-    same for every setting), and the setting to hold: the best, then up to ``refine`` hill-climbing
-    steps to a neighbour that meets :data:`REFINE_GAIN` more. A plain function of picklable
-    arguments, so it runs here or in a planning process alike."""
+                  refine: int, stressed: Sequence[Scenario] = ()) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every portfolio setting's SLO-met requests in the twin (summed over ``seeds`` workloads, and
+    one workload in each ``stressed`` twin, the same for every setting), and the setting to hold:
+    the best, then up to ``refine`` hill-climbing steps to a neighbour that meets
+    :data:`REFINE_GAIN` more. A plain function of picklable arguments, so it runs here or in a
+    planning process alike."""
     from runtime.sim import Simulator  # the twin's engine: imported where it plans
 
     def met(setting: dict[str, Any]) -> float:
         total = 0.0
-        for seed in range(seeds):
-            sim = Simulator(scenario, seed=seed, duration=horizon_s, verify_latency=verify, draft_latency=drafts)
+        runs = [(scenario, seed) for seed in range(seeds)] + [(sc, seeds + j) for j, sc in enumerate(stressed)]
+        for sc, seed in runs:
+            sim = Simulator(sc, seed=seed, duration=horizon_s, verify_latency=verify, draft_latency=drafts)
             sim.run(fixed_controller(setting, modes))
             total += sum(r.slo_met for r in sim.metrics.records)
         return total
