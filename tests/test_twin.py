@@ -3,12 +3,16 @@ that, and the setting it holds."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from controllers import ControllerError, make_controller
 from controllers.knobs import DEFAULT_MODES, fixed_controller
 from controllers.lookahead import PORTFOLIO
-from controllers.twin import Measured, Twin, load_process, load_regimes, measured_latency, twin_scenario
+from controllers.twin import (Measured, Twin, load_process, load_regimes, measured_latency, plan_settings, stressed_raw,
+                              twin_raw, twin_scenario)
+from runtime.scenario import build_scenario
 from runtime.scenario import load_scenario
 from runtime.sim import Simulator
 
@@ -52,6 +56,45 @@ def test_the_twin_scenario_has_the_sites_and_the_rate_the_probe_saw():
         twin_scenario(info, Measured(), now=8.0, drain_s=10.0)
 
 
+def test_a_stressed_twin_keeps_what_was_measured_and_adds_what_the_probe_cannot_see():
+    twin, sim = _probe("wan-4region", 20.0)
+    raw = twin_raw(sim.info, twin.seen, now=8.0, drain_s=10.0)
+    rate = raw["workload"]["arrivals"]["rate"]
+    draws = [stressed_raw(raw, random.Random(j)) for j in range(20)]
+    for r in draws:
+        build_scenario(r)  # valid
+        arr = r["workload"]["arrivals"]
+        assert arr["kind"] == "bursty" and arr["rate"] == rate  # bursts around the measured mean rate
+        assert 1.5 <= arr["burst_factor"] <= 3.0
+        for site, base in zip(r["sites"], raw["sites"]):
+            assert {k: v for k, v in site.items() if k != "load"} == {k: v for k, v in base.items() if k != "load"}
+            if site["load"] != base["load"]:  # a flip from the measured level to a busy one
+                assert site["load"]["kind"] == "markov" and site["load"]["levels"][0] == base["load"]["level"]
+                assert 0.4 <= site["load"]["levels"][1] <= 0.8
+        assert r["workload"]["prompt_tokens"] == raw["workload"]["prompt_tokens"] and r["limits"] == raw["limits"]
+    flipped = [site["load"] != base["load"] for r in draws for site, base in zip(r["sites"], raw["sites"])]
+    assert 0.15 < sum(flipped) / len(flipped) < 0.45  # each site flips with probability 0.3
+    drift = [d["acceptance"]["kind"] == "drift" for r in draws for d in r["drafters"].values()]
+    assert 0 < sum(drift) < len(drift)
+    assert raw["workload"]["arrivals"]["kind"] == "poisson" and stressed_raw(raw, random.Random(0)) == draws[0]
+
+
+def test_stressed_workloads_add_their_runs_to_each_settings_score():
+    twin, sim = _probe("wan-4region", 20.0)
+    raw = twin_raw(sim.info, twin.seen, now=8.0, drain_s=5.0)
+    nominal, stressed = build_scenario(raw), build_scenario(stressed_raw(raw, random.Random(1)))
+    verify, drafts = measured_latency(sim, sim.info)
+    plain, _ = plan_settings(nominal, verify, drafts, SETTINGS, DEFAULT_MODES, 5.0, 1, 0)
+    both, _ = plan_settings(nominal, verify, drafts, SETTINGS, DEFAULT_MODES, 5.0, 1, 0, stressed=(stressed,))
+    alone = []
+    for setting in SETTINGS:  # the stressed twin's run is the workload after the nominal ones (seed 1)
+        s = Simulator(stressed, seed=1, duration=5.0, verify_latency=verify, draft_latency=drafts)
+        s.run(fixed_controller(setting, DEFAULT_MODES))
+        alone.append(sum(r.slo_met for r in s.metrics.records))
+    assert list(both) == pytest.approx(list(plain + alone))
+    assert list(both) != pytest.approx(list(plain * 2))  # the stressed twin is another system, not a copy
+
+
 def test_measured_forward_times_match_the_systems_own_with_the_load_divided_out():
     sim = Simulator(load_scenario("wan-4region"), 0, 5.0, rate=10.0)
     point = sim.next_decision()
@@ -90,8 +133,10 @@ def test_bad_parameters_are_refused_naming_the_fix():
         make_controller("twin:horizon_s=0")
     with pytest.raises(ControllerError, match="warmup_s < probe_s"):
         make_controller("twin:probe_s=2,warmup_s=3")
-    with pytest.raises(ControllerError, match="replan >= 0"):
+    with pytest.raises(ControllerError, match="replan and stress >= 0"):
         make_controller("twin:replan=-1")
+    with pytest.raises(ControllerError, match="replan and stress >= 0"):
+        make_controller("twin:stress=-1")
     with pytest.raises(ControllerError, match="replan_gap_s and replan_margin must be >= 0"):
         make_controller("twin:replan=3,replan_margin=-0.1")
 
