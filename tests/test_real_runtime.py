@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import torch
 
 from controllers import make_controller
 from runtime.contract import Redundancy, drive
+from runtime.load import LoadProcess
 from runtime.real.models import tiny_prompts
 from runtime.real.deploy import load_deployment
 from runtime.real.runtime import RealRuntime, SiteProcesses
@@ -575,11 +577,15 @@ def test_the_twin_replans_on_the_real_runtime_when_an_emulated_load_changes_regi
 
     prompts, refs = references
     raw = yaml.safe_load((REAL_SCENARIO_DIR / "tiny-local.yaml").read_text())
-    # the target's other tenants: idle, then busy from 2.55 s (the first dwell that seed 1 draws) on
-    raw["sites"][0]["load"] = {"kind": "markov", "levels": [0.05, 0.6], "mean_dwell_s": [2.5, 1000]}
+    # the target's other tenants: idle, then busy after the probe (from 2.54 s: the first dwell that
+    # run seed 1 draws) on
+    raw["sites"][0]["load"] = {"kind": "markov", "levels": [0.05, 0.6], "mean_dwell_s": [5.7, 1000]}
     path = tmp_path / "flip.yaml"
     path.write_text(yaml.safe_dump(raw))
     dep = load_deployment(scenario=str(path), models_dir=tiny_dir, sites={n: {"address": a} for n, a in site_addresses.items()})
+    process = LoadProcess(dep.scenario.target.load, random.Random(dep.load_seed("dc", 1)))
+    flip = next(t / 100 for t in range(1000) if process.level(t / 100) > 0.5)
+    assert 2.0 < flip < 3.0  # after the probe, well before the last arrival (5.7 s)
     rt = RealRuntime(dep, seed=1)
     twin = Twin(probe_s=1.2, warmup_s=0.2, horizon_s=2.0, seeds=1, replan=1, replan_gap_s=0.0, background=False)
     with rt:
@@ -589,4 +595,4 @@ def test_the_twin_replans_on_the_real_runtime_when_an_emulated_load_changes_regi
     assert [r.output for r in reqs] == [refs[i % len(refs)] for i in range(20)]
     loads = twin.seen.loads["dc"]
     assert loads[0] == pytest.approx(0.05) and max(loads) == pytest.approx(0.6)
-    assert len(twin.replanned_at) == 1 and twin.replanned_at[0] > 2.55  # it saw the flip and planned again
+    assert len(twin.replanned_at) == 1 and twin.replanned_at[0] > flip  # it saw the flip and planned again

@@ -114,8 +114,10 @@ class Deployment:
         return None if not self.spec.emulate_load or emulates_nothing(load) else load
 
     def load_seed(self, site: str, seed: int) -> int:
-        """The seed of ``site``'s emulated load in a run seeded ``seed`` (the same wherever it runs)."""
-        return seed * 7919 + self.scenario.site(site).index
+        """The seed of ``site``'s emulated load in a run seeded ``seed`` (the same wherever it runs):
+        the simulator's for that site, so both backends draw the same load path, and apart from the
+        seeds of the emulated links (``seed * 7919 + index``), whose jitter must not follow it."""
+        return seed * 7919 + 104729 * (self.scenario.site(site).index + 1)
 
     def site_args(self, site: str, seed: int) -> list[str]:
         """More ``python -m runtime.real.site`` arguments for ``site``: its emulated load, if any."""
