@@ -230,11 +230,11 @@ def test_spaced_replans_wait_out_the_gap_and_a_margin_keeps_the_held_setting_aga
     assert len(bunched.replanned_at) == 3 and bunched.replanned_at[-1] < bunched.probe_s + 5
     starts = [spaced.probe_s, *spaced.replanned_at]
     assert len(starts) >= 3 and all(b - a >= 10.0 for a, b in zip(starts, starts[1:]))
-    # eu-jetson-fleet seed ...04: the replan's best meets 229 SLOs in the twin against the held
-    # setting's 228; with a 2% margin the twin keeps what it holds
+    # eu-jetson-fleet seed ...04, on the measured twin alone: the replan's best meets 229 SLOs in
+    # the twin against the held setting's 228; with a 2% margin the twin keeps what it holds
     jetson = load_scenario("training/scenarios/eu-jetson-fleet.yaml")
-    plain = make_controller("twin:replan=3,replan_gap_s=0,replan_margin=0")
-    margined = make_controller("twin:replan=3,replan_gap_s=0,replan_margin=0.02")
+    plain = make_controller("twin:replan=3,replan_gap_s=0,replan_margin=0,stress=0")
+    margined = make_controller("twin:replan=3,replan_gap_s=0,replan_margin=0.02,stress=0")
     Simulator(jetson, 1_000_000_004, 20.0, rate=4.0).run(plain)
     Simulator(jetson, 1_000_000_004, 20.0, rate=4.0).run(margined)
     assert list(plain.values) == list(margined.values) and plain.replanned_at == margined.replanned_at
