@@ -29,8 +29,8 @@ stressed twins (:func:`stressed_raw`), in which the bursts, load flips and accep
 probe cannot see are drawn from the training mix's ranges, so a setting that collapses under
 them scores low (``stress=0``: the measured twin alone).
 
-A plan takes 3.5-15 s of one core on the shipped files (:attr:`Twin.plan_s` sums a run's plans,
-up to ``1 + replan`` of them). In the simulator it runs in the decision call (simulated time
+A plan takes 6-30 s of one core on the shipped files (3.3-16 s on the measured twin alone,
+``stress=0``; :attr:`Twin.plan_s` sums a run's plans, up to ``1 + replan`` of them). In the simulator it runs in the decision call (simulated time
 stands still meanwhile); on the real runtime it runs in a spawned process while the current
 setting keeps serving.
 """
