@@ -30,9 +30,9 @@ probe cannot see are drawn from the training mix's ranges, so a setting that col
 them scores low (``stress=0``: the measured twin alone).
 
 A plan takes 6-30 s of one core on the shipped files (3.3-16 s on the measured twin alone,
-``stress=0``; :attr:`Twin.plan_s` sums a run's plans, up to ``1 + replan`` of them). In the simulator it runs in the decision call (simulated time
-stands still meanwhile); on the real runtime it runs in a spawned process while the current
-setting keeps serving.
+``stress=0``; :attr:`Twin.plan_s` sums a run's plans, up to ``1 + replan`` of them). In the
+simulator it runs in the decision call (simulated time stands still meanwhile); on the real
+runtime it runs in a spawned process while the current setting keeps serving.
 """
 
 from __future__ import annotations
