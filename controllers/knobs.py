@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -143,7 +143,7 @@ class KnobController(Controller):
     def __init__(
         self,
         mode: str | int = 0,
-        cap: float | None = None,
+        cap: float | Literal["none"] | None = None,
         k_cap: int | None = None,
         hedge: bool = True,
         modes: Sequence[str] = DEFAULT_MODES,

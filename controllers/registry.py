@@ -7,9 +7,14 @@ without an import cycle; :mod:`controllers` registers those two when the package
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
+import types
+import typing
 from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
 
 from runtime.contract import Controller, compose
 
@@ -108,7 +113,46 @@ def make_controller(spec: str, **params: Any) -> Controller:
         raise ControllerError(
             f"controller {name!r} has no parameter(s) {bad}; valid: {valid or 'none'}"
         )
+    hints = parameter_types(factory)
+    for key, value in parsed.items():
+        if key in hints:
+            _check_type(name, key, value, hints[key])
     try:
         return factory(**parsed)
     except (TypeError, ValueError) as e:
         raise ControllerError(f"controller {name!r}: {e}") from None
+
+
+def parameter_types(factory: Callable[..., Controller]) -> dict[str, Any]:
+    """The annotated type of each of a factory's parameters (a class: its ``__init__``'s)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    hints = typing.get_type_hints(target)
+    hints.pop("return", None)
+    return hints
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any) -> TypeAdapter:
+    return TypeAdapter(annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    """``float | 'none' | None`` rather than ``Union[float, Literal['none'], NoneType]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def _check_type(name: str, key: str, value: Any, annotation: Any) -> None:
+    """A spec's value against the parameter's annotation, so ``twin:stress=abc`` is refused by
+    name and type instead of failing somewhere inside the controller."""
+    try:
+        _adapter(annotation).validate_python(value)
+    except ValidationError as e:
+        raise ControllerError(f"controller {name!r}: parameter {key}={value!r} must be {_type_name(annotation)} "
+                              f"({e.errors()[0]['msg']}); fix the value in the spec `{name}:{key}=...`") from None

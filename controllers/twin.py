@@ -44,6 +44,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -53,7 +54,7 @@ from runtime.latency import LatencyModel, ProfileTable
 from runtime.scenario import Scenario, build_scenario
 
 from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, fixed_controller, setting_key
-from controllers.lookahead import PORTFOLIO
+from controllers.lookahead import PORTFOLIO, load_portfolio
 from controllers.selector import PROBE_S, WARMUP_S, Selector
 
 #: Where the forward-time tables are sampled: new tokens per forward, and context tokens.
@@ -250,9 +251,10 @@ class Twin(Selector):
 
     ``horizon_s``: each twin run's arrival window; ``seeds``: twin workloads per setting (common
     to every setting). ``portfolio``/``modes``: the candidate knob settings (default: the
-    lookahead planner's six, the selector's). ``refine``: after the portfolio, up to that many
-    hill-climbing steps in the twin to a neighbouring setting (the cap or the k cap one level
-    away, or hedging flipped) that meets :data:`REFINE_GAIN` more SLOs there (each step costs
+    lookahead planner's six, the selector's), or a portfolio file with its own modes and
+    settings (``python -m training.portfolio`` learns one). ``refine``: after the portfolio, up
+    to that many hill-climbing steps in the twin to a neighbouring setting (the cap or the k cap
+    one level away, or hedging flipped) that meets :data:`REFINE_GAIN` more SLOs there (each step costs
     up to five more settings' runs). ``guard``: watch the held setting live and go back to the
     probe's setting, for good, when its live score (admitted share x share of rounds started on
     their SLO pace) falls :data:`GUARD_DROP` below the probe's: the twin cannot see load swings,
@@ -275,7 +277,8 @@ class Twin(Selector):
     name = "twin"
 
     def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
-                 portfolio: Sequence[dict[str, Any]] = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES, refine: int = 0,
+                 portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
+                 refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
                  replan_margin: float = REPLAN_MARGIN, stress: int = STRESS, background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0 or stress < 0:
@@ -285,6 +288,8 @@ class Twin(Selector):
             raise ValueError(f"replan_gap_s and replan_margin must be >= 0, got {replan_gap_s} and {replan_margin}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
+        if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`
+            modes, portfolio = load_portfolio(portfolio)
         super().__init__(settings=portfolio, modes=modes, probe_s=probe_s, warmup_s=warmup_s)
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.replan, self.background = int(replan), background

@@ -142,6 +142,34 @@ def test_registry_builds_every_controller_and_rejects_bad_parameters():
         make_controller("sled:k=0")
 
 
+@pytest.mark.parametrize("spec, match", [
+    ("twin:stress=abc", r"parameter stress='abc' must be int .*unable to parse"),
+    ("wanspec:k=2.5", r"parameter k=2.5 must be int .*fractional part"),
+    ("knobs:hedge=maybe", r"parameter hedge='maybe' must be bool"),
+    ("twin:modes=wanspec", r"parameter modes='wanspec' must be Sequence\[str\]"),
+    ("wisp:min_accept=high", r"parameter min_accept='high' must be float"),
+])
+def test_a_spec_value_of_the_wrong_type_is_refused_naming_the_parameter_and_type(spec, match):
+    with pytest.raises(ControllerError, match=match):
+        make_controller(spec)
+
+
+def test_every_registered_controller_declares_its_parameter_types_and_its_defaults_fit_them():
+    """The registry checks spec values against the annotations: each factory's must resolve, and
+    its own defaults must pass the check (or a valid spec would be refused)."""
+    import inspect
+
+    from controllers.registry import REGISTRY, _check_type, parameter_types
+
+    for name, factory in REGISTRY.items():
+        types = parameter_types(factory)
+        for p in inspect.signature(factory).parameters.values():
+            assert p.name in types, f"{name}: parameter {p.name} has no annotation, so its spec values go unchecked"
+            if p.default is not inspect.Parameter.empty:
+                _check_type(name, p.name, p.default, types[p.name])
+    assert make_controller("twin:stress=1,guard=true,horizon_s=20").stress == 1  # YAML scalars of the right types
+
+
 def test_plus_composes_a_heuristic_with_an_admission_cap():
     c = make_controller("wanspec:k=5+inflight-cap:max_inflight=3")
     assert c.name == "wanspec+inflight-cap"

@@ -137,9 +137,14 @@ def test_the_judge_runs_the_selector_beside_the_baseline_and_the_default(tmp_pat
     out = capsys.readouterr().out
     assert "baseline wanspec" in out and f"selector:model={path}" in out and "the default setting" in out
     assert "settings it held" in out and "`knobs:mode=wanspec,cap=1,k_cap=3,hedge=false`" in out  # the model's choice
-    with pytest.raises(SystemExit) as e:
-        judge.main(["--scenario", "wan-4region", "--baseline", "wanspec", "--controller", "nope"])
-    assert e.value.code == 2 and "--controller 'nope': unknown controller" in capsys.readouterr().err
+    for args, match in [(["--controller", "nope"], "--controller 'nope': unknown controller"),
+                        (["--controller", "wisp", "--rate", "-3"], "--rate: must be a positive arrival rate in req/s, got -3"),
+                        (["--controller", "wisp", "--seeds", "1"], "--seeds must be >= 2"),
+                        (["--controller", "wisp", "--workers", "0"], "--workers: must be a whole number of processes >= 1")]:
+        with pytest.raises(SystemExit) as e:
+            judge.main(["--scenario", "wan-4region", "--baseline", "wanspec", *args])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and match in err and len(err.splitlines()) == 1
 
 
 def test_judging_on_a_distribution_runs_each_seed_on_the_system_the_knob_env_draws_for_it(capsys):

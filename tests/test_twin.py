@@ -275,3 +275,15 @@ def test_a_plan_in_the_background_chooses_what_the_blocking_plan_chooses_and_ser
     assert started is not None and started >= background.probe_s and switched is not None and switched > started
     assert background._pool is None  # the planning process is stopped once its plan is adopted
     assert sim.summary()["requests_completed"] == pytest.approx(plain["requests_completed"], rel=0.05)
+
+
+def test_the_twin_plans_over_a_portfolio_file_with_its_own_modes(tmp_path):
+    f = tmp_path / "portfolio.yaml"
+    f.write_text("modes: [wisp, centralized]\nsettings:\n  - {mode: 1, cap: 1.0, k_cap: 4, hedge: 0}\n"
+                 "  - {mode: 0, cap: 2.0, k_cap: 3, hedge: 0}\n")
+    twin = make_controller(f"twin:portfolio={f},probe_s=4,warmup_s=1,horizon_s=5,seeds=1,stress=0,replan=0")
+    Simulator(load_scenario("wan-4region"), 0, 10.0, rate=16.0).run(twin)
+    assert [m.split(":")[0] for m in twin.mode_specs] == ["wisp", "centralized"]
+    assert twin.values is not None and len(twin.values) == 2 and twin.chosen in (0, 1)
+    with pytest.raises(ControllerError, match="not found.*training.portfolio"):
+        make_controller(f"twin:portfolio={tmp_path / 'missing.yaml'}")

@@ -21,6 +21,7 @@ import sys
 from typing import Any, Sequence
 
 from policy_env.env import TRAIN_SEED_MAX
+from runtime.flags import positive, positive_float, whole
 
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
@@ -28,11 +29,11 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--scenario", help="shipped scenario name or YAML path")
     where.add_argument("--distribution", help="scenario distribution YAML: each test seed draws its own system")
-    p.add_argument("--rate", type=float, help="mean arrival rate (req/s; default: the scenario's)")
+    p.add_argument("--rate", type=positive("arrival rate in req/s"), help="mean arrival rate (req/s; default: the scenario's)")
     p.add_argument("--baseline", required=True, help="controller spec to judge against (e.g. the best tuned heuristic)")
-    p.add_argument("--seeds", "--systems", type=int, default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's), one system each with --distribution")
-    p.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per run")
-    p.add_argument("--workers", type=int, default=2, help="processes")
+    p.add_argument("--seeds", "--systems", type=whole("number of seeds"), default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's), one system each with --distribution")
+    p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per run")
+    p.add_argument("--workers", type=whole("number of processes"), default=2, help="processes")
 
 
 def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: Sequence[tuple[str, str]] = ()) -> Any:
@@ -44,9 +45,6 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
 
     if a.seeds < 2:
         p.error("--seeds must be >= 2 (a confidence interval needs two)")
-    for flag, value in (("--duration", a.duration), ("--workers", a.workers)):
-        if value <= 0:
-            p.error(f"{flag} must be > 0")
     if a.distribution and a.rate is not None:
         p.error("--rate applies to --scenario; a distribution draws each system's rate")
     try:

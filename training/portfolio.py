@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hedge", choices=["off", "on", "both"], default="off", help="hedged backups in the grid")
     p.add_argument("--seed", type=int, default=0, help="which training systems are drawn")
     p.add_argument("--workers", type=int, default=2, help="processes")
-    p.add_argument("--out", help="write the portfolio here (YAML, for lookahead:portfolio=FILE)")
+    p.add_argument("--out", help="write the portfolio here (YAML, for lookahead:portfolio=FILE or twin:portfolio=FILE)")
     p.add_argument("--save-scores", help="also write the systems x settings goodput matrix here (.npz)")
     a = p.parse_args(argv)
     for flag, value in (("--systems", a.systems), ("--size", a.size), ("--duration", a.duration), ("--workers", a.workers)):
