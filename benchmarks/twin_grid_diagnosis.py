@@ -2,11 +2,15 @@
 
     python benchmarks/twin_grid_diagnosis.py --systems 8 --first-seed 7200      # ~1 h on 2 cores
     python benchmarks/twin_grid_diagnosis.py --systems 2 --caps 1 none --k-caps 2 8 --duration 20
+    python benchmarks/twin_grid_diagnosis.py --scenario edge-fleet --rate 32 --systems 4 --first-seed 7300 \
+        --modes wanspec --caps 2 3 none --k-caps 2 3 --hedge false --stress 2              # the default twin's runs
+    (the same with --horizon-s 60 --stress 0: 60-s twin runs)
 
-On each training-seed system of a distribution (seeds far below the test seeds 1e9, ...), the
-plan-once twin on the measured twin alone scores every setting of a grid (the six of the shipped
-portfolio first, then every mode x cap x k cap x hedging), and every setting also runs alone on
-the system itself with the same seed. Per system it prints the system's goodput under the twin's
+On each training-seed system of a distribution, or seed of a scenario (seeds far below the test
+seeds 1e9, ...), the plan-once twin (``--horizon-s``, ``--stress``; default: the measured twin
+alone) scores every setting of a grid (the six of the shipped portfolio first, then every
+mode x cap x k cap x hedging), and every setting also runs alone on the system itself with the
+same seed. Per system it prints the system's goodput under the twin's
 pick of the six, its pick of the grid, the six's best and the grid's best, and the Spearman
 correlation of the twin's scores with the truth; then the means of the ratios.
 """
@@ -26,14 +30,15 @@ from runtime.flags import OneLineParser, positive, positive_float, whole  # noqa
 DEFAULT_DIST = "training/configs/scenario-mix.yaml"
 
 
-def grid(caps: list[float | None], k_caps: list[int]) -> list[dict[str, Any]]:
+def grid(caps: list[float | None], k_caps: list[int], modes: list[int] | None = None,
+         hedges: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
     """The shipped six, then every mode x cap x k cap x hedging not among them."""
     from controllers.knobs import DEFAULT_MODES, setting_key
     from controllers.lookahead import PORTFOLIO
 
     out = [dict(s) for s in PORTFOLIO]
     seen = {setting_key(s) for s in out}
-    for m, c, k, h in itertools.product(range(len(DEFAULT_MODES)), caps, k_caps, (0, 1)):
+    for m, c, k, h in itertools.product(modes or range(len(DEFAULT_MODES)), caps, k_caps, hedges):
         s = {"mode": m, "cap": c, "k_cap": k, "hedge": h}
         if setting_key(s) not in seen:
             seen.add(setting_key(s))
@@ -41,15 +46,16 @@ def grid(caps: list[float | None], k_caps: list[int]) -> list[dict[str, Any]]:
     return out
 
 
-def run_one(job: tuple[Any, list[dict[str, Any]], int, float]) -> tuple[list[float], list[float], float]:
+def run_one(job: tuple[Any, float | None, list[dict[str, Any]], int, float, float, int]) -> tuple[list[float], list[float], float]:
     """One system: the twin's score of each setting, each setting's goodput on the system, the plan's wall seconds."""
-    dist, settings, seed, duration = job
+    where, rate, settings, seed, duration, horizon_s, stress = job
     from controllers.knobs import DEFAULT_MODES, fixed_controller
     from controllers.twin import Twin
+    from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
 
-    scenario, rate = dist.draw(seed)
-    twin = Twin(portfolio=settings, replan=0, stress=0, background=False)
+    scenario, rate = where.draw(seed) if isinstance(where, ScenarioDistribution) else (where, rate)
+    twin = Twin(portfolio=settings, replan=0, stress=stress, horizon_s=horizon_s, background=False)
     Simulator(scenario, seed, duration, rate=rate).run(twin)
     if twin.values is None:
         raise RuntimeError(f"system {seed}: the twin never planned (no arrivals in its probe)")
@@ -60,12 +66,19 @@ def run_one(job: tuple[Any, list[dict[str, Any]], int, float]) -> tuple[list[flo
 
 def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(description=__doc__.split("\n")[0])
-    p.add_argument("--distribution", default=DEFAULT_DIST, help="scenario distribution YAML")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--distribution", help=f"scenario distribution YAML (default: {DEFAULT_DIST})")
+    where.add_argument("--scenario", help="a shipped scenario name or YAML path instead (each seed: a workload of it)")
+    p.add_argument("--rate", type=positive("arrival rate in req/s"), help="with --scenario: its arrival rate (default: the scenario's)")
     p.add_argument("--systems", type=whole("number of systems"), default=8, help="systems (seeds --first-seed, ...)")
     p.add_argument("--first-seed", type=int, default=7200)
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per run")
     p.add_argument("--caps", nargs="+", default=["1", "1.5", "2", "2.5", "3", "none"], help="admission caps (x max batch, or none)")
     p.add_argument("--k-caps", nargs="+", type=whole("k cap"), default=[1, 2, 4, 8], help="draft-length caps")
+    p.add_argument("--modes", nargs="+", choices=["wanspec", "wisp", "centralized"], help="the grid's modes (default: all three)")
+    p.add_argument("--hedge", nargs="+", choices=["true", "false"], default=["false", "true"], help="the grid's hedging")
+    p.add_argument("--horizon-s", type=positive_float, default=30.0, help="the twin's runs (simulated s of arrivals)")
+    p.add_argument("--stress", type=int, default=0, help="stressed twins per plan (the twin's default: 2)")
     p.add_argument("--workers", type=whole("number of processes"), default=2)
     a = p.parse_args(argv)
     cap = positive("admission cap (x max batch)")
@@ -76,29 +89,42 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     from scipy.stats import spearmanr
 
-    from controllers.knobs import cap_level, k_cap_level
+    from controllers.knobs import DEFAULT_MODES, cap_level, k_cap_level
     from runtime.distribution import DistributionError, ScenarioDistribution
+    from runtime.scenario import ScenarioError, load_scenario
     from training.compare import pool_map
 
+    if a.rate is not None and not a.scenario:
+        p.error("--rate applies to --scenario; a distribution draws each system's rate")
+    from controllers.selector import PROBE_S
+
+    if a.duration <= PROBE_S:
+        p.error(f"--duration must exceed the twin's {PROBE_S:g}-s probe, got {a.duration:g}")
+    if a.stress < 0:
+        p.error(f"--stress must be >= 0, got {a.stress}")
     try:
         for c in caps:
             cap_level(c)
         for k in a.k_caps:
             k_cap_level(k)
-        dist = ScenarioDistribution.load(a.distribution)
-    except (ValueError, DistributionError, OSError) as e:
+        where = load_scenario(a.scenario) if a.scenario else ScenarioDistribution.load(a.distribution or DEFAULT_DIST)
+    except (ValueError, ScenarioError, DistributionError, OSError) as e:
         p.error(str(e))
-    settings = grid(caps, a.k_caps)
+    modes = [DEFAULT_MODES.index(m) for m in a.modes] if a.modes else None
+    settings = grid(caps, a.k_caps, modes, tuple(int(h == "true") for h in a.hedge))
     six = len(grid([], []))  # the shipped six come first
     seeds = range(a.first_seed, a.first_seed + a.systems)
-    print(f"{len(settings)} settings on {a.systems} systems of {a.distribution}, {a.duration:g} s each", flush=True)
-    rows = pool_map(run_one, [(dist, settings, seed, a.duration) for seed in seeds], a.workers, desc="systems")
+    print(f"{len(settings)} settings on {a.systems} {'seeds of ' + a.scenario if a.scenario else 'systems of ' + (a.distribution or DEFAULT_DIST)}, "
+          f"{a.duration:g} s each; twin runs of {a.horizon_s:g} s, {a.stress} stressed", flush=True)
+    jobs = [(where, a.rate, settings, seed, a.duration, a.horizon_s, a.stress) for seed in seeds]
+    rows = pool_map(run_one, jobs, a.workers, desc="systems")
     ratios = []
     for seed, (scores, truth, plan_s) in zip(seeds, rows):
         v, t = np.asarray(scores), np.asarray(truth)
         pick6, pick = int(np.argmax(v[:six])), int(np.argmax(v))
         r = (t[pick] / t[pick6], t.max() / t[:six].max(), t[pick6] / t[:six].max())
         ratios.append(r)
+        print(f"{seed}: twin's scores {' '.join(f'{x:.0f}' for x in v)}; on the system {' '.join(f'{x:.2f}' for x in t)}")
         print(f"{seed}: twin's pick of the six {t[pick6]:.2f} req/s, of the grid {t[pick]:.2f} {settings[pick]}; "
               f"best of the six {t[:six].max():.2f}, of the grid {t.max():.2f} {settings[int(np.argmax(t))]}; "
               f"Spearman {spearmanr(v, t).statistic:.2f}; plan {plan_s:.0f} s")
