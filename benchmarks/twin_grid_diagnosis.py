@@ -18,7 +18,7 @@ correlation of the twin's scores with the truth; then the means of the ratios.
 from __future__ import annotations
 
 import argparse
-import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,22 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.flags import OneLineParser, positive, positive_float, whole  # noqa: E402
 
 DEFAULT_DIST = "training/configs/scenario-mix.yaml"
-
-
-def grid(caps: list[float | None], k_caps: list[int], modes: list[int] | None = None,
-         hedges: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
-    """The shipped six, then every mode x cap x k cap x hedging not among them."""
-    from controllers.knobs import DEFAULT_MODES, setting_key
-    from controllers.lookahead import PORTFOLIO
-
-    out = [dict(s) for s in PORTFOLIO]
-    seen = {setting_key(s) for s in out}
-    for m, c, k, h in itertools.product(modes or range(len(DEFAULT_MODES)), caps, k_caps, hedges):
-        s = {"mode": m, "cap": c, "k_cap": k, "hedge": h}
-        if setting_key(s) not in seen:
-            seen.add(setting_key(s))
-            out.append(s)
-    return out
 
 
 def run_one(job: tuple[Any, float | None, list[dict[str, Any]], int, float, float, int]) -> tuple[list[float], list[float], float]:
@@ -83,16 +67,18 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     cap = positive("admission cap (x max batch)")
     try:
-        caps = [None if c == "none" else cap(c) for c in a.caps]
+        caps = [math.inf if c == "none" else cap(c) for c in a.caps]
     except argparse.ArgumentTypeError as e:
         p.error(f"--caps: {e}")
     import numpy as np
     from scipy.stats import spearmanr
 
     from controllers.knobs import DEFAULT_MODES, cap_level, k_cap_level
+    from controllers.lookahead import PORTFOLIO
     from runtime.distribution import DistributionError, ScenarioDistribution
     from runtime.scenario import ScenarioError, load_scenario
     from training.compare import pool_map
+    from training.portfolio import candidate_grid
 
     if a.rate is not None and not a.scenario:
         p.error("--rate applies to --scenario; a distribution draws each system's rate")
@@ -111,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ScenarioError, DistributionError, OSError) as e:
         p.error(str(e))
     modes = [DEFAULT_MODES.index(m) for m in a.modes] if a.modes else None
-    settings = grid(caps, a.k_caps, modes, tuple(int(h == "true") for h in a.hedge))
-    six = len(grid([], []))  # the shipped six come first
+    settings = candidate_grid(len(DEFAULT_MODES), caps, a.k_caps, [int(h == "true") for h in a.hedge], modes)
+    six = len(PORTFOLIO)  # the shipped six come first
     seeds = range(a.first_seed, a.first_seed + a.systems)
     print(f"{len(settings)} settings on {a.systems} {'seeds of ' + a.scenario if a.scenario else 'systems of ' + (a.distribution or DEFAULT_DIST)}, "
           f"{a.duration:g} s each; twin runs of {a.horizon_s:g} s, {a.stress} stressed", flush=True)

@@ -123,8 +123,10 @@ def make_controller(spec: str, **params: Any) -> Controller:
         raise ControllerError(f"controller {name!r}: {e}") from None
 
 
+@functools.lru_cache(maxsize=None)
 def parameter_types(factory: Callable[..., Controller]) -> dict[str, Any]:
-    """The annotated type of each of a factory's parameters (a class: its ``__init__``'s)."""
+    """The annotated type of each of a factory's parameters (a class: its ``__init__``'s); once
+    per factory, as knob controllers build their modes by spec in every run."""
     target = factory.__init__ if inspect.isclass(factory) else factory
     hints = typing.get_type_hints(target)
     hints.pop("return", None)

@@ -60,6 +60,24 @@ def greedy_portfolio(shares: np.ndarray, size: int) -> tuple[list[int], list[flo
     return chosen, coverage
 
 
+def candidate_grid(n_modes: int, caps: Sequence[float], k_caps: Sequence[int], hedges: Sequence[int],
+                   modes: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The shipped portfolio's settings, then every mode (of ``modes``, default all) x cap (inf:
+    none) x k cap x hedging not among them: the shipped six always compete, so what is learned
+    or measured over the grid is judged against them."""
+    from controllers.knobs import setting_key
+    from controllers.lookahead import PORTFOLIO
+    from training.mix_tune import candidates
+
+    grid = [dict(k) for k in PORTFOLIO]
+    seen = {setting_key(g) for g in grid}
+    for g in candidates(n_modes, {"caps": caps, "k_caps": k_caps, "hedge": hedges}):
+        if setting_key(g) not in seen and (modes is None or g["mode"] in modes):
+            seen.add(setting_key(g))
+            grid.append(g)
+    return grid
+
+
 def _setting_yaml(knobs: dict[str, Any]) -> dict[str, Any]:
     cap = knobs["cap"]
     return {"mode": int(knobs["mode"]), "cap": "none" if cap is None or math.isinf(float(cap)) else float(cap),
@@ -69,12 +87,11 @@ def _setting_yaml(knobs: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
-    from controllers.knobs import setting_key
     from controllers.lookahead import PORTFOLIO
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.compare import pool_map
-    from training.mix_tune import candidates, setting_goodput, spec_of, tuning_seeds
+    from training.mix_tune import setting_goodput, spec_of, tuning_seeds
 
     p = OneLineParser(prog="python -m training.portfolio", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
@@ -104,13 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         p.error(str(e))
     hedges = {"off": [0], "on": [1], "both": [0, 1]}[a.hedge]
-    # the shipped portfolio's settings always compete, so the learned one is judged against them
-    grid = [dict(k) for k in PORTFOLIO]
-    seen = {setting_key(g) for g in grid}
-    for g in candidates(len(modes), {"caps": a.caps, "k_caps": a.k_caps, "hedge": hedges}):  # mode x cap x k cap x hedge
-        if setting_key(g) not in seen:
-            seen.add(setting_key(g))
-            grid.append(g)
+    grid = candidate_grid(len(modes), a.caps, a.k_caps, hedges)
     seeds = tuning_seeds(a.seed, a.systems)
     print(f"{len(grid)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each", flush=True)
     jobs = [(env_kwargs, s, a.duration, g) for g in grid for s in seeds]
