@@ -413,7 +413,8 @@ def checked_settings(settings: Any, n_modes: int, where: str) -> list[dict[str, 
             raise ValueError(f"{where}: settings[{i}] must map mode, cap, k_cap and hedge, got {s!r}")
         mode = s.get("mode", 0)
         if not isinstance(mode, int) or not 0 <= mode < n_modes:
-            raise ValueError(f"{where}: settings[{i}].mode must index modes (0..{n_modes - 1}), got {mode!r}")
+            raise ValueError(f"{where}: settings[{i}].mode must index modes (0..{n_modes - 1}), got {mode!r}; give a "
+                             "mode for every index the settings use, or settings written for these modes")
         try:
             cap_level(s.get("cap")), k_cap_level(s.get("k_cap"))
         except ValueError as e:

@@ -102,7 +102,7 @@ class Lookahead(KnobController):
         super().__init__(modes=[*modes, *include])
         self.horizon_s, self.replan_s, self.futures = float(horizon_s), float(replan_s), int(futures)
         self.known_acceptance = bool(known_acceptance)
-        self.portfolio = [knob_setting(k) for k in portfolio]
+        self.portfolio = [knob_setting(k) for k in checked_settings(portfolio, len(modes), "knob settings")] if portfolio else []
         self.portfolio += [knob_setting({"mode": len(modes) + j}) for j in range(len(include))]
         self.included = {len(modes) + j: str(spec) for j, spec in enumerate(include)}
         self.plans: list[int] = []  # the portfolio index chosen at each plan

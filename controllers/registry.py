@@ -58,26 +58,62 @@ def available() -> list[str]:
     return sorted(REGISTRY) + ["policy:<checkpoint>"]
 
 
+def _top_level(spec: str) -> list[bool]:
+    """For each character of ``spec``: whether it lies outside every YAML flow collection
+    (``[...]``, ``{...}``) and quoted string, where a ``,`` or ``+`` separates spec items. So a
+    value can be a list: ``knobs:modes=[wanspec, wisp]``, ``twin:modes=["wanspec:k=5,switch_gain=1.4", wisp]``."""
+    out, depth, quote, prev = [], 0, "", "="
+    for ch in spec:
+        if quote:
+            out.append(False)
+            quote = "" if ch == quote else quote
+            continue
+        if ch in "\"'" and prev in "=[{,:":  # a quote opens a value (YAML's rule), not o'neil
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                raise ControllerError(f"controller {spec!r}: {ch!r} closes nothing; balance the brackets of its values")
+        out.append(depth == 0 and not quote)
+        prev = ch if not ch.isspace() else prev
+    if depth or quote:
+        what = f"quote {quote}" if quote else "'[' or '{'"
+        raise ControllerError(f"controller {spec!r}: an unclosed {what}; close it (e.g. modes=[wanspec, wisp])")
+    return out
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"static:k=6"`` -> ("static", {"k": 6}); values are parsed as YAML scalars."""
+    """``"static:k=6"`` -> ("static", {"k": 6}); values are parsed as YAML, so a list is written
+    in YAML's flow form (``knobs:modes=[wanspec, wisp]``), its commas not splitting items."""
     import yaml
 
     if spec.startswith("policy:"):
         return "policy", {"ref": spec.removeprefix("policy:")}
     name, _, rest = spec.partition(":")
+    top = _top_level(rest)
+    cuts = [-1, *(i for i, ch in enumerate(rest) if ch == "," and top[i]), len(rest)]
     params: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, (rest[a + 1:b] for a, b in zip(cuts, cuts[1:]))):
         key, eq, value = item.partition("=")
         if not eq:
             raise ControllerError(f"controller {spec!r}: parameter {item!r} needs the form key=value")
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise ControllerError(f"controller {spec!r}: the value of {key.strip()!r} is not valid YAML ({first}); "
+                                  "quote it or fix its brackets") from None
     return name, params
 
 
 def split_composite(spec: str) -> list[str]:
-    """``"wanspec:k=5+inflight-cap:max_inflight=9"`` -> its parts. Only a ``+`` followed by a
-    registered name splits, so values (``1e+3``) and checkpoint paths keep theirs."""
-    cuts = [m.start() for m in re.finditer(r"\+([A-Za-z][\w-]*)", spec) if m.group(1) in REGISTRY]
+    """``"wanspec:k=5+inflight-cap:max_inflight=9"`` -> its parts. Only a ``+`` outside a value's
+    brackets and quotes, followed by a registered name, splits, so values (``1e+3``), lists of
+    specs and checkpoint paths keep theirs."""
+    top = _top_level(spec) if not spec.startswith("policy:") else [True] * len(spec)
+    cuts = [m.start() for m in re.finditer(r"\+([A-Za-z][\w-]*)", spec) if m.group(1) in REGISTRY and top[m.start()]]
     bounds = [0, *cuts, len(spec)]
     return [spec[a:b].lstrip("+").strip() for a, b in zip(bounds, bounds[1:])]
 
@@ -157,4 +193,5 @@ def _check_type(name: str, key: str, value: Any, annotation: Any) -> None:
         _adapter(annotation).validate_python(value)
     except ValidationError as e:
         raise ControllerError(f"controller {name!r}: parameter {key}={value!r} must be {_type_name(annotation)} "
-                              f"({e.errors()[0]['msg']}); fix the value in the spec `{name}:{key}=...`") from None
+                              f"({e.errors()[0]['msg']}); fix the value in the spec `{name}:{key}=...`"
+                              + (" (a list in brackets: [a, b])" if "Sequence" in _type_name(annotation) else "")) from None

@@ -149,7 +149,7 @@ class Selector(KnobController):
         if not settings or not modes:
             raise ValueError("a selector needs a model file, or settings and modes to probe with")
         super().__init__(modes=modes)
-        self.settings = [knob_setting(s) for s in settings]
+        self.settings = [knob_setting(s) for s in checked_settings(settings, len(modes), "knob settings")]
         self.probe_s, self.warmup_s = float(probe_s), float(warmup_s)
         if hold is not None and not 0 <= hold < len(self.settings):
             raise ValueError(f"hold={hold}: there are {len(self.settings)} settings (0..{len(self.settings) - 1})")

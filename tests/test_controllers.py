@@ -170,6 +170,35 @@ def test_every_registered_controller_declares_its_parameter_types_and_its_defaul
     assert make_controller("twin:stress=1,guard=true,horizon_s=20").stress == 1  # YAML scalars of the right types
 
 
+def test_a_spec_value_can_be_a_list_in_brackets_whose_commas_do_not_split_the_spec():
+    from controllers import parse_spec, split_composite
+
+    assert parse_spec("knobs:modes=[wanspec, wisp],cap=2") == ("knobs", {"modes": ["wanspec", "wisp"], "cap": 2})
+    quoted = parse_spec('twin:modes=["wanspec:k=5,switch_gain=1.4", wisp],horizon_s=60')
+    assert quoted == ("twin", {"modes": ["wanspec:k=5,switch_gain=1.4", "wisp"], "horizon_s": 60})
+    assert parse_spec("twin:portfolio=/data/o'neil.yaml")[1] == {"portfolio": "/data/o'neil.yaml"}  # not a quote
+    inner = "knobs:modes=[wanspec+inflight-cap:max_inflight=9, wisp]"
+    assert split_composite(inner + "+inflight-cap:max_inflight=4") == [inner, "inflight-cap:max_inflight=4"]
+    twin = make_controller('twin:modes=[wanspec, "wisp:min_accept=0.3", centralized],stress=0')
+    assert twin.mode_specs == ("wanspec", "wisp:min_accept=0.3", "centralized")
+    assert twin.modes[1].min_accept == 0.3
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("knobs:modes=[wanspec, wisp", r"unclosed '\[' or '\{'; close it"),
+    ("knobs:modes=wanspec]", r"'\]' closes nothing"),
+    ('knobs:modes="wanspec', r"unclosed quote"),
+    ("knobs:modes=[a: b: c]", r"value of 'modes' is not valid YAML"),
+    ("twin:modes=wanspec", r"must be Sequence\[str\].*a list in brackets"),
+    # the default portfolio's settings use three modes: two are refused, not an IndexError at bind
+    ("twin:modes=[wanspec, centralized]", r"settings\[0\]\.mode must index modes \(0..1\), got 2; give a mode"),
+    ("lookahead:modes=[wanspec]", r"must index modes \(0..0\)"),
+])
+def test_a_malformed_list_value_is_refused_naming_the_fix(spec, match):
+    with pytest.raises(ControllerError, match=match):
+        make_controller(spec)
+
+
 def test_plus_composes_a_heuristic_with_an_admission_cap():
     c = make_controller("wanspec:k=5+inflight-cap:max_inflight=3")
     assert c.name == "wanspec+inflight-cap"
