@@ -265,7 +265,10 @@ class Twin(Selector):
     long between two plans' starts (a new regime seen sooner waits for it), so the replans are not
     all spent on the first swings after the probe. ``replan_margin``: a replan switches away from
     the held setting only if the best setting meets that share more SLOs than the held one in the
-    twin (a noisy twin's best is often no better than what runs now). ``stress``: that many more
+    twin (a noisy twin's best is often no better than what runs now). ``race``: score every setting
+    on two heats (the first workload of the measured twin and of a stressed one) and only the
+    ``race`` best (and the held one) on the other workloads: a cheaper plan for a large portfolio
+    (default 0: every setting on every workload). ``stress``: that many more
     twin workloads per setting, each in a stressed twin (:func:`stressed_raw`: bursts, load flips
     and acceptance drift the probe could not see, drawn from the training mix's ranges), so a
     setting that collapses under them scores low. ``background``: plan in a
@@ -280,10 +283,11 @@ class Twin(Selector):
                  portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
                  refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
-                 replan_margin: float = REPLAN_MARGIN, stress: int = STRESS, background: bool | None = None) -> None:
-        if horizon_s <= 0 or seeds < 1 or refine < 0 or replan < 0 or stress < 0:
-            raise ValueError(f"horizon_s must be > 0, seeds >= 1, and refine, replan and stress >= 0, got {horizon_s}, "
-                             f"{seeds}, {refine}, {replan} and {stress}")
+                 replan_margin: float = REPLAN_MARGIN, stress: int = STRESS, race: int = 0,
+                 background: bool | None = None) -> None:
+        if horizon_s <= 0 or seeds < 1 or min(refine, replan, stress, race) < 0:
+            raise ValueError(f"horizon_s must be > 0, seeds >= 1, and refine, replan, stress and race >= 0, got "
+                             f"{horizon_s}, {seeds}, {refine}, {replan}, {stress} and {race}")
         if replan_gap_s < 0 or replan_margin < 0:
             raise ValueError(f"replan_gap_s and replan_margin must be >= 0, got {replan_gap_s} and {replan_margin}")
         if not 0 < warmup_s < probe_s:
@@ -294,12 +298,12 @@ class Twin(Selector):
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.replan, self.background = int(replan), background
         self.replan_gap_s, self.replan_margin = float(replan_gap_s), float(replan_margin)
-        self.stress = int(stress)
+        self.stress, self.race = int(stress), int(race)
         self.portfolio = list(self.settings)
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
         self.seen = Measured()
-        self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds
+        self.values: np.ndarray | None = None  # each setting's SLO-met requests in the twin, summed over seeds (NaN: out of the race)
         self.plan_s = 0.0  # wall seconds from each plan's start to its adoption, summed
 
     def bind(self, info: RuntimeInfo) -> None:
@@ -406,8 +410,9 @@ class Twin(Selector):
         scenario = build_scenario(raw, source=source)
         stressed = tuple(build_scenario(stressed_raw(raw, random.Random(j)), source=f"<stressed {source}>")
                          for j in range(self.stress))
+        held = self.chosen if self.chosen is not None and self.chosen < len(self.portfolio) else None
         args = (scenario, *measured_latency(point.system, info), self.portfolio, self.mode_specs, self.horizon_s,
-                self.seeds, self.refine, stressed)
+                self.seeds, self.refine, stressed, self.race, held)
         self._plan_started, self._planned_t = time.perf_counter(), point.time
         if not self._background:
             return self._adopt(plan_settings(*args))
@@ -439,25 +444,39 @@ class Twin(Selector):
 
 def plan_settings(scenario: Scenario, verify: LatencyModel, drafts: dict[str, LatencyModel],
                   portfolio: Sequence[dict[str, Any]], modes: Sequence[str], horizon_s: float, seeds: int,
-                  refine: int, stressed: Sequence[Scenario] = ()) -> tuple[np.ndarray, dict[str, Any]]:
+                  refine: int, stressed: Sequence[Scenario] = (), race: int = 0,
+                  keep: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Every portfolio setting's SLO-met requests in the twin (summed over ``seeds`` workloads, and
     one workload in each ``stressed`` twin, the same for every setting), and the setting to hold:
     the best, then up to ``refine`` hill-climbing steps to a neighbour that meets
-    :data:`REFINE_GAIN` more. A plain function of picklable arguments, so it runs here or in a
-    planning process alike."""
+    :data:`REFINE_GAIN` more. ``race``: when the portfolio holds more settings than that, score
+    every setting on the heats (the first workload of the measured twin, and of the first
+    stressed twin), and only the ``race`` best of them (and ``keep``, the setting held now) on the
+    other workloads; the rest are NaN. A plain function of picklable arguments,
+    so it runs here or in a planning process alike."""
     from runtime.sim import Simulator  # the twin's engine: imported where it plans
 
-    def met(setting: dict[str, Any]) -> float:
+    runs = [(scenario, seed) for seed in range(seeds)] + [(sc, seeds + j) for j, sc in enumerate(stressed)]
+
+    def met(setting: dict[str, Any], on: Sequence[tuple[Scenario, int]] = runs) -> float:
         total = 0.0
-        runs = [(scenario, seed) for seed in range(seeds)] + [(sc, seeds + j) for j, sc in enumerate(stressed)]
-        for sc, seed in runs:
+        for sc, seed in on:
             sim = Simulator(sc, seed=seed, duration=horizon_s, verify_latency=verify, draft_latency=drafts)
             sim.run(fixed_controller(setting, modes))
             total += sum(r.slo_met for r in sim.metrics.records)
         return total
 
-    values = np.array([met(s) for s in portfolio])
-    best = int(np.argmax(values))
+    if 0 < race < len(portfolio):  # heats: the first workload of the measured twin and of a stressed one
+        heats = [0, seeds] if stressed else [0]
+        first = np.array([met(s, [runs[j] for j in heats]) for s in portfolio])
+        alive = set(np.argsort(-first, kind="stable")[:race].tolist()) | ({keep} if keep is not None else set())
+        rest = [r for j, r in enumerate(runs) if j not in heats]
+        values = np.full(len(portfolio), np.nan)
+        for i in sorted(alive):
+            values[i] = first[i] + met(portfolio[i], rest)
+    else:
+        values = np.array([met(s) for s in portfolio])
+    best = int(np.nanargmax(values))
     current, value = dict(portfolio[best]), float(values[best])
     tried = {setting_key(s) for s in portfolio}
     for _ in range(refine):

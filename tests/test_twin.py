@@ -95,6 +95,33 @@ def test_stressed_workloads_add_their_runs_to_each_settings_score():
     assert list(both) != pytest.approx(list(plain * 2))  # the stressed twin is another system, not a copy
 
 
+def test_a_race_scores_only_the_heats_best_and_the_held_setting_on_the_other_workloads():
+    twin, sim = _probe("wan-4region", 20.0)
+    raw = twin_raw(sim.info, twin.seen, now=8.0, drain_s=5.0)
+    nominal, stressed = build_scenario(raw), build_scenario(stressed_raw(raw, random.Random(1)))
+    verify, drafts = measured_latency(sim, sim.info)
+    portfolio = [dict(s) for s in PORTFOLIO[:4]]
+
+    def met(setting: dict, scenario, seed: int) -> int:
+        s = Simulator(scenario, seed=seed, duration=5.0, verify_latency=verify, draft_latency=drafts)
+        s.run(fixed_controller(setting, DEFAULT_MODES))
+        return sum(r.slo_met for r in s.metrics.records)
+
+    # two measured-twin workloads (seeds 0, 1), then the stressed one (seed 2); the heats: seeds 0 and 2
+    runs = [[met(p, nominal, 0), met(p, nominal, 1), met(p, stressed, 2)] for p in portfolio]
+    leaders = sorted(range(4), key=lambda i: -(runs[i][0] + runs[i][2]))[:2]
+    held = next(i for i in range(4) if i not in leaders)
+    args = (nominal, verify, drafts, portfolio, DEFAULT_MODES, 5.0, 2, 0, (stressed,))
+    raced, best = plan_settings(*args, race=2, keep=held)
+    for i in range(4):  # a setting in the race has its full score; the others are out (NaN)
+        assert raced[i] == sum(runs[i]) if i in leaders or i == held else raced[i] != raced[i]
+    assert best == portfolio[max(leaders + [held], key=lambda i: sum(runs[i]))]
+    assert list(plan_settings(*args, race=4)[0]) == [sum(r) for r in runs]  # not below the portfolio's size: no race
+    assert make_controller("twin:race=6").race == 6
+    with pytest.raises(ControllerError, match="race"):
+        make_controller("twin:race=-1")
+
+
 def test_measured_forward_times_match_the_systems_own_with_the_load_divided_out():
     sim = Simulator(load_scenario("wan-4region"), 0, 5.0, rate=10.0)
     point = sim.next_decision()
