@@ -118,8 +118,20 @@ def test_a_race_scores_only_the_heats_best_and_the_held_setting_on_the_other_wor
     assert best == portfolio[max(leaders + [held], key=lambda i: sum(runs[i]))]
     assert list(plan_settings(*args, race=4)[0]) == [sum(r) for r in runs]  # not below the portfolio's size: no race
     assert make_controller("twin:race=6").race == 6
-    with pytest.raises(ControllerError, match="race"):
-        make_controller("twin:race=-1")
+
+
+def test_a_replan_keeps_the_held_setting_in_the_race():
+    sim, twin = Simulator(load_scenario("wan-4region"), 5, 8.0, rate=20.0), Twin(portfolio=SETTINGS, race=1, warmup_s=1.0)
+    twin.bind(sim.info)
+    point = sim.next_decision()
+    while point.time < 4.0:  # measure a few seconds, as the probe does
+        sim.apply(twin.decide(point))
+        point = sim.next_decision()
+    assert twin.plan_args(point)[-2:] == (1, None)  # the race size; the first plan holds nothing yet
+    twin.chosen = 2
+    assert twin.plan_args(point)[-1] == 2  # a replan: what is held now runs every workload
+    twin.chosen = len(SETTINGS)  # a refined setting, outside the portfolio the plan scores
+    assert twin.plan_args(point)[-1] is None
 
 
 def test_measured_forward_times_match_the_systems_own_with_the_load_divided_out():
@@ -160,10 +172,9 @@ def test_bad_parameters_are_refused_naming_the_fix():
         make_controller("twin:horizon_s=0")
     with pytest.raises(ControllerError, match="warmup_s < probe_s"):
         make_controller("twin:probe_s=2,warmup_s=3")
-    with pytest.raises(ControllerError, match="replan and stress >= 0"):
-        make_controller("twin:replan=-1")
-    with pytest.raises(ControllerError, match="replan and stress >= 0"):
-        make_controller("twin:stress=-1")
+    for bad in ("replan", "stress", "race"):
+        with pytest.raises(ControllerError, match="replan, stress and race >= 0"):
+            make_controller(f"twin:{bad}=-1")
     with pytest.raises(ControllerError, match="replan_gap_s and replan_margin must be >= 0"):
         make_controller("twin:replan=3,replan_margin=-0.1")
 
