@@ -512,7 +512,7 @@ def race_heats(seeds: int, stressed: int) -> list[int]:
     """The workloads (indices into :func:`twin_workloads`) every setting runs in a race: the first
     of the measured twin and of the first stressed twin. On 16 training systems of the mix the
     18-setting grid's full-plan best was never below third on these two (README), while on the
-    measured twin's first workload alone it was ninth on one."""
+    measured twin's first workload alone it was tenth on one."""
     return [0, seeds] if stressed else [0]
 
 

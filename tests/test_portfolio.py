@@ -70,3 +70,12 @@ def test_cli_refuses_bad_flags_in_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "k_cap=5 is not a level" in err and len(err.splitlines()) == 1
+
+
+def test_the_shipped_capped_grid_is_the_six_then_every_mode_x_cap_2_or_3_x_k_cap_2_or_3_unhedged():
+    from controllers.knobs import DEFAULT_MODES, setting_key
+
+    modes, settings = load_portfolio("training/configs/twin-capped-grid.yaml")
+    grid = portfolio.candidate_grid(len(DEFAULT_MODES), [2.0, 3.0], [2, 3], [0])
+    assert list(modes) == list(DEFAULT_MODES) and len(settings) == 18
+    assert [setting_key(s) for s in settings] == [setting_key(g) for g in grid]  # what the README describes
