@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.flags import OneLineParser, positive, positive_float, whole  # noqa: E402
+from runtime.flags import OneLineParser, add_system_flags, positive, positive_float, whole  # noqa: E402
 
 DEFAULT_DIST = "training/configs/scenario-mix.yaml"
 
@@ -50,12 +50,7 @@ def run_one(job: tuple[Any, float | None, list[dict[str, Any]], int, float, floa
 
 def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(description=__doc__.split("\n")[0])
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--distribution", help=f"scenario distribution YAML (default: {DEFAULT_DIST})")
-    where.add_argument("--scenario", help="a shipped scenario name or YAML path instead (each seed: a workload of it)")
-    p.add_argument("--rate", type=positive("arrival rate in req/s"), help="with --scenario: its arrival rate (default: the scenario's)")
-    p.add_argument("--systems", type=whole("number of systems"), default=8, help="systems (seeds --first-seed, ...)")
-    p.add_argument("--first-seed", type=int, default=7200)
+    add_system_flags(p, DEFAULT_DIST, 7200)
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per run")
     p.add_argument("--caps", nargs="+", default=["1", "1.5", "2", "2.5", "3", "none"], help="admission caps (x max batch, or none)")
     p.add_argument("--k-caps", nargs="+", type=whole("k cap"), default=[1, 2, 4, 8], help="draft-length caps")

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.flags import OneLineParser, positive, positive_float, whole  # noqa: E402
+from runtime.flags import OneLineParser, add_system_flags, positive_float, whole  # noqa: E402
 
 DEFAULT_DIST = "training/configs/scenario-mix.yaml"
 DEFAULT_PORTFOLIO = "training/configs/twin-capped-grid.yaml"
@@ -63,12 +63,7 @@ def full_plan(job: tuple[Any, float | None, str, int, float, float, int, int]) -
 
 def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(description=__doc__.split("\n")[0])
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--distribution", help=f"scenario distribution YAML (default: {DEFAULT_DIST})")
-    where.add_argument("--scenario", help="a shipped scenario name or YAML path instead (each seed: a workload of it)")
-    p.add_argument("--rate", type=positive("arrival rate in req/s"), help="with --scenario: its arrival rate (default: the scenario's)")
-    p.add_argument("--systems", type=whole("number of systems"), default=8, help="systems (seeds --first-seed, ...)")
-    p.add_argument("--first-seed", type=int, default=7600, help="choose a race size on seeds below the test seeds (1e9); check it on those")
+    add_system_flags(p, DEFAULT_DIST, 7600, "choose a race size on seeds below the test seeds (1e9); check it on those")
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per system")
     p.add_argument("--portfolio", default=DEFAULT_PORTFOLIO, help="the twin's portfolio file (python -m training.portfolio format)")
     p.add_argument("--horizon-s", type=positive_float, default=60.0, help="the twin's runs (simulated s of arrivals)")

@@ -48,3 +48,14 @@ def whole(what: str) -> Callable[[str], int]:
 
     parse.__name__ = what
     return parse
+
+
+def add_system_flags(p: argparse.ArgumentParser, default_dist: str, first_seed: int, seed_help: str = "") -> None:
+    """The diagnoses' choice of systems: ``--distribution`` (default ``default_dist``) or
+    ``--scenario`` with ``--rate``, and ``--systems`` seeds from ``--first-seed``."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--distribution", help=f"scenario distribution YAML (default: {default_dist})")
+    where.add_argument("--scenario", help="a shipped scenario name or YAML path instead (each seed: a workload of it)")
+    p.add_argument("--rate", type=positive("arrival rate in req/s"), help="with --scenario: its arrival rate (default: the scenario's)")
+    p.add_argument("--systems", type=whole("number of systems"), default=8, help="systems (seeds --first-seed, ...)")
+    p.add_argument("--first-seed", type=int, default=first_seed, help=seed_help or None)
