@@ -559,6 +559,7 @@ def _serve_site(dep: Any, site: str, host: str, port: int, seed: int) -> int:
     from runtime.load import EmulatedLoad
     from runtime.real.models import load_model
     from runtime.real.site import serve_site
+    from runtime.real.transport import run
 
     names = [s.name for s in dep.scenario.sites]
     if site not in names:
@@ -570,7 +571,7 @@ def _serve_site(dep: Any, site: str, host: str, port: int, seed: int) -> int:
     spec = dep.emulated_load(site)
     load = EmulatedLoad(spec, dep.load_seed(site, seed)) if spec is not None else None
     try:
-        asyncio.run(serve_site(site, model, host, port, load=load))
+        run(serve_site(site, model, host, port, load=load))
     except KeyboardInterrupt:
         pass
     return 0

@@ -41,6 +41,7 @@ from runtime.real import site_pb2 as pb
 from runtime.real import site_pb2_grpc as pb_grpc
 from runtime.load import EmulatedLoad, parse_load
 from runtime.real.engine import DRAFT_TOP_M, DraftJob, SeqCache, draft_batch
+from runtime.real.transport import run
 
 #: The GIL hand-over interval in site and target processes (CPython's default is 5 ms): an RPC
 #: reply waiting on a thread that holds the GIL must not wait a whole default interval.
@@ -382,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve_site(args.name, model, args.host, args.port, exit_with_parent=args.exit_with_parent, load=load))
+        run(serve_site(args.name, model, args.host, args.port, exit_with_parent=args.exit_with_parent, load=load))
     except KeyboardInterrupt:
         pass
     except OSError as e:
