@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import torch
@@ -88,7 +88,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self.max_batch = max_batch
         self.max_seqs = max_seqs  # least recently used contexts beyond this are evicted (resynced on demand)
         self.seqs: dict[int, _SeqState] = {}
-        self.queue: list[tuple[int, DraftJob, asyncio.Future]] = []
+        self.queue: list[tuple[int, DraftJob, Callable[[Any], None]]] = []  # (rid, job, finish)
         self._wake = asyncio.Event()
         self._busy_since: float | None = None
         self._busy_log: list[tuple[float, float]] = []  # (end, duration) of recent jobs
@@ -100,7 +100,12 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def Draft(self, request: pb.DraftRequest, context: grpc.aio.ServicerContext) -> pb.DraftReply:
-        return await self._draft(request)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._start_round(request, lambda reply: fut.done() or fut.set_result(reply))
+        reply = await fut
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     async def Rounds(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """Serve draft rounds over one call: each request as ``Draft`` would, concurrently, its
@@ -120,61 +125,76 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             reader.cancel()
 
     async def _read_rounds(self, context: grpc.aio.ServicerContext, out: asyncio.Queue) -> None:
-        loop = asyncio.get_running_loop()
-        running: set[asyncio.Task] = set()
+        """Start each round as it is read; its reply goes to ``out`` straight from the job loop.
+        Once the target is done sending, what it asked is answered, then ``None`` ends the call."""
+        open_rounds = 0
+        reading = True
 
-        async def one(request: pb.DraftRequest) -> None:
-            try:
-                reply = await self._draft(request)
-            except Exception as e:
-                out.put_nowait(e)
-                return
-            reply.call = request.call
-            out.put_nowait(reply)
+        def replier(call: int) -> Callable[[Any], None]:
+            def deliver(reply: Any) -> None:
+                nonlocal open_rounds
+                open_rounds -= 1
+                if not isinstance(reply, BaseException):
+                    reply.call = call
+                out.put_nowait(reply)
+                if not reading and open_rounds == 0:
+                    out.put_nowait(None)
+            return deliver
 
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    break
-                task = loop.create_task(one(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            if running:  # the target is done sending: answer what it asked, then end the call
-                await asyncio.gather(*running)
+            while (request := await context.read()) is not grpc.aio.EOF:
+                open_rounds += 1
+                self._start_round(request, replier(request.call))
         except Exception:
-            pass  # the call is over (the target went away)
-        out.put_nowait(None)
+            out.put_nowait(None)  # the call is over (the target went away)
+            return
+        reading = False
+        if open_rounds == 0:
+            out.put_nowait(None)
 
-    async def _draft(self, request: pb.DraftRequest) -> pb.DraftReply:
-        st = self.seqs.pop(request.rid, None)
-        if st is None:
-            st = _SeqState()
-            while len(self.seqs) >= self.max_seqs:
-                self.seqs.pop(next(iter(self.seqs)))
-        self.seqs[request.rid] = st  # most recently used last
-        if request.start > len(st.context):
-            return pb.DraftReply(need_sync=True, known=len(st.context))
-        st.context[request.start:] = list(request.tokens)
-        if request.k == 0 or not st.context:
-            return pb.DraftReply(known=len(st.context))
-        st.generator.manual_seed(request.seed)
-        job = DraftJob(st.cache, list(st.context), request.k, request.temperature, st.generator)
+    def _start_round(self, request: pb.DraftRequest, deliver: Callable[[Any], None]) -> None:
+        """Start one round; ``deliver`` gets its reply (or its job's error) at once or when its job
+        ends, called by the job loop itself: a task per round would cost a loop hop each way."""
+        try:
+            st = self.seqs.pop(request.rid, None)
+            if st is None:
+                st = _SeqState()
+                while len(self.seqs) >= self.max_seqs:
+                    self.seqs.pop(next(iter(self.seqs)))
+            self.seqs[request.rid] = st  # most recently used last
+            if request.start > len(st.context):
+                deliver(pb.DraftReply(need_sync=True, known=len(st.context)))
+                return
+            st.context[request.start:] = list(request.tokens)
+            if request.k == 0 or not st.context:
+                deliver(pb.DraftReply(known=len(st.context)))
+                return
+            st.generator.manual_seed(request.seed)
+            job = DraftJob(st.cache, list(st.context), request.k, request.temperature, st.generator)
+        except Exception as e:
+            deliver(e)
+            return
+        queued = time.perf_counter()
+
+        def finish(done: tuple | BaseException | None) -> None:
+            """The job's drafts and figures, its error, or None (superseded by a newer round)."""
+            if isinstance(done, BaseException):
+                deliver(done)
+                return
+            if done is None:
+                deliver(pb.DraftReply(known=len(st.context)))
+                return
+            draft, job_s, passes, size, started, background = done
+            reply = pb.DraftReply(tokens=draft.tokens, known=len(st.context), job_s=job_s, passes=passes,
+                                  job_size=size, wait_s=max(started - queued, 0.0), background=background)
+            _put_probs(reply, draft)
+            deliver(reply)
+
         for stale in [e for e in self.queue if e[0] == request.rid]:  # a lost race's leftover
             self.queue.remove(stale)
-            stale[2].set_result(None)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        queued = time.perf_counter()
-        self.queue.append((request.rid, job, fut))
+            stale[2](None)
+        self.queue.append((request.rid, job, finish))
         self._wake.set()
-        done = await fut
-        if done is None:
-            return pb.DraftReply(known=len(st.context))
-        draft, job_s, passes, size, started, background = done
-        reply = pb.DraftReply(tokens=draft.tokens, known=len(st.context), job_s=job_s, passes=passes, job_size=size,
-                              wait_s=max(started - queued, 0.0), background=background)
-        _put_probs(reply, draft)
-        return reply
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """Serve one draft-ahead stream until the target cancels it or goes away."""
@@ -260,9 +280,8 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                     # off the loop, so health checks are answered and new RPCs queue for the next job
                     drafts, dur, background = await loop.run_in_executor(None, _timed_draft, self.model, jobs, self.load)
                 except Exception as e:  # a bad job must not kill the site: fail its callers
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(e)
+                    for _, _, finish in batch:
+                        finish(e)
                     for st, _, _ in ahead:
                         self._end(st)
                     continue
@@ -270,9 +289,8 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                     self._busy_since = None
                 self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
                 passes = max(j.k for j in jobs)
-                for (_, _, fut), d in zip(batch, drafts):
-                    if not fut.done():
-                        fut.set_result((d, dur, passes, len(jobs), t0, background))
+                for (_, _, finish), d in zip(batch, drafts):
+                    finish((d, dur, passes, len(jobs), t0, background))
                 for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
                     self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
                 self._around_job_s = time.perf_counter() - began - dur

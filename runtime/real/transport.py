@@ -362,6 +362,7 @@ class Transport:
         self.loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name="specctl-transport", daemon=True)
         self._health_task: Any = None
+        self._tasks: set[asyncio.Task] = set()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -385,18 +386,25 @@ class Transport:
         self.loop.call_soon_threadsafe(fn, *args)
 
     def submit(self, coro: Coroutine[Any, Any, Any], done: Callable[[Any, BaseException | None], None]) -> None:
-        """Run ``coro`` on the loop; ``done(result, error)`` is called there when it finishes."""
-        def finished(f: Future) -> None:
-            # a cancelled call (channels closed at shutdown) is an error too; asking a cancelled
-            # future for its exception would raise CancelledError inside this callback
-            if f.cancelled():
+        """Run ``coro`` on the loop; ``done(result, error)`` is called there when it finishes, by
+        the task itself (a future's done-callback would cost a loop hop more per round)."""
+        async def run() -> None:
+            try:
+                result = await coro
+            except asyncio.CancelledError:  # channels closed at shutdown: an error for the caller too
                 done(None, asyncio.CancelledError("transport call cancelled"))
-            elif f.exception() is not None:
-                done(None, f.exception())
+                raise
+            except Exception as e:
+                done(None, e)
             else:
-                done(f.result(), None)
+                done(result, None)
 
-        self.call(coro).add_done_callback(finished)
+        self.loop.call_soon_threadsafe(self._start, run())
+
+    def _start(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _health_loop(self) -> None:
         while True:
