@@ -31,6 +31,7 @@ import asyncio
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -89,15 +90,17 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         self.max_seqs = max_seqs  # least recently used contexts beyond this are evicted (resynced on demand)
         self.seqs: dict[int, _SeqState] = {}
         self.queue: list[tuple[int, DraftJob, Callable[[Any], None]]] = []  # (rid, job, finish)
-        self._wake = asyncio.Event()
-        self._busy_since: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"site-{name}")  # jobs, off the loop
+        self._job_due = False  # a _next_job call is scheduled
+        self._busy_since: float | None = None  # the running job's start (None: no job running)
         self._busy_log: list[tuple[float, float]] = []  # (end, duration) of recent jobs
-        self._worker: asyncio.Task | None = None
         self.streams: dict[int, _AheadStream] = {}
         self._around_job_s = 0.0  # the last job cycle's time outside its draft compute
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._run())
+        """Serve jobs on the running loop (call it there once the server has started)."""
+        self._loop = asyncio.get_running_loop()
 
     async def Draft(self, request: pb.DraftRequest, context: grpc.aio.ServicerContext) -> pb.DraftReply:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -194,7 +197,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             self.queue.remove(stale)
             stale[2](None)
         self.queue.append((request.rid, job, finish))
-        self._wake.set()
+        self._wake()
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """Serve one draft-ahead stream until the target cancels it or goes away."""
@@ -209,7 +212,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         if old is not None:  # a reopened stream replaces the old one
             self._end(old)
         self.streams[st.rid] = st
-        self._wake.set()
+        self._wake()
         reader = asyncio.get_running_loop().create_task(self._read_stream(context, st))
         try:
             while True:
@@ -239,7 +242,7 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
             elif msg.consumed > st.known:
                 st.known = msg.consumed
             if st.room > 0:
-                self._wake.set()
+                self._wake()
 
     def _end(self, st: _AheadStream) -> None:
         if not st.closed:
@@ -262,38 +265,61 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                               queue=len(self.queue), busy=min(busy, 1.0),
                               background=self.load.level() if self.load is not None else 0.0)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while True:
-                began = time.perf_counter()
-                batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
-                jobs = [j for _, j, _ in batch]
-                ahead = self._stream_jobs(max((j.k for j in jobs), default=1), self.max_batch - len(batch))
-                if not jobs and not ahead:
-                    break
-                jobs += [j for _, _, j in ahead]
-                t0 = self._busy_since = time.perf_counter()
-                try:
-                    # off the loop, so health checks are answered and new RPCs queue for the next job
-                    drafts, dur, background = await loop.run_in_executor(None, _timed_draft, self.model, jobs, self.load)
-                except Exception as e:  # a bad job must not kill the site: fail its callers
-                    for _, _, finish in batch:
-                        finish(e)
-                    for st, _, _ in ahead:
-                        self._end(st)
-                    continue
-                finally:
-                    self._busy_since = None
-                self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
-                passes = max(j.k for j in jobs)
-                for (_, _, finish), d in zip(batch, drafts):
-                    finish((d, dur, passes, len(jobs), t0, background))
-                for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
-                    self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
-                self._around_job_s = time.perf_counter() - began - dur
+    def _wake(self) -> None:
+        """Start a job at the end of this loop turn (if none is running), so that rounds and
+        stream messages read in this turn ride in it together."""
+        if not self._job_due and self._loop is not None:
+            self._job_due = True
+            self._loop.call_soon(self._next_job)
+
+    def _next_job(self) -> None:
+        """Start the next batched job in the worker thread, if there is work and none is running.
+        The job loop is callbacks, not a task: a job's end reaches the loop in one hop."""
+        self._job_due = False
+        if self._busy_since is not None:
+            return  # the running job's end starts the next one
+        began = time.perf_counter()
+        batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch:]
+        jobs = [j for _, j, _ in batch]
+        ahead = self._stream_jobs(max((j.k for j in jobs), default=1), self.max_batch - len(batch))
+        if not jobs and not ahead:
+            return
+        jobs += [j for _, _, j in ahead]
+        self._busy_since = time.perf_counter()
+        # off the loop, so health checks are answered and new RPCs queue for the next job
+        self._worker.submit(self._job, batch, ahead, jobs, began)
+
+    def _job(self, batch: list, ahead: list, jobs: list[DraftJob], began: float) -> None:
+        """The worker thread's part: draft, then hand the outcome to the loop."""
+        try:
+            outcome: Any = _timed_draft(self.model, jobs, self.load)
+        except Exception as e:  # a bad job must not kill the site: fail its callers
+            outcome = e
+        try:
+            self._loop.call_soon_threadsafe(self._job_done, batch, ahead, jobs, began, outcome)  # type: ignore[union-attr]
+        except RuntimeError:
+            pass  # the loop is closed: the site is shutting down
+
+    def _job_done(self, batch: list, ahead: list, jobs: list[DraftJob], began: float, outcome: Any) -> None:
+        """Answer the job's rounds and ship its streams' tokens, then start the next job."""
+        t0, self._busy_since = self._busy_since, None
+        assert t0 is not None
+        if isinstance(outcome, Exception):
+            for _, _, finish in batch:
+                finish(outcome)
+            for st, _, _ in ahead:
+                self._end(st)
+            self._next_job()
+            return
+        drafts, dur, background = outcome
+        self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
+        passes = max(j.k for j in jobs)
+        for (_, _, finish), d in zip(batch, drafts):
+            finish((d, dur, passes, len(jobs), t0, background))
+        for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
+            self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
+        self._around_job_s = time.perf_counter() - began - dur
+        self._next_job()
 
     def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
         """This job's share for the streams not ``max_ahead`` ahead (the furthest behind first)."""
