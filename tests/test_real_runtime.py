@@ -478,6 +478,13 @@ def test_rounds_ride_one_call_concurrently_each_with_its_own_draft_and_fail_over
             # a single unary Draft call (for tools and simple clients) answers the same
             single = await client.stub.Draft(pb.DraftRequest(rid=5, tokens=prompts[2], k=2), timeout=30)
             assert list(single.tokens) == greedy(prompts[2], 2) and single.known == len(prompts[2])
+            # a job that fails fails its round (the call ends with the error), not the site
+            service.model, model = None, service.model
+            with pytest.raises(SiteDown):
+                await client.draft(6, prompts[0], 0, 2, 0.0, 0)
+            service.model = model
+            res = await client.draft(6, prompts[0], 0, 2, 0.0, 0)  # over a new call
+            assert res.draft.tokens == greedy(prompts[0], 2)
             # the site stalls inside a job and then goes away: the waiting round fails, nothing hangs
             service._start_round = lambda request, deliver: None  # type: ignore[method-assign]
             waiting = asyncio.ensure_future(client.draft(9, prompts[0], 0, 2, 0.0, 0))
