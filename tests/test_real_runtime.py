@@ -602,3 +602,31 @@ def test_the_twin_replans_on_the_real_runtime_when_an_emulated_load_changes_regi
     loads = twin.seen.loads["dc"]
     assert loads[0] == pytest.approx(0.05) and max(loads) == pytest.approx(0.6)
     assert len(twin.replanned_at) == 1 and twin.replanned_at[0] > flip  # it saw the flip and planned again
+
+
+def test_event_loops_are_uvloop_where_installed_and_asyncio_without_it(monkeypatch):
+    """The real backend's loops use uvloop when it imports (Linux, macOS) and fall back to
+    asyncio's own loop where it does not (Windows): the runtime runs either way."""
+    import asyncio
+    import sys
+
+    from runtime.real.transport import new_event_loop, run
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    import importlib.util
+
+    loop = new_event_loop()
+    try:  # a dependency wherever uvloop builds (pyproject.toml)
+        assert type(loop).__module__.startswith("uvloop") == (importlib.util.find_spec("uvloop") is not None)
+    finally:
+        loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.BaseEventLoop) and not type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+    assert run(answer()) == 42
