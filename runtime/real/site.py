@@ -265,6 +265,10 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
                               queue=len(self.queue), busy=min(busy, 1.0),
                               background=self.load.level() if self.load is not None else 0.0)
 
+    def close(self) -> None:
+        """Stop the worker thread (after the server stopped): a running job ends unanswered."""
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
     def _wake(self) -> None:
         """Start a job at the end of this loop turn (if none is running), so that rounds and
         stream messages read in this turn ride in it together."""
@@ -388,6 +392,7 @@ async def serve_site(name: str, model: Any, host: str = "127.0.0.1", port: int =
         await server.wait_for_termination()
     finally:
         await server.stop(grace=0.5)
+        service.close()
 
 
 async def _watch_parent(server: grpc.aio.Server, parent: int) -> None:
