@@ -308,22 +308,23 @@ class DrafterService(pb_grpc.DrafterSiteServicer):
         """Answer the job's rounds and ship its streams' tokens, then start the next job."""
         t0, self._busy_since = self._busy_since, None
         assert t0 is not None
-        if isinstance(outcome, Exception):
-            for _, _, finish in batch:
-                finish(outcome)
-            for st, _, _ in ahead:
-                self._end(st)
+        try:
+            if isinstance(outcome, Exception):
+                for _, _, finish in batch:
+                    finish(outcome)
+                for st, _, _ in ahead:
+                    self._end(st)
+                return
+            drafts, dur, background = outcome
+            self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
+            passes = max(j.k for j in jobs)
+            for (_, _, finish), d in zip(batch, drafts):
+                finish((d, dur, passes, len(jobs), t0, background))
+            for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
+                self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
+            self._around_job_s = time.perf_counter() - began - dur
+        finally:  # whatever happened answering this job, the queue goes on
             self._next_job()
-            return
-        drafts, dur, background = outcome
-        self._busy_log = [x for x in self._busy_log if x[0] > t0 - 1.0] + [(t0 + dur, dur)]
-        passes = max(j.k for j in jobs)
-        for (_, _, finish), d in zip(batch, drafts):
-            finish((d, dur, passes, len(jobs), t0, background))
-        for (st, epoch, _), d in zip(ahead, drafts[len(batch):]):
-            self._ship(st, epoch, d, dur, passes, len(jobs), t0, background)
-        self._around_job_s = time.perf_counter() - began - dur
-        self._next_job()
 
     def _stream_jobs(self, steps: int, room: int) -> list[tuple[_AheadStream, int, DraftJob]]:
         """This job's share for the streams not ``max_ahead`` ahead (the furthest behind first)."""
