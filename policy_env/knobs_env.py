@@ -12,12 +12,12 @@ over a :class:`runtime.distribution.ScenarioDistribution` and deploys on unseen 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 
-from controllers.knobs import DEFAULT_MODES, Knobs, KnobController
+from controllers.knobs import DEFAULT_MODES, Knobs, KnobController, fixed_controller
 from runtime.distribution import ScenarioDistribution
 from runtime.scenario import Scenario, load_scenario
 from runtime.sim import Simulator
@@ -52,13 +52,21 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
     undiscounted return is goodput x arrival window / reward_scale). After the arrival window
     one last step drains the system with the knobs left as they are.
 
+    With ``baseline`` (a fixed knobs mapping, e.g. the warm start's; :meth:`set_baseline`), a
+    shadow simulator of the same system and seed runs that setting alongside, and each step's
+    reward is the policy's SLO-met requests minus the shadow's over the same simulated time. The
+    two runs share arrivals, loads, links and acceptance draws, so most of an episode's luck
+    cancels, while the return still differs from the plain one by a sum the policy cannot change
+    (the baseline's): a control variate that leaves the policy gradient's expectation as it is.
+
     ## Episodes
     ``reset`` draws the simulator seed below ``TRAIN_SEED_MAX`` (evaluation seeds lie above) and,
     with ``distribution``, a scenario and rate from it (the same seed gives the same system).
 
     ## Arguments
     ``gym.make("specctl/SpecKnobs-v0", scenario="wan-4region", rate=None, distribution=None,
-    duration=60.0, interval_s=1.0, modes=("wanspec", "wisp", "centralized"), reward_scale=10.0)``.
+    duration=60.0, interval_s=1.0, modes=("wanspec", "wisp", "centralized"), reward_scale=10.0,
+    baseline=None)``.
     """
 
     metadata = {"render_modes": []}
@@ -72,6 +80,7 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         interval_s: float = 1.0,
         modes: Sequence[str] = DEFAULT_MODES,
         reward_scale: float = 10.0,
+        baseline: Mapping[str, Any] | None = None,
     ) -> None:
         if duration <= 0 or interval_s <= 0 or reward_scale <= 0:
             raise ValueError(f"duration, interval_s and reward_scale must be > 0, got {duration}, {interval_s}, {reward_scale}")
@@ -92,6 +101,18 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         self.episode_rate: float | None = rate
         self._point = None
         self._records = 0
+        self.baseline: dict[str, Any] | None = None
+        self._shadow: Simulator | None = None
+        self._shadow_ctl: KnobController | None = None
+        self._shadow_point = None
+        self._shadow_records = 0
+        self.set_baseline(baseline)
+
+    def set_baseline(self, knobs: Mapping[str, Any] | None) -> None:
+        """Reward against this fixed setting from the next episode on (None: the plain reward)."""
+        if knobs is not None:
+            fixed_controller(knobs, self.modes, self.interval_s)  # a bad mapping fails here, not at reset
+        self.baseline = dict(knobs) if knobs is not None else None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
@@ -104,6 +125,12 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         self.controller.bind(self.sim.info)
         self._records = 0
         self._point = None
+        self._shadow = self._shadow_ctl = self._shadow_point = None
+        if self.baseline is not None:
+            self._shadow = Simulator(self.episode_scenario, self.sim_seed, self.duration, rate=self.episode_rate)
+            self._shadow_ctl = fixed_controller(self.baseline, self.modes, self.interval_s)
+            self._shadow_ctl.bind(self._shadow.info)
+            self._shadow_records = 0
         self._advance()
         return self._observe(), self._info()
 
@@ -123,6 +150,9 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         draining = sim.now >= self.duration
         terminated = self._advance(drain=draining)
         reward = self._reward()
+        if self._shadow is not None:
+            self._advance_shadow(None if terminated else sim.now)
+            reward -= self._shadow_reward()
         return self._observe(), reward, terminated, False, self._info()
 
     def action_masks(self) -> np.ndarray:
@@ -144,6 +174,25 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._point = point
                 return False
             sim.apply(ctl.answer(point))  # type: ignore[union-attr]
+
+    def _advance_shadow(self, until: float | None) -> None:
+        """Run the baseline's shadow to its first decision at or after ``until`` (None: to the end)."""
+        shadow, ctl = self._shadow, self._shadow_ctl
+        while True:
+            if self._shadow_point is None:
+                self._shadow_point = shadow.next_decision()  # type: ignore[union-attr]
+                if self._shadow_point is None:
+                    return
+            if until is not None and self._shadow_point.time >= until:
+                return
+            shadow.apply(ctl.decide(self._shadow_point))  # type: ignore[union-attr]
+            self._shadow_point = None
+
+    def _shadow_reward(self) -> float:
+        recs = self._shadow.metrics.records  # type: ignore[union-attr]
+        met = sum(1 for r in recs[self._shadow_records :] if r.slo_met)
+        self._shadow_records = len(recs)
+        return met / self.reward_scale
 
     def _observe(self) -> np.ndarray:
         if self._point is None:

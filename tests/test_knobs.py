@@ -12,7 +12,7 @@ import yaml
 from gymnasium.utils.env_checker import check_env
 
 from controllers import ControllerError, make_controller
-from controllers.knobs import CAP_LEVELS, KNOB_FEATURES, KnobController
+from controllers.knobs import CAP_LEVELS, KNOB_FEATURES, KnobController, fixed_controller
 from policy_env import SpecKnobsEnv, gamma_for
 from runtime.distribution import DistributionError, ScenarioDistribution
 from runtime.scenario import load_scenario
@@ -121,6 +121,42 @@ def test_env_return_is_goodput_and_the_drain_is_one_step():
         steps += 1
     assert steps <= 11
     assert total * env.reward_scale / 10.0 == pytest.approx(run("wan-4region", "wanspec", seed=7, rate=23)["goodput_rps"])
+
+
+def test_paired_reward_is_the_policys_slo_met_requests_minus_the_baselines_on_the_same_system():
+    """Against the setting it holds, every step's paired reward is exactly 0 (the shadow shares
+    every random draw); against another, the rewards sum to the difference of the two runs."""
+    held = {"mode": 0, "cap": None, "k_cap": None, "hedge": 1}  # Knobs(): what the env runs before its first step
+    env = SpecKnobsEnv(distribution=str(MIX), duration=8.0, baseline=held)
+    check_env(env, skip_render_check=True)
+    env.reset(options={"sim_seed": 5})
+    action, rewards, done = env.controller.action_for(held), [], False
+    while not done:
+        _, r, done, _, _ = env.step(action)
+        rewards.append(r)
+    assert len(rewards) >= 8 and rewards == [0.0] * len(rewards)
+
+    other = {"mode": 1, "cap": 1.0, "k_cap": 3, "hedge": 0}
+    env.set_baseline(other)
+    env.reset(options={"sim_seed": 5})
+    paired, done = 0.0, False
+    while not done:
+        _, r, done, _, _ = env.step(action)
+        paired += r
+    env.set_baseline(None)
+    env.reset(options={"sim_seed": 5})
+    plain, done = 0.0, False
+    while not done:
+        _, r, done, _, _ = env.step(action)
+        plain += r
+    scenario, rate = env.draw(5)
+    sim = Simulator(scenario, 5, 8.0, rate=rate)
+    sim.run(fixed_controller(other, env.modes))
+    baseline_met = sum(r.slo_met for r in sim.metrics.records)
+    assert baseline_met > 0 and paired != 0.0
+    assert paired == pytest.approx(plain - baseline_met / env.reward_scale)
+    with pytest.raises(ValueError, match="cap=1.2 is not a level"):
+        env.set_baseline({"mode": 0, "cap": 1.2})
 
 
 def test_distribution_samples_valid_reproducible_systems():

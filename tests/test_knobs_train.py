@@ -17,7 +17,7 @@ from training.train import main
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "n_envs": 1, "vec_env": "dummy", "total_timesteps": 40, "n_steps": 20, "batch_size": 20, "n_epochs": 1,
-    "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0,
+    "policy_kwargs": {"net_arch": [16]}, "half_life_s": 5.0, "paired_reward": True,
     "env_kwargs": {"distribution": str(REPO / "training" / "configs" / "scenario-mix.yaml"), "duration": 5.0},
     "warm_start": {"episodes": 1, "epochs": 5,
                    "tune": {"systems": [1, 1], "keep": 2, "duration": 3.0, "caps": [1.0, 3.0], "k_caps": [3], "hedge": [False]}},
@@ -41,6 +41,8 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"n_stepz": 3}, r"unknown key\(s\) \['n_stepz'\]"),
     ({"gamma": 0.9}, "gamma comes from half_life_s"),
     ({"half_life_s": 0}, "half_life_s must be > 0"),
+    ({"paired_reward": "yes"}, r"paired_reward must be true \(PPO's reward is the policy's SLO-met requests minus"),
+    ({"env_kwargs": {**TINY["env_kwargs"], "baseline": {"mode": 0}}}, "env_kwargs.baseline is set by the recipe; use paired_reward"),
     ({"rollouts": {"horizon": 3}}, r"unknown rollouts key\(s\) \['horizon'\]"),
     ({"rollouts": {"caps": []}}, "rollouts needs caps and at_s"),
     ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps / k_caps: cap=1.2 is not a level; choose one of"),
@@ -124,6 +126,7 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
                       r"[01]\.\d{3} of each system's best setting \(the config's `knobs:mode=wanspec,cap=2,k_cap=8,hedge=true`: "
                       r"[01]\.\d{3}\)", out.stdout)
     assert tuned and f"warm start: cloned `{tuned.group(1)}` from" in out.stdout, out.stdout[-2000:]
+    assert f"PPO reward: SLO-met requests minus those of the warm start `{tuned.group(1)}` on the same system" in out.stdout
     # the survey labels one moment in each mode's episode; the rollouts one more state
     survey = re.search(r"survey \(1 systems, every mode for a whole episode\): (\d) states labelled", out.stdout)
     assert survey and (tmp_path / "ck" / "survey" / "policy.json").is_file(), out.stdout[-2000:]

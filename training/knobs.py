@@ -14,7 +14,10 @@ The recipe, and why:
    policy to the clear winners, repeat. PPO from the clone did not move it in 3,000 steps.
 3. **PPO at the control interval** for ``total_timesteps`` (0 in the shipped configs;
    MaskablePPO: modes that cannot run are masked). ``half_life_s`` sets the discount per
-   simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``).
+   simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``). ``paired_reward``: each
+   step's reward is the policy's SLO-met requests minus the warm start's in a shadow run of the
+   same system and seed (:class:`policy_env.knobs_env.SpecKnobsEnv`'s ``baseline``), which
+   cancels most of an episode's luck without changing what the best policy is.
 4. **Model selection on validation episodes** of the training distribution (seeds
    ``TRAIN_SEED_MAX + 1000..``): the evaluation scenarios are never looked at before the end.
 5. **The learned selector** (``selector:``; :mod:`training.selector`): a random forest that
@@ -50,7 +53,7 @@ from training.compare import comparison_table, evaluate_controllers, pool_map, r
 from training.rollouts import ROLLOUT_DEFAULTS
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
-                 "selector", "config_file"}
+                 "selector", "paired_reward", "config_file"}
 WARM_DEFAULTS: dict[str, Any] = {"episodes": 4, "epochs": 200, "learning_rate": 3e-3, "confidence": 0.6,
                                  "knobs": {"mode": 0, "cap": 2.0, "k_cap": 8, "hedge": 1},
                                  # null: clone ``knobs``; a mapping (training.mix_tune.TUNE_DEFAULTS): clone the
@@ -84,6 +87,7 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     cfg.setdefault("vec_env", "subproc")
     cfg.setdefault("total_timesteps", 4000)
     cfg.setdefault("half_life_s", 10.0)
+    cfg.setdefault("paired_reward", False)
     cfg.setdefault("env_kwargs", {})
     cfg["warm_start"] = {**WARM_DEFAULTS, **(cfg.get("warm_start") or {})}
     bad = sorted(set(cfg["warm_start"]) - set(WARM_DEFAULTS))
@@ -153,6 +157,11 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         [k_cap_level(k) for k in ro["k_caps"]]
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config {path}: rollouts.caps / k_caps: {e}") from None
+    if not isinstance(cfg["paired_reward"], bool):
+        raise ConfigError(f"config {path}: paired_reward must be true (PPO's reward is the policy's SLO-met requests minus "
+                          f"the warm start's on the same system and seed) or false, got {cfg['paired_reward']!r}")
+    if "baseline" in cfg["env_kwargs"]:
+        raise ConfigError(f"config {path}: env_kwargs.baseline is set by the recipe; use paired_reward: true instead")
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
         raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
     cfg["selector"] = check_selector_config(cfg.get("selector"), path)
@@ -564,6 +573,9 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                           if members else ""))
             select.evaluate(current, f"after {title}")
         if cfg["total_timesteps"]:
+            if cfg["paired_reward"]:  # reward against the warm start on the same system and seed (SpecKnobsEnv)
+                venv.env_method("set_baseline", warm["knobs"])
+                tqdm_write(f"PPO reward: SLO-met requests minus those of the warm start `{warm_spec}` on the same system and seed")
             model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
             select.evaluate()
         train_s = time.time() - t_train
