@@ -85,6 +85,15 @@ def test_bad_knob_config_gives_one_line_error(tmp_path: Path, capsys: pytest.Cap
     assert re.search(match, err), err
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "training" / "configs").glob("knobs*.yaml")))
+def test_every_shipped_knob_config_is_valid(name: str) -> None:
+    from training.knobs import load_knob_config
+    from training.train import algorithms
+
+    cfg = load_knob_config(REPO / "training" / "configs" / name, "maskable_ppo", algorithms()["maskable_ppo"])
+    assert cfg["eval"]["scenarios"] and isinstance(cfg["paired_reward"], bool)
+
+
 def test_selector_data_must_come_from_the_distribution_the_run_trains_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from training.selector import SelectorData
     from training.train import build_parser, resolve_knobs
