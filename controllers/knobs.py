@@ -206,6 +206,13 @@ class KnobController(Controller):
         self._win = _Window(0.0)
         self._tpot_ref = math.inf
         self.set_knobs(self.knobs.as_action(), 0.0)
+        if self.act is not None:
+            self.take_over()
+
+    def take_over(self) -> None:
+        """A policy sets the knobs from the first decision on (after :meth:`bind`): the knobs the
+        controller was built with never run, so they count no interval."""
+        self.next_tick, self.usage = 0.0, {}
 
     def action_for(self, knobs: Mapping[str, Any]) -> np.ndarray:
         """A knobs mapping (defaults: :func:`knob_setting`) as an action, with a mode that cannot

@@ -62,6 +62,8 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Episodes
     ``reset`` draws the simulator seed below ``TRAIN_SEED_MAX`` (evaluation seeds lie above) and,
     with ``distribution``, a scenario and rate from it (the same seed gives the same system).
+    It returns the observation at the first decision point, so the first action runs from the
+    start, and later ones every ``interval_s``.
 
     ## Arguments
     ``gym.make("specctl/SpecKnobs-v0", scenario="wan-4region", rate=None, distribution=None,
@@ -123,6 +125,7 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         self.sim = Simulator(self.episode_scenario, self.sim_seed, self.duration, rate=self.episode_rate)
         self.controller.knobs = Knobs()
         self.controller.bind(self.sim.info)
+        self.controller.take_over()  # the agent's first action runs from the first decision
         self._records = 0
         self._point = None
         self._shadow = self._shadow_ctl = self._shadow_point = None

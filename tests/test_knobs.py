@@ -67,8 +67,7 @@ def test_a_knob_controller_counts_the_intervals_of_each_setting_as_specs_that_ru
     ctl = KnobController(act=act)
     res = run_controller(load_scenario("wan-4region"), lambda: ctl, 0, 6.0, 10.0)
     usage = res["knob_usage"]
-    # the fixed setting until the first tick, then the policy's two settings in turn
-    assert usage.pop("knobs:mode=wanspec,cap=none,k_cap=8,hedge=true") == 1
+    # the policy's two settings in turn from the first decision: the built-in setting never runs
     assert set(usage) == {"knobs:mode=wisp,cap=2,k_cap=8,hedge=true", "knobs:mode=centralized,cap=none,k_cap=1,hedge=false"}
     assert abs(usage["knobs:mode=wisp,cap=2,k_cap=8,hedge=true"] - usage["knobs:mode=centralized,cap=none,k_cap=1,hedge=false"]) <= 1
     for spec in usage:  # each reported setting is a controller of its own, with that setting
@@ -126,7 +125,7 @@ def test_env_return_is_goodput_and_the_drain_is_one_step():
 def test_paired_reward_is_the_policys_slo_met_requests_minus_the_baselines_on_the_same_system():
     """Against the setting it holds, every step's paired reward is exactly 0 (the shadow shares
     every random draw); against another, the rewards sum to the difference of the two runs."""
-    held = {"mode": 0, "cap": None, "k_cap": None, "hedge": 1}  # Knobs(): what the env runs before its first step
+    held = {"mode": 1, "cap": 2.0, "k_cap": 4, "hedge": 0}
     env = SpecKnobsEnv(distribution=str(MIX), duration=8.0, baseline=held)
     check_env(env, skip_render_check=True)
     env.reset(options={"sim_seed": 5})
