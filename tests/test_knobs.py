@@ -128,26 +128,21 @@ def test_paired_reward_is_the_policys_slo_met_requests_minus_the_baselines_on_th
     held = {"mode": 1, "cap": 2.0, "k_cap": 4, "hedge": 0}
     env = SpecKnobsEnv(distribution=str(MIX), duration=8.0, baseline=held)
     check_env(env, skip_render_check=True)
-    env.reset(options={"sim_seed": 5})
-    action, rewards, done = env.controller.action_for(held), [], False
-    while not done:
-        _, r, done, _, _ = env.step(action)
-        rewards.append(r)
-    assert len(rewards) >= 8 and rewards == [0.0] * len(rewards)
+    action = env.controller.action_for(held)
 
+    def rewards(baseline):
+        env.set_baseline(baseline)
+        env.reset(options={"sim_seed": 5})
+        out, done = [], False
+        while not done:
+            _, r, done, _, _ = env.step(action)
+            out.append(r)
+        return out
+
+    against_itself = rewards(held)
+    assert len(against_itself) >= 8 and against_itself == [0.0] * len(against_itself)
     other = {"mode": 1, "cap": 1.0, "k_cap": 3, "hedge": 0}
-    env.set_baseline(other)
-    env.reset(options={"sim_seed": 5})
-    paired, done = 0.0, False
-    while not done:
-        _, r, done, _, _ = env.step(action)
-        paired += r
-    env.set_baseline(None)
-    env.reset(options={"sim_seed": 5})
-    plain, done = 0.0, False
-    while not done:
-        _, r, done, _, _ = env.step(action)
-        plain += r
+    paired, plain = sum(rewards(other)), sum(rewards(None))
     scenario, rate = env.draw(5)
     sim = Simulator(scenario, 5, 8.0, rate=rate)
     sim.run(fixed_controller(other, env.modes))
