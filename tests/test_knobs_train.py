@@ -23,7 +23,7 @@ TINY = {
                    "tune": {"systems": [1, 1], "keep": 2, "duration": 3.0, "caps": [1.0, 3.0], "k_caps": [3], "hedge": [False]}},
     "rollouts": {"iterations": 1, "systems": 1, "at_s": [2.0], "horizon_s": 1.0, "caps": [2.0], "epochs": 5, "anchor": 0.25,
                  "survey": 1},
-    "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 1, "every": 20, "scenarios": [
+    "eval": {"seeds": 2, "duration": 4.0, "validation_episodes": 2, "every": 20, "scenarios": [
         {"scenario": "wan-4region", "rate": 20.0, "baselines": ["wanspec", "wanspec+inflight-cap:max_inflight=100"], "references": []},
         {"scenario": str(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml"), "rate": 8.0, "held_out": True,
          "baselines": ["centralized"], "references": []},
@@ -56,7 +56,10 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"committee": 4, "agree": 0.5}}, r"rollouts.agree must be a share in \(0.5, 1\]"),
     ({"rollouts": {"committee": 4}}, r"PPO cannot fine-tune a committee policy; set total_timesteps: 0"),
     ({"eval": {"scenarios": [{"scenario": "wan-4region"}]}}, "needs scenario, rate and baselines"),
-    ({"eval": {**TINY["eval"], "evals": 3}}, r"unknown eval key\(s\) \['evals'\]; valid: \['duration'"),
+    ({"eval": {**TINY["eval"], "evals": 3}}, r"unknown eval key\(s\) \['evals'\]; valid: \['accept_p', 'duration'"),
+    ({"eval": {**TINY["eval"], "accept_p": 0}}, r"eval.accept_p must be a p-value in \(0, 1\] \(1: the higher validation mean wins\)"),
+    ({"eval": {**TINY["eval"], "validation_episodes": 1}}, r"eval.accept_p < 1 tests paired validation episodes, so it needs "
+                                                           r"eval.validation_episodes >= 2 \(got 1\), or set accept_p: 1"),
     ({"eval": {**TINY["eval"], "twin": "yes"}}, r"eval.twin must be true, false or a twin spec such as 'twin:seeds=3'"),
     ({"eval": {**TINY["eval"], "twin": "twin:seeds=0"}}, r"eval.twin: .*seeds >= 1"),
     ({"eval": {**TINY["eval"], "references": ["selector:model=/nowhere.json"],
@@ -83,6 +86,24 @@ def test_bad_knob_config_gives_one_line_error(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err, err
     assert re.search(match, err), err
+
+
+def test_model_selection_keeps_an_export_until_another_is_better_by_a_paired_test() -> None:
+    import numpy as np
+
+    from training.knobs import replaces_kept
+
+    kept = np.array([8.0, 6.0, 10.0, 4.0])
+    assert replaces_kept(kept, None, 0.1) == (True, 0.0)  # the first export is kept
+    lucky = kept * np.array([1.08, 0.99, 1.01, 0.98])  # a higher mean from one system
+    assert lucky.mean() > kept.mean()
+    keep, p = replaces_kept(lucky, kept, 0.1)
+    assert not keep and 0.1 <= p < 1
+    assert replaces_kept(lucky, kept, 1.0)[0]  # accept_p 1: the higher mean wins, as before
+    steady = kept * np.array([1.03, 1.02, 1.04, 1.03])
+    keep, p = replaces_kept(steady, kept, 0.1)
+    assert keep and p < 0.05
+    assert replaces_kept(kept * 0.99, kept, 1.0) == (False, 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "training" / "configs").glob("knobs*.yaml")))
