@@ -192,9 +192,7 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
             self._shadow_point = None
 
     def _shadow_reward(self) -> float:
-        recs = self._shadow.metrics.records  # type: ignore[union-attr]
-        met = sum(1 for r in recs[self._shadow_records :] if r.slo_met)
-        self._shadow_records = len(recs)
+        met, self._shadow_records = _slo_met_since(self._shadow, self._shadow_records)  # type: ignore[arg-type]
         return met / self.reward_scale
 
     def _observe(self) -> np.ndarray:
@@ -203,11 +201,16 @@ class SpecKnobsEnv(gym.Env[np.ndarray, np.ndarray]):
         return self.controller.observation(self._point.system)
 
     def _reward(self) -> float:
-        recs = self.sim.metrics.records  # type: ignore[union-attr]
-        met = sum(1 for r in recs[self._records :] if r.slo_met)
-        self._records = len(recs)
+        met, self._records = _slo_met_since(self.sim, self._records)  # type: ignore[arg-type]
         return met / self.reward_scale
 
     def _info(self) -> dict[str, Any]:
         sim = self.sim
         return {"sim_time": sim.now if sim else 0.0, "sim_seed": self.sim_seed, "scenario": self.episode_scenario.name}
+
+
+def _slo_met_since(sim: Simulator, seen: int) -> tuple[int, int]:
+    """Requests of ``sim`` that met their SLOs among those finished after the first ``seen``,
+    and how many have finished now."""
+    recs = sim.metrics.records
+    return sum(1 for r in recs[seen:] if r.slo_met), len(recs)
