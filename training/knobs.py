@@ -18,6 +18,8 @@ The recipe, and why:
    step's reward is the policy's SLO-met requests minus the warm start's in a shadow run of the
    same system and seed (:class:`policy_env.knobs_env.SpecKnobsEnv`'s ``baseline``), which
    cancels most of an episode's luck without changing what the best policy is.
+   ``knobs-ppo.yaml`` runs it at 10-s intervals from the warm start (README: where it beats
+   the warm start, and why).
 4. **Model selection on validation episodes** of the training distribution (seeds
    ``TRAIN_SEED_MAX + 1000..``): the evaluation scenarios are never looked at before the end.
    An export replaces the kept one only if it is better on the same episodes by a one-sided
