@@ -12,7 +12,7 @@ The recipe, and why:
 2. **Policy improvement by rollouts** (``rollouts:``; :mod:`training.rollouts`): label states the
    policy visits by holding each candidate knob setting in a copy of the simulator, fit the
    policy to the clear winners, repeat. PPO from the clone did not move it in 3,000 steps.
-3. **PPO at the control interval** for ``total_timesteps`` (0 in the shipped configs;
+3. **PPO at the control interval** for ``total_timesteps`` (0 in the default configs;
    MaskablePPO: modes that cannot run are masked). ``half_life_s`` sets the discount per
    simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``). ``paired_reward``: each
    step's reward is the policy's SLO-met requests minus the warm start's in a shadow run of the
