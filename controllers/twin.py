@@ -19,7 +19,7 @@ with the most SLO-meeting requests. What it cannot see it assumes: Poisson arriv
 loads, i.i.d. acceptance with the default spread across requests, the default network jitter;
 and, in the stressed twins it also scores on (below), bursts, load flips and drift.
 It learns the system, not a mapping from other systems, so it moves to any set of sites; the
-README ("A digital twin") measures what it gains and where the assumptions cost. It drops the
+docs/twin.md measures what it gains and where the assumptions cost. It drops the
 constant-load assumption where the system contradicts it (``replan``, on by default): it keeps
 measuring, and when a site's load jumps to a regime it has not shown before, it plans again with
 that site's load as a Markov process over the regimes seen (:func:`load_process`), at least
@@ -67,7 +67,7 @@ REFINE_GAIN = 0.01
 #: The guard: after the switch it skips GUARD_SETTLE windows, then reverts to the probe's setting
 #: when the mean live score of the last GUARD_WINDOWS windows is GUARD_DROP below the probe's.
 GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
-#: Replanning, the default since it passed its rule on unseen systems of the mix (README): up to
+#: Replanning, the default since it passed its rule on unseen systems of the mix (docs/twin.md): up to
 #: REPLAN more plans a run, at least REPLAN_GAP_S apart, each switching only for REPLAN_MARGIN more SLOs.
 REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
@@ -79,7 +79,7 @@ LOAD_GAP = 0.15
 STRESS_BURST_FACTOR, STRESS_BURST_S, STRESS_CALM_S = (1.5, 3.0), (3.0, 15.0), (10.0, 40.0)
 STRESS_FLIP_PROB, STRESS_BUSY, STRESS_DWELL_S = 0.3, (0.4, 0.8), ((10.0, 60.0), (5.0, 30.0))
 STRESS_DRIFT_PROB = 0.3
-#: Stressed twins per plan, the default since it passed its rule on unseen systems of the mix (README).
+#: Stressed twins per plan, the default since it passed its rule on unseen systems of the mix (docs/twin.md).
 STRESS = 2
 
 
@@ -511,7 +511,7 @@ def plan_settings(scenario: Scenario, verify: LatencyModel, drafts: dict[str, La
 def race_heats(seeds: int, stressed: int) -> list[int]:
     """The workloads (indices into :func:`twin_workloads`) every setting runs in a race: the first
     of the measured twin and of the first stressed twin. On 16 training systems of the mix the
-    18-setting grid's full-plan best was never below third on these two (README), while on the
+    18-setting grid's full-plan best was never below third on these two (docs/twin.md), while on the
     measured twin's first workload alone it was tenth on one."""
     return [0, seeds] if stressed else [0]
 

@@ -37,8 +37,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: Trees in the forest: 400, since with 50 a refit's choices on unseen systems hung on the forest's seed (README,
-#: "A learned selector"). Its leaf size and the switching margin are chosen by cross-validation from these.
+#: Trees in the forest: 400, since with 50 a refit's choices on unseen systems hung on the forest's seed
+#: (docs/selector.md). Its leaf size and the switching margin are chosen by cross-validation from these.
 TREES = 400
 LEAVES = (3, 5, 10)
 MARGINS = (0.0, 0.01, 0.02, 0.05)
