@@ -614,7 +614,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
                 venv.env_method("set_baseline", warm["knobs"])
                 tqdm_write(f"PPO reward: SLO-met requests minus those of the warm start `{warm_spec}` on the same system and seed")
             model.learn(cfg["total_timesteps"], callback=CallbackList([select, progress_callback(cfg["total_timesteps"])]))
-            select.evaluate()
+            # PPO updates once more after its last rollout, so the last periodic check saw older weights
+            select.evaluate(label=f"of the final model ({model.num_timesteps:,} PPO steps, after the last update)")
         train_s = time.time() - t_train
         model.save(out_dir / "model.zip")
         mlflow.log_metrics({"train/wall_s": train_s, "train/env_steps_per_s": model.num_timesteps / max(train_s, 1e-9),
