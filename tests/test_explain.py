@@ -4,6 +4,7 @@ rule that mimics it."""
 from __future__ import annotations
 
 import csv
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIX = str(REPO / "training" / "configs" / "scenario-mix.yaml")
 
 
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> str:
+def untrained(directory: Path, seed: int) -> str:
     """An untrained (seeded) knob policy at 2-s intervals: it changes setting as its features move."""
     from sb3_contrib import MaskablePPO
 
@@ -24,10 +24,14 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> str:
     from policy_env.knobs_env import SpecKnobsEnv
 
     env = SpecKnobsEnv(distribution=MIX, duration=6.0, interval_s=2.0)
-    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
-    out = tmp_path_factory.mktemp("explain") / "p"
-    export_policy(model, env.controller.layout, out, {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
-    return f"policy:{out}"
+    model = MaskablePPO("MlpPolicy", env, seed=seed, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, directory, {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    return f"policy:{directory}"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return untrained(tmp_path_factory.mktemp("explain") / "p", seed=0)
 
 
 def test_it_records_every_decision_the_run_counts(policy: str) -> None:
@@ -36,7 +40,7 @@ def test_it_records_every_decision_the_run_counts(policy: str) -> None:
 
     dist = ScenarioDistribution.load(MIX)
     for seed in (1_000_000_000, 1_000_000_001):
-        ep = run_episode((policy, dist, seed, 6.0, None))
+        ep = run_episode((policy, dist, seed, 6.0, None, None))
         plain = run_controller(dist, policy, seed, 6.0, None)  # the same run, not recorded
         assert Counter(ep.settings) == Counter(plain["knob_usage"]) and ep.goodput_rps == plain["goodput_rps"]
         assert len(ep.times) == len(ep.features) == len(ep.settings) >= 3 and ep.times == sorted(ep.times)
@@ -57,6 +61,24 @@ def test_the_cli_summarises_and_writes_each_interval_the_same_way_twice(policy: 
     assert len(rows) >= 9 and {r["seed"] for r in rows} == {"1000000000", "1000000001", "1000000002"}
     assert all(r["setting"].startswith("knobs:mode=") and float(r["has_edge"]) in (0.0, 1.0) for r in rows)
     assert [r["system"] for r in rows if r["seed"] == "1000000000"][0] in out  # each kind of system it ran is summarised
+
+
+def test_first_from_swaps_only_the_first_choice_and_prices_it(policy: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.distribution import ScenarioDistribution
+
+    other = untrained(tmp_path / "other", seed=3)
+    dist = ScenarioDistribution.load(MIX)
+    own = run_episode((policy, dist, 1_000_000_004, 6.0, None, None))
+    swapped = run_episode((policy, dist, 1_000_000_004, 6.0, None, other))
+    theirs = run_episode((other, dist, 1_000_000_004, 6.0, None, None))
+    assert own.settings[0] != theirs.settings[0]  # the two policies start differently here
+    assert swapped.settings[0] == theirs.settings[0] and swapped.features[0] == own.features[0]
+    # against itself the start-up is worth exactly nothing
+    assert main([policy, "--scenario", "wan-4region", "--rate", "20", "--seeds", "2", "--duration", "6", "--workers", "1",
+                 "--first-from", policy]) == 0
+    assert re.search(r"its own first interval against policy:\S+'s \(`knobs:mode=[^`]+` on the first seed\): 1\.000x \[1\.000, 1\.000\]",
+                     capsys.readouterr().out)
 
 
 def test_the_tree_finds_a_planted_rule() -> None:

@@ -14,6 +14,8 @@ observation it saw and the setting it chose, and prints:
   intervals on which the tree agrees with it: a readable approximation of the policy's rule.
 
 ``--out FILE.csv`` writes every interval (system, seed, time, goodput, features, setting).
+``--first-from policy:RUN/warm`` also runs it with its first interval chosen by another policy
+and prints what its own start-up choice is worth, paired over the seeds.
 """
 
 from __future__ import annotations
@@ -64,14 +66,16 @@ def knob_policy(spec: str) -> Any:
     return ctl
 
 
-def run_episode(job: tuple[str, Any, int, float, float | None]) -> Episode:
-    """Run the policy on one seed (one system of a distribution), recording each decision."""
+def run_episode(job: tuple[str, Any, int, float, float | None, str | None]) -> Episode:
+    """Run the policy on one seed (one system of a distribution), recording each decision; with
+    ``first`` (another knob policy's spec), that policy chooses the first interval's setting."""
     from runtime.distribution import ScenarioDistribution
     from training.compare import run_controller
 
-    spec, scenario, seed, duration, rate = job
+    spec, scenario, seed, duration, rate, first = job
     ctl = knob_policy(spec)
     act, apply = ctl.act, ctl.set_knobs
+    start = knob_policy(first).act if first else act
     times: list[float] = []
     features: list[list[float]] = []
     settings: list[str] = []
@@ -81,7 +85,7 @@ def run_episode(job: tuple[str, Any, int, float, float | None]) -> Episode:
         nonlocal chosen
         features.append([float(x) for x in obs])
         chosen = True
-        return act(obs, mask)
+        return (start if len(features) == 1 else act)(obs, mask)
 
     def set_knobs(action: Any, now: float) -> None:
         nonlocal chosen
@@ -161,19 +165,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--depth", type=whole("tree depth"), default=2, help="depth of the explaining tree")
     p.add_argument("--workers", type=whole("number of processes"), default=2, help="processes")
     p.add_argument("--out", type=Path, help="write every control interval here (CSV)")
+    p.add_argument("--first-from", metavar="POLICY", help="also run it with the first interval's setting chosen by this knob "
+                   "policy (e.g. policy:RUN/warm), and print what its own start-up choice is worth (paired over the seeds)")
     a = p.parse_args(argv)
     if a.distribution and a.rate is not None:
         p.error("--rate applies to --scenario; a distribution draws each system's rate")
     try:
         ctl = knob_policy(a.policy)
+        if a.first_from:
+            knob_policy(a.first_from)
         scenario = ScenarioDistribution.load(a.distribution) if a.distribution else load_scenario(a.scenario)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = feature_names(ctl.mode_specs)
-    jobs = [(a.policy, scenario, TRAIN_SEED_MAX + i, a.duration, a.rate) for i in range(a.seeds)]
-    episodes = pool_map(run_episode, jobs, a.workers, desc="policy runs")
+    jobs = [(a.policy, scenario, TRAIN_SEED_MAX + i, a.duration, a.rate, None) for i in range(a.seeds)]
+    if a.first_from:
+        jobs += [(*job[:5], a.first_from) for job in jobs]
+    done = pool_map(run_episode, jobs, a.workers, desc="policy runs")
+    episodes = done[:a.seeds]
     print(report(episodes, names, a.depth))
+    if a.first_from:
+        from training.compare import ratio_ci
+
+        own = np.array([e.goodput_rps for e in episodes])
+        other = np.array([e.goodput_rps for e in done[a.seeds:]])
+        r, lo, hi = ratio_ci(own, other)
+        print(f"its own first interval against {a.first_from}'s (`{done[a.seeds].settings[0]}` on the first seed): "
+              f"{r:.3f}x [{lo:.3f}, {hi:.3f}] the goodput ({own.mean():.3f} against {other.mean():.3f} req/s, paired over {a.seeds} seeds)")
     if a.out:
         write_csv(a.out, episodes, names)
         print(f"wrote {a.out} ({sum(len(e.settings) for e in episodes)} control intervals)")
