@@ -116,3 +116,8 @@ def test_rate_needs_a_scenario(policy: str, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as e:
         main([policy, "--distribution", MIX, "--rate", "10"])
     assert e.value.code == 2 and "--rate applies to --scenario" in capsys.readouterr().err
+
+
+def test_first_from_needs_two_seeds(policy: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([policy, "--scenario", "wan-4region", "--seeds", "1", "--first-from", policy]) == 2
+    assert "--first-from compares over seeds: pass --seeds 2 or more" in capsys.readouterr().err

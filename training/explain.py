@@ -173,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctl = knob_policy(a.policy)
         if a.first_from:
-            knob_policy(a.first_from)
+            if knob_policy(a.first_from).mode_specs != ctl.mode_specs:
+                raise ValueError(f"{a.first_from!r} sets other modes than {a.policy!r}: --first-from needs a policy over the "
+                                 f"same modes ({list(ctl.mode_specs)}), e.g. the run's warm start")
+            if a.seeds < 2:
+                raise ValueError("--first-from compares over seeds: pass --seeds 2 or more")
         scenario = ScenarioDistribution.load(a.distribution) if a.distribution else load_scenario(a.scenario)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
