@@ -96,9 +96,10 @@ def run_episode(job: tuple[str, Any, int, float, float | None, str | None]) -> E
             settings.append(ctl.spec())
 
     ctl.act, ctl.set_knobs = recording, set_knobs
-    system = scenario.draw(seed)[0] if isinstance(scenario, ScenarioDistribution) else scenario
+    if isinstance(scenario, ScenarioDistribution):  # the system (and rate) this seed draws, named for the report
+        scenario, rate = scenario.draw(seed)
     res = run_controller(scenario, ctl, seed, duration, rate)
-    return Episode(system.name.split("~")[0], seed, res["goodput_rps"], times, features, settings)
+    return Episode(scenario.name.split("~")[0], seed, res["goodput_rps"], times, features, settings)
 
 
 def explain_tree(x: np.ndarray, y: Sequence[str], names: Sequence[str], depth: int) -> tuple[str, float]:
@@ -106,29 +107,33 @@ def explain_tree(x: np.ndarray, y: Sequence[str], names: Sequence[str], depth: i
     features: its rules as text, and its agreement with the policy on these intervals."""
     from sklearn.tree import DecisionTreeClassifier, export_text
 
-    tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=max(2, len(y) // 50), random_state=0).fit(x, list(y))
-    return export_text(tree, feature_names=list(names), decimals=3), float(tree.score(x, list(y)))
+    labels = list(y)
+    tree = DecisionTreeClassifier(max_depth=depth, min_samples_leaf=max(2, len(labels) // 50), random_state=0).fit(x, labels)
+    return export_text(tree, feature_names=list(names), decimals=3), float(tree.score(x, labels))
 
 
 def report(episodes: Sequence[Episode], names: Sequence[str], depth: int, top: int = 4) -> str:
     """The printed summary (module docstring)."""
+    from training.knobs import settings_line
+
+    def shares(c: Counter[str]) -> dict[str, float]:
+        n = sum(c.values())
+        return {s: k / n for s, k in c.most_common()}
+
     lines: list[str] = []
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)
     for e in episodes:
         by_kind[e.kind].update(e.settings)
     lines.append("settings held, share of control intervals, per kind of system:")
     for kind, c in sorted(by_kind.items()):
-        n = sum(c.values())
-        shown = ", ".join(f"`{s}` {k / n:.0%}" for s, k in c.most_common(top))
-        rest = len(c) - top
-        lines.append(f"  {kind} ({sum(e.kind == kind for e in episodes)} systems): {shown}" + (f", {rest} others" if rest > 0 else ""))
+        lines.append(f"  {kind} ({sum(e.kind == kind for e in episodes)} systems): {settings_line(shares(c), top)}")
     changing = sum(len(set(e.settings)) > 1 for e in episodes)
     lines.append(f"episodes in which it changes setting: {changing} of {len(episodes)}")
     first = Counter(e.settings[0] for e in episodes if e.settings)
     later = Counter(s for e in episodes for s in e.settings[1:])
-    lines.append("first interval (the system starts empty): " + ", ".join(f"`{s}` {k / sum(first.values()):.0%}" for s, k in first.most_common(top)))
+    lines.append(f"first interval (the system starts empty): {settings_line(shares(first), top)}")
     if later:
-        lines.append("later intervals: " + ", ".join(f"`{s}` {k / sum(later.values()):.0%}" for s, k in later.most_common(top)))
+        lines.append(f"later intervals: {settings_line(shares(later), top)}")
     x = np.array([f for e in episodes for f in e.features])
     y = [s for e in episodes for s in e.settings]
     if len(set(y)) < 2:
