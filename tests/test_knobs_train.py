@@ -115,6 +115,40 @@ def test_every_shipped_knob_config_is_valid(name: str) -> None:
     assert cfg["eval"]["scenarios"] and isinstance(cfg["paired_reward"], bool)
 
 
+def test_set_changes_config_values_and_they_are_checked_like_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train import build_parser, resolve_knobs
+
+    args = build_parser().parse_args(["--config", str(REPO / "training" / "configs" / "knobs-ppo.yaml"),
+                                      "--set", "warm_start.tune.objective=mean", "--set", "eval.seeds=20",
+                                      "--set", "warm_start.tune.caps=[1.0, 2.0]", "--set", "eval.twin=twin:seeds=3"])
+    cfg = resolve_knobs(args)
+    tune = cfg["warm_start"]["tune"]
+    assert tune["objective"] == "mean" and tune["caps"] == [1.0, 2.0] and tune["keep"] == 3  # the file's other keys stay
+    assert cfg["eval"]["seeds"] == 20 and cfg["eval"]["twin"] == "twin:seeds=3" and cfg["total_timesteps"] == 6000
+    for flags, match in ((["--set", "warm_start.tune.objective=meen"],
+                          r"\(with --set warm_start.tune.objective\): warm_start.tune.objective: 'worst' or 'mean', got 'meen'"),
+                         (["--set", "n_stepz=3"], r"\(with --set n_stepz\): unknown key\(s\) \['n_stepz'\]"),
+                         (["--set", "n_steps.x=3"], r"--set n_steps.x: n_steps is 60 in the config, not a mapping; set n_steps itself"),
+                         (["--set", "eval.seeds"], r"--set 'eval.seeds': expected KEY=VALUE with a dotted config key")):
+        code = main(["--config", str(REPO / "training" / "configs" / "knobs-ppo.yaml"), *flags,
+                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in err and re.search(match, err), err
+
+
+def test_set_values_are_yaml() -> None:
+    from training.common import ConfigError, parse_overrides
+
+    assert parse_overrides(["a=3", "b.c=1e-3", "b.d=-2.5E4", "d=null", "e=[1.0, 2.0]", "f=mean", "g=true", "h=x=y"]) == \
+        {"a": 3, "b.c": 1e-3, "b.d": -2.5e4, "d": None, "e": [1.0, 2.0], "f": "mean", "g": True, "h": "x=y"}
+    assert parse_overrides(None) == {}
+    for bad in ("=3", "a..b=1", "a"):
+        with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match="the value is not YAML"):
+        parse_overrides(["a=[1, 2"])
+
+
 def test_selector_data_must_come_from_the_distribution_the_run_trains_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from training.selector import SelectorData
     from training.train import build_parser, resolve_knobs

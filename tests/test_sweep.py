@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.common import ConfigError
-from training.sweep import load_sweep, override
+from training.common import ConfigError, with_overrides
+from training.sweep import load_sweep
 from training.train import main
 
 TINY = {
@@ -37,7 +37,7 @@ def _files(tmp_path: Path, **sweep) -> Path:
 def test_sweep_file_is_checked_and_overrides_win_in_every_block(tmp_path):
     s = load_sweep(_files(tmp_path), None, 0)
     assert s.defaults == {"learning_rate": 3.0e-4, "n_epochs": 1, "seed": 0}
-    cfg = override(s.base, {"n_epochs": 2, "env_kwargs.rate": 9.0})
+    cfg = with_overrides(s.base, {"n_epochs": 2, "env_kwargs.rate": 9.0})
     assert cfg["default"]["n_epochs"] == 2 and cfg["specctl/DraftLength-v0"]["n_epochs"] == 2
     assert cfg["default"]["env_kwargs"]["rate"] == 9.0 and cfg["default"]["env_kwargs"]["n_slots"] == 8
     for bad, match in (({"space": {"n_epochs": {"choices": [2, 3]}}}, "does not contain the base value 1"),
@@ -46,6 +46,14 @@ def test_sweep_file_is_checked_and_overrides_win_in_every_block(tmp_path):
                        ({"trails": 3}, r"unknown key\(s\) \['trails'\]")):
         with pytest.raises(ConfigError, match=match):
             load_sweep(_files(tmp_path, **bad), None, 0)
+
+
+def test_set_changes_the_sweeps_base_config(tmp_path):
+    s = load_sweep(_files(tmp_path), None, 0, {"n_epochs": 2, "eval.seeds": 3})
+    assert s.defaults["n_epochs"] == 2  # the first trial is the base config with --set applied
+    assert s.base["default"]["eval"]["seeds"] == 3 and s.base["specctl/DraftLength-v0"]["eval"]["seeds"] == 3
+    with pytest.raises(ConfigError, match=r"\(with --set n_epochs\) has no 'gamma'"):
+        load_sweep(_files(tmp_path, space={"gamma": {"low": 0.9, "high": 0.99}}), None, 0, {"n_epochs": 2})
 
 
 def test_bad_sweep_is_one_line_error(tmp_path, capsys):

@@ -6,8 +6,9 @@ build vectorised envs and algorithm arguments here, so neither imports the other
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 #: Periodic (model-selection) evaluations use seeds TRAIN_SEED_MAX + VALIDATION_OFFSET + i; the final
@@ -17,6 +18,72 @@ VALIDATION_OFFSET = 1000
 
 class ConfigError(ValueError):
     """A bad flag value or config file; one line that names the problem and the fix."""
+
+
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` flags -> ``{dotted key: value}``. A value is read as YAML, so ``3``,
+    ``1e-3``, ``true``, ``null``, ``mean`` and ``[1.0, 2.0]`` mean what they mean in a config."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted config key, e.g. --set warm_start.tune.objective=mean")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({str(e).splitlines()[0]}); quote it, e.g. --set 'eval.twin=twin:seeds=3'") from None
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3); on a command line it is a number
+        out[key] = value
+    return out
+
+
+def get_dotted(cfg: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted key (``warm_start.tune.objective``), or None where the path ends."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted key, making the mappings on the way (an empty one where the config has null)."""
+    *parents, last = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parents):
+        if node.get(part) is None:
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"--set {dotted}: {where} is {node[part]!r} in the config, not a mapping; set {where} itself")
+        node = node[part]
+    node[last] = value
+
+
+def with_overrides(base: Mapping[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of a config with ``params`` (dotted keys) set; in a config made of blocks
+    (``default`` and env ids), in every block, so the override wins whichever block applies."""
+    import copy
+
+    out = copy.deepcopy(dict(base))
+    blocks = [b for b in out.values() if isinstance(b, dict)] if "default" in out else [out]
+    for block in blocks:
+        for key, value in (params or {}).items():
+            set_dotted(block, key, copy.deepcopy(value))
+    return out
+
+
+def config_source(path: Path, overrides: Mapping[str, Any] | None) -> str:
+    """How error messages name a config: its file, and the ``--set`` keys applied to it."""
+    return f"config {path}" + (f" (with --set {', '.join(overrides)})" if overrides else "")
 
 
 def hyperparams(cfg: dict[str, Any], run_keys: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from training.common import ConfigError, progress, progress_callback
+from training.common import ConfigError, config_source, parse_overrides, progress, progress_callback, with_overrides
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
 from training.rollouts import ROLLOUT_DEFAULTS
 
@@ -73,19 +73,21 @@ EVAL_DEFAULTS: dict[str, Any] = {"seeds": 10, "duration": 60.0, "validation_epis
 SELECTOR_DEFAULTS: dict[str, Any] = {"data": None, "systems": 240, "duration": 60.0, "probe_s": 10.0, "folds": 5}
 
 
-def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
-    """Read and validate a knob-training YAML (a flat mapping: algorithm kwargs + recipe keys)."""
+def load_knob_config(path: Path, algo: str, algo_cls: Any, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read and validate a knob-training YAML (a flat mapping: algorithm kwargs + recipe keys),
+    with ``overrides`` (``--set``: dotted keys) set first, so they are checked as the file is."""
     import inspect
 
     from controllers.knobs import cap_level, k_cap_level
     from runtime.scenario import read_yaml_mapping
 
-    cfg = read_yaml_mapping(path, "config", ConfigError, "a mapping of hyperparameters")
+    cfg = with_overrides(read_yaml_mapping(path, "config", ConfigError, "a mapping of hyperparameters"), overrides)
+    src = config_source(path, overrides)
     valid = {p for p in inspect.signature(algo_cls.__init__).parameters
              if p not in ("self", "env", "policy", "seed", "verbose", "tensorboard_log", "device", "_init_setup_model", "gamma")}
     bad = sorted(set(cfg) - valid - KNOB_RUN_KEYS)
     if bad:
-        raise ConfigError(f"config {path}: unknown key(s) {bad} for {algo} (gamma comes from half_life_s); valid: {sorted(valid | KNOB_RUN_KEYS)}")
+        raise ConfigError(f"{src}: unknown key(s) {bad} for {algo} (gamma comes from half_life_s); valid: {sorted(valid | KNOB_RUN_KEYS)}")
     cfg.setdefault("policy", "MlpPolicy")
     cfg.setdefault("n_envs", 2)
     cfg.setdefault("vec_env", "subproc")
@@ -96,7 +98,7 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
     cfg["warm_start"] = {**WARM_DEFAULTS, **(cfg.get("warm_start") or {})}
     bad = sorted(set(cfg["warm_start"]) - set(WARM_DEFAULTS))
     if bad:
-        raise ConfigError(f"config {path}: unknown warm_start key(s) {bad}; valid: {sorted(WARM_DEFAULTS)}")
+        raise ConfigError(f"{src}: unknown warm_start key(s) {bad}; valid: {sorted(WARM_DEFAULTS)}")
     knobs = cfg["warm_start"]["knobs"]
     try:
         if not isinstance(knobs, dict) or set(knobs) - {"mode", "cap", "k_cap", "hedge"}:
@@ -106,25 +108,25 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         if not (isinstance(knobs.get("mode", 0), int) and knobs.get("mode", 0) >= 0 and knobs.get("hedge", 1) in (0, 1)):
             raise ValueError(f"mode must be an index >= 0 and hedge 0 or 1, got {knobs}")
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config {path}: warm_start.knobs: {e}") from None
+        raise ConfigError(f"{src}: warm_start.knobs: {e}") from None
     if cfg["warm_start"]["tune"] is not None:
         from training.mix_tune import check_tune_config
 
-        cfg["warm_start"]["tune"] = check_tune_config(cfg["warm_start"]["tune"], f"config {path}: warm_start.tune")
+        cfg["warm_start"]["tune"] = check_tune_config(cfg["warm_start"]["tune"], f"{src}: warm_start.tune")
     cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
     bad = sorted(set(cfg["eval"]) - set(EVAL_DEFAULTS))
     if bad:
-        raise ConfigError(f"config {path}: unknown eval key(s) {bad}; valid: {sorted(EVAL_DEFAULTS)}")
+        raise ConfigError(f"{src}: unknown eval key(s) {bad}; valid: {sorted(EVAL_DEFAULTS)}")
     ev = cfg["eval"]
     if not (isinstance(ev["accept_p"], (int, float)) and not isinstance(ev["accept_p"], bool) and 0 < ev["accept_p"] <= 1):
-        raise ConfigError(f"config {path}: eval.accept_p must be a p-value in (0, 1] (1: the higher validation mean wins), "
+        raise ConfigError(f"{src}: eval.accept_p must be a p-value in (0, 1] (1: the higher validation mean wins), "
                           f"got {ev['accept_p']!r}")
     if ev["accept_p"] < 1 and not (isinstance(ev["validation_episodes"], int) and ev["validation_episodes"] >= 2):
-        raise ConfigError(f"config {path}: eval.accept_p < 1 tests paired validation episodes, so it needs "
+        raise ConfigError(f"{src}: eval.accept_p < 1 tests paired validation episodes, so it needs "
                           f"eval.validation_episodes >= 2 (got {ev['validation_episodes']!r}), or set accept_p: 1")
     twin = cfg["eval"]["twin"]
     if not (isinstance(twin, bool) or isinstance(twin, str) and twin.split(":")[0] == "twin"):
-        raise ConfigError(f"config {path}: eval.twin must be true, false or a twin spec such as 'twin:seeds=3' (judge the "
+        raise ConfigError(f"{src}: eval.twin must be true, false or a twin spec such as 'twin:seeds=3' (judge the "
                           f"digital twin too), got {twin!r}")
     if isinstance(twin, str):
         from controllers import ControllerError, make_controller
@@ -132,74 +134,75 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any) -> dict[str, Any]:
         try:
             make_controller(twin)
         except ControllerError as e:
-            raise ConfigError(f"config {path}: eval.twin: {e}") from None
+            raise ConfigError(f"{src}: eval.twin: {e}") from None
     cfg["rollouts"] = {**ROLLOUT_DEFAULTS, **(cfg.get("rollouts") or {})}
     bad = sorted(set(cfg["rollouts"]) - set(ROLLOUT_DEFAULTS))
     if bad:
-        raise ConfigError(f"config {path}: unknown rollouts key(s) {bad}; valid: {sorted(ROLLOUT_DEFAULTS)}")
+        raise ConfigError(f"{src}: unknown rollouts key(s) {bad}; valid: {sorted(ROLLOUT_DEFAULTS)}")
     for key, least in (("n_envs", 1), ("total_timesteps", 0)):
         if not isinstance(cfg[key], int) or cfg[key] < least:
-            raise ConfigError(f"config {path}: {key} must be an integer >= {least}, got {cfg[key]!r}")
+            raise ConfigError(f"{src}: {key} must be an integer >= {least}, got {cfg[key]!r}")
     ro = cfg["rollouts"]
     if not (isinstance(ro["iterations"], int) and ro["iterations"] >= 0 and isinstance(ro["systems"], int) and ro["systems"] >= 1):
-        raise ConfigError(f"config {path}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
+        raise ConfigError(f"{src}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
     if not (isinstance(ro["survey"], int) and not isinstance(ro["survey"], bool) and ro["survey"] >= 0):
-        raise ConfigError(f"config {path}: rollouts.survey must be a whole number of systems >= 0 (0: no survey), got {ro['survey']!r}")
+        raise ConfigError(f"{src}: rollouts.survey must be a whole number of systems >= 0 (0: no survey), got {ro['survey']!r}")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
-        raise ConfigError(f"config {path}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
+        raise ConfigError(f"{src}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
     if ro["gain_per"] not in ("best", "demand"):
-        raise ConfigError(f"config {path}: rollouts.gain_per must be 'best' or 'demand', got {ro['gain_per']!r}")
+        raise ConfigError(f"{src}: rollouts.gain_per must be 'best' or 'demand', got {ro['gain_per']!r}")
     if ro["gain_per"] == "demand" and ro["confirm"]:
-        raise ConfigError(f"config {path}: rollouts.confirm measures gains as a share of the best value; "
+        raise ConfigError(f"{src}: rollouts.confirm measures gains as a share of the best value; "
                           f"set confirm: 0 with gain_per: demand")
     if not (isinstance(ro["confirm"], int) and ro["confirm"] >= 0):
-        raise ConfigError(f"config {path}: rollouts.confirm must be an integer >= 0 (independent futures per relabelled "
+        raise ConfigError(f"{src}: rollouts.confirm must be an integer >= 0 (independent futures per relabelled "
                           f"state; 0 turns confirmation off), got {ro['confirm']!r}")
     if not (isinstance(ro["anchor"], (int, float)) and not isinstance(ro["anchor"], bool) and ro["anchor"] >= 0):
-        raise ConfigError(f"config {path}: rollouts.anchor must be a weight >= 0 (0: no warm-start anchors), got {ro['anchor']!r}")
+        raise ConfigError(f"{src}: rollouts.anchor must be a weight >= 0 (0: no warm-start anchors), got {ro['anchor']!r}")
     if not (isinstance(ro["committee"], int) and not isinstance(ro["committee"], bool) and ro["committee"] >= 0):
-        raise ConfigError(f"config {path}: rollouts.committee must be an integer >= 0 (members; 0: one network), got {ro['committee']!r}")
+        raise ConfigError(f"{src}: rollouts.committee must be an integer >= 0 (members; 0: one network), got {ro['committee']!r}")
     if not (isinstance(ro["agree"], (int, float)) and not isinstance(ro["agree"], bool) and 0.5 < ro["agree"] <= 1.0):
-        raise ConfigError(f"config {path}: rollouts.agree must be a share in (0.5, 1] (a supermajority of the members), got {ro['agree']!r}")
+        raise ConfigError(f"{src}: rollouts.agree must be a share in (0.5, 1] (a supermajority of the members), got {ro['agree']!r}")
     if ro["committee"] and cfg["total_timesteps"]:
-        raise ConfigError(f"config {path}: PPO cannot fine-tune a committee policy; set total_timesteps: 0 or rollouts.committee: 0")
+        raise ConfigError(f"{src}: PPO cannot fine-tune a committee policy; set total_timesteps: 0 or rollouts.committee: 0")
     try:
         [cap_level(c) for c in ro["caps"]]
         [k_cap_level(k) for k in ro["k_caps"]]
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config {path}: rollouts.caps / k_caps: {e}") from None
+        raise ConfigError(f"{src}: rollouts.caps / k_caps: {e}") from None
     if not isinstance(cfg["paired_reward"], bool):
-        raise ConfigError(f"config {path}: paired_reward must be true (PPO's reward is the policy's SLO-met requests minus "
+        raise ConfigError(f"{src}: paired_reward must be true (PPO's reward is the policy's SLO-met requests minus "
                           f"the warm start's on the same system and seed) or false, got {cfg['paired_reward']!r}")
     if "baseline" in cfg["env_kwargs"]:
-        raise ConfigError(f"config {path}: env_kwargs.baseline is set by the recipe; use paired_reward: true instead")
+        raise ConfigError(f"{src}: env_kwargs.baseline is set by the recipe; use paired_reward: true instead")
     if not (isinstance(cfg["half_life_s"], (int, float)) and cfg["half_life_s"] > 0):
-        raise ConfigError(f"config {path}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
-    cfg["selector"] = check_selector_config(cfg.get("selector"), path)
+        raise ConfigError(f"{src}: half_life_s must be > 0 simulated seconds, got {cfg['half_life_s']!r}")
+    cfg["selector"] = check_selector_config(cfg.get("selector"), path, src)
     from controllers import ControllerError, make_controller
 
     for i, sc in enumerate(cfg["eval"]["scenarios"]):
         if not isinstance(sc, dict) or "scenario" not in sc or "baselines" not in sc:
-            raise ConfigError(f"config {path}: eval.scenarios[{i}] needs scenario, rate and baselines (tuned controller specs)")
+            raise ConfigError(f"{src}: eval.scenarios[{i}] needs scenario, rate and baselines (tuned controller specs)")
         where = f"eval.scenarios[{i}].references" if "references" in sc else "eval.references"
         refs = references(cfg["eval"], sc)
         if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-            raise ConfigError(f"config {path}: {where} must be a list of controller specs, got {refs!r}")
+            raise ConfigError(f"{src}: {where} must be a list of controller specs, got {refs!r}")
         for r in refs:  # a reference that cannot be built fails now, not after the training
             try:
                 make_controller(r)
             except (ControllerError, ValueError) as e:
-                raise ConfigError(f"config {path}: {where}: {r!r}: {e}") from None
+                raise ConfigError(f"{src}: {where}: {r!r}: {e}") from None
     return cfg
 
 
-def check_selector_config(block: Any, path: Path) -> dict[str, Any] | None:
-    """The ``selector:`` block with defaults filled in, checked (None: the recipe fits no selector)."""
+def check_selector_config(block: Any, path: Path, src: str) -> dict[str, Any] | None:
+    """The ``selector:`` block with defaults filled in, checked (None: the recipe fits no selector);
+    ``src`` names the config in errors, ``path`` is where its relative paths start."""
     from controllers.selector import WARMUP_S
 
     if block is None:
         return None
-    where = f"config {path}: selector"
+    where = f"{src}: selector"
     if not isinstance(block, dict):
         raise ConfigError(f"{where} must be a mapping ({sorted(SELECTOR_DEFAULTS)}) or null, got {block!r}")
     bad = sorted(set(block) - set(SELECTOR_DEFAULTS))
@@ -689,6 +692,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m training.knobs", description=compare_main.__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a knob run's output directory (holds best/ and warm/)")
     p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "knobs.yaml", help="config whose eval block to use")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="change one config value (repeatable; dotted keys, YAML values), e.g. --set eval.twin=true")
     p.add_argument("--eval-seeds", type=int, help="test seeds (default: the config's)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, help="the run's training seed, recorded in RUN_DIR/comparison.json "
@@ -701,7 +706,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"{args.run_dir / d} holds no policy.json: pass the --out directory of a knob training run")
             load_policy(str(args.run_dir / d))  # an old or broken export fails here, before any run is logged
         seed = args.seed if args.seed is not None else recorded_seed(args.run_dir)
-        cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO)
+        cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO, parse_overrides(args.overrides))
         cfg["config_file"] = str(args.config)
         if args.eval_seeds is not None:
             if args.eval_seeds < 2:

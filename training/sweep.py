@@ -22,13 +22,12 @@ The sweep file (YAML)::
       ent_coef: {low: 0.0, high: 0.02, default: 0.005}   # default: when the base config lacks the key
 
 Keys are merged into every block of a config made of blocks (``default`` and env ids), so the
-override wins whichever block applies.
+override wins whichever block applies. ``--set KEY=VALUE`` flags change the base config first.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import os
@@ -43,14 +42,15 @@ from typing import Any
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from training.common import REPO, ConfigError
+from training.common import REPO, ConfigError, config_source, get_dotted, parse_overrides, with_overrides
 
 #: Validation metrics the training recipes log, in the order a sweep looks for them.
 METRICS = ("eval/validation_goodput_rps", "eval/goodput_rps")
 SWEEP_KEYS = {"config", "trials", "seeds", "args", "metric", "space"}
 SEED = "seed"
 #: train.py flags a sweep sets per trial, or handles itself (not passed through).
-OWN_FLAGS = {"sweep", "ray", "config", "seed", "run_name", "tracking_uri", "experiment", "out"}
+#: --set (``overrides``) is applied to the base config, which each trial then overrides.
+OWN_FLAGS = {"sweep", "ray", "config", "seed", "run_name", "tracking_uri", "experiment", "out", "overrides"}
 
 
 def distribution(key: str, entry: Any) -> tuple[BaseDistribution, Any]:
@@ -76,33 +76,6 @@ def distribution(key: str, entry: Any) -> tuple[BaseDistribution, Any]:
         raise ConfigError(f"sweep space {key!r}: {e}") from None
 
 
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    node = cfg
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-def override(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The base config with ``params`` (dotted keys) set, in every block of a block config."""
-    out = copy.deepcopy(base)
-    blocks = [b for b in out.values() if isinstance(b, dict)] if "default" in out else [out]
-    for block in blocks:
-        for key, value in params.items():
-            _set(block, key, value)
-    return out
-
-
 def _plain(value: Any) -> Any:
     """numpy scalars from a sampler -> plain YAML-able values."""
     return value.item() if hasattr(value, "item") else value
@@ -122,8 +95,9 @@ class Sweep:
     defaults: dict[str, Any]
 
 
-def load_sweep(path: Path, config: Path | None, seed: int) -> Sweep:
-    """Read and check a sweep file; every problem is one :class:`ConfigError` line."""
+def load_sweep(path: Path, config: Path | None, seed: int, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read and check a sweep file; every problem is one :class:`ConfigError` line. ``overrides``
+    (``--set``) change the base config before the space is read from it."""
     from runtime.scenario import read_yaml_mapping
 
     if not path.is_file():
@@ -139,7 +113,7 @@ def load_sweep(path: Path, config: Path | None, seed: int) -> Sweep:
         cfg_path = next((p for p in (REPO / cfg_path, path.parent / cfg_path) if p.exists()), cfg_path)
     if not cfg_path.is_file():
         raise ConfigError(f"sweep {path}: base config {cfg_path} does not exist")
-    base = read_yaml_mapping(cfg_path, "config", ConfigError, "a mapping of hyperparameters")
+    base = with_overrides(read_yaml_mapping(cfg_path, "config", ConfigError, "a mapping of hyperparameters"), overrides)
     trials, seeds, args = raw.get("trials", 8), raw.get("seeds", [seed]), raw.get("args", [])
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"sweep {path}: trials must be a whole number >= 1, got {trials!r}")
@@ -155,9 +129,9 @@ def load_sweep(path: Path, config: Path | None, seed: int) -> Sweep:
     lookup = base.get("default", {}) if "default" in base else base
     for key, entry in space_raw.items():
         dist, default = distribution(str(key), entry)
-        value = _get(lookup, str(key)) if default is None else default
+        value = get_dotted(lookup, str(key)) if default is None else default
         if value is None:
-            raise ConfigError(f"sweep {path}: {cfg_path} has no {key!r}; give the space entry a 'default'")
+            raise ConfigError(f"sweep {path}: {config_source(cfg_path, overrides)} has no {key!r}; give the space entry a 'default'")
         inside = value in dist.choices if isinstance(dist, CategoricalDistribution) else dist.low <= value <= dist.high
         if not inside:
             raise ConfigError(f"sweep {path}: space {key!r} does not contain the base value {value!r}; widen it (the base config is the first trial)")
@@ -211,7 +185,7 @@ class _Trial:
         env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
         try:
             with os.fdopen(fd, "w") as f:
-                yaml.safe_dump(override(self.base, params), f, sort_keys=False)
+                yaml.safe_dump(with_overrides(self.base, params), f, sort_keys=False)
             cmd = [sys.executable, "-m", "training.train", *self.flags, "--config", cfg_file, "--seed", str(seed),
                    "--run-name", name, "--experiment", self.experiment, "--tracking-uri", self.uri]
             cmd += ["--out", str(Path(self.out) / name)] if self.out else []
@@ -246,7 +220,7 @@ def sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from training.search import Point, maximize
     from training.tracking import resolve_tracking_uri, setup_tracking
 
-    s = load_sweep(Path(args.sweep), args.config, args.seed)
+    s = load_sweep(Path(args.sweep), args.config, args.seed, parse_overrides(args.overrides))
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
         experiment_id = setup_tracking(uri, args.experiment)

@@ -36,7 +36,7 @@ import yaml
 
 from runtime.scenario import beside, deep_merge, read_yaml_mapping
 from training.backend import add_ray_flag
-from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
+from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, config_source, parse_overrides, with_overrides, hyperparams, make_env_fn, policy_class, progress, progress_callback, tqdm_write  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -85,15 +85,20 @@ ALGO_NAMES = ("maskable_ppo", "ppo", "a2c", "dqn")
 
 
 # ------------------------------------------------------------------------------ config
-def load_config(path: Path, env_id: str, algo: str) -> dict[str, Any]:
-    """The ``default`` block of ``path`` merged with the ``env_id`` block (nested dicts merge)."""
+def load_config(path: Path, env_id: str, algo: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``default`` block of ``path`` merged with the ``env_id`` block (nested dicts merge), with
+    ``overrides`` (``--set``: dotted keys) set in every block."""
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist (configs ship in {CONFIG_DIR})")
     raw = read_yaml_mapping(path, "config", ConfigError,
                             "a mapping of env ids (and 'default') to hyperparameter blocks", empty_ok=True)
+    if overrides:
+        raw.setdefault("default", {})  # a config of env-id blocks: the override goes in every block
+    raw = with_overrides(raw, overrides)
+    src = config_source(path, overrides)
     for key, block in raw.items():
         if not isinstance(block, dict):
-            raise ConfigError(f"config {path}: block {key!r} must be a mapping of hyperparameters, got {type(block).__name__}")
+            raise ConfigError(f"{src}: block {key!r} must be a mapping of hyperparameters, got {type(block).__name__}")
     cfg = deep_merge(raw.get("default", {}), raw.get(env_id, {}))
     cfg.setdefault("policy", "MlpPolicy")
     cfg.setdefault("n_envs", 1)
@@ -102,29 +107,29 @@ def load_config(path: Path, env_id: str, algo: str) -> dict[str, Any]:
     cfg.setdefault("env_kwargs", {})
     cfg["eval"] = {**EVAL_DEFAULTS, **(cfg.get("eval") or {})}
     cfg["pretrain"] = {**PRETRAIN_DEFAULTS, **(cfg.get("pretrain") or {})}
-    _validate(cfg, path, algo)
+    _validate(cfg, src, algo)
     return cfg
 
 
-def _validate(cfg: dict[str, Any], path: Path, algo: str) -> None:
+def _validate(cfg: dict[str, Any], src: str, algo: str) -> None:
     cls = algorithms()[algo]
     valid = {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "env", "policy", "seed", "verbose", "tensorboard_log", "device", "_init_setup_model")}
     bad = sorted(set(cfg) - valid - RUN_KEYS)
     if bad:
-        raise ConfigError(f"config {path}: unknown key(s) {bad} for {algo}; valid: {sorted(valid | RUN_KEYS)}")
+        raise ConfigError(f"{src}: unknown key(s) {bad} for {algo}; valid: {sorted(valid | RUN_KEYS)}")
     bad_eval = sorted(set(cfg["eval"]) - set(EVAL_DEFAULTS))
     if bad_eval:
-        raise ConfigError(f"config {path}: unknown eval key(s) {bad_eval}; valid: {sorted(EVAL_DEFAULTS)}")
+        raise ConfigError(f"{src}: unknown eval key(s) {bad_eval}; valid: {sorted(EVAL_DEFAULTS)}")
     bad_pre = sorted(set(cfg["pretrain"]) - set(PRETRAIN_DEFAULTS))
     if bad_pre:
-        raise ConfigError(f"config {path}: unknown pretrain key(s) {bad_pre}; valid: {sorted(PRETRAIN_DEFAULTS)}")
+        raise ConfigError(f"{src}: unknown pretrain key(s) {bad_pre}; valid: {sorted(PRETRAIN_DEFAULTS)}")
     if not isinstance(cfg["env_kwargs"], dict):
-        raise ConfigError(f"config {path}: env_kwargs must be a mapping of SpecControlEnv arguments")
+        raise ConfigError(f"{src}: env_kwargs must be a mapping of SpecControlEnv arguments")
     for key in ("n_envs", "total_timesteps"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"config {path}: {key} must be a positive integer, got {cfg[key]!r}")
+            raise ConfigError(f"{src}: {key} must be a positive integer, got {cfg[key]!r}")
     if cfg["vec_env"] not in ("dummy", "subproc"):
-        raise ConfigError(f"config {path}: vec_env must be 'dummy' or 'subproc', got {cfg['vec_env']!r}")
+        raise ConfigError(f"{src}: vec_env must be 'dummy' or 'subproc', got {cfg['vec_env']!r}")
 
 
 # ------------------------------------------------------------------------------ environments
@@ -354,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", help="shipped scenario name or YAML path (default: the config's; for the knob env, one scenario instead of its distribution)")
     p.add_argument("--rate", type=float, help="override the scenario's arrival rate (req/s) for training and evaluation")
     p.add_argument("--config", type=Path, help="hyperparameter YAML (default: training/configs/knobs.yaml for the knob env, else <algo>.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                   help="change one config value (repeatable; dotted keys, YAML values), e.g. --set warm_start.tune.objective=mean "
+                   "--set eval.seeds=20; checked as the config file is")
     p.add_argument("--n-envs", type=int, help="parallel envs (default: the config's)")
     p.add_argument("--vec-env", choices=("dummy", "subproc"), help="vectorised env class (default: the config's, else dummy)")
     p.add_argument("--total-timesteps", type=int, help="env steps to train for (default: the config's)")
@@ -400,7 +408,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     if args.algo == "dqn":
         raise ConfigError("dqn needs a Discrete action space, and specctl envs act per request slot (MultiDiscrete); use maskable_ppo, ppo or a2c")
     path = args.config or CONFIG_DIR / f"{args.algo}.yaml"
-    cfg = load_config(path, args.env, args.algo)
+    cfg = load_config(path, args.env, args.algo, parse_overrides(args.overrides))
     if args.scenario:
         cfg["env_kwargs"]["scenario"] = args.scenario
     apply_run_flags(cfg, args)
@@ -445,7 +453,7 @@ def resolve_knobs(args: argparse.Namespace) -> dict[str, Any]:
     path = args.config or CONFIG_DIR / "knobs.yaml"
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist (configs ship in {CONFIG_DIR})")
-    cfg = load_knob_config(path, args.algo, algorithms()[args.algo])
+    cfg = load_knob_config(path, args.algo, algorithms()[args.algo], parse_overrides(args.overrides))
     if args.scenario:  # one scenario instead of the distribution
         cfg["env_kwargs"] = {**cfg["env_kwargs"], "scenario": args.scenario, "distribution": None}
     apply_run_flags(cfg, args)
