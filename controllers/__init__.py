@@ -16,6 +16,7 @@ from controllers.lookahead import Lookahead
 from controllers.selector import Selector
 from controllers.twin import Twin
 from controllers.registry import (
+    HEURISTICS,
     LOADERS,
     REGISTRY,
     ControllerError,
@@ -26,7 +27,7 @@ from controllers.registry import (
     split_composite,
 )
 
-__all__ = ["REGISTRY", "ControllerError", "available", "make_controller", "parse_spec", "register", "split_composite"]
+__all__ = ["HEURISTICS", "REGISTRY", "ControllerError", "available", "make_controller", "parse_spec", "register", "split_composite"]
 
 
 def _load_policy(ref: str) -> Controller:

@@ -45,6 +45,10 @@ REGISTRY: dict[str, Callable[..., Controller]] = {
     "oracle": Oracle,
     "inflight-cap": InflightCap,
 }
+#: The heuristics: what ``baselines: [all]`` means in a training config. Not the references (the
+#: clairvoyant oracle), the building blocks (an admission cap alone, the knob controller) or the
+#: controllers that choose between knob settings (lookahead, selector, twin), registered later.
+HEURISTICS: tuple[str, ...] = ("no-spec", "static", "centralized", "sled", "wanspec", "wisp", "vllm-dynamic-k", "bandit-k")
 #: Controllers named by a reference instead of parameters (``policy:<checkpoint>``): name ->
 #: ``loader(ref)``. :mod:`controllers` adds ``policy``, whose code imports this module.
 LOADERS: dict[str, Callable[[str], Controller]] = {}

@@ -203,6 +203,18 @@ def test_pretrain_with_dagger_rounds_aggregates_the_data() -> None:
     assert stats["pretrain/agreement"] > 0.95  # measured on the states the clone itself visited
 
 
+def test_all_baselines_are_the_heuristics_and_each_builds() -> None:
+    from controllers import make_controller
+    from training.train import EVAL_DEFAULTS, baseline_specs
+
+    heuristics, refs = baseline_specs(EVAL_DEFAULTS)  # what a per-request config without baselines runs
+    assert refs == ["oracle"] and "oracle" not in heuristics
+    assert {"wanspec", "wisp", "static", "vllm-dynamic-k", "bandit-k"} <= set(heuristics)
+    assert not {"selector", "twin", "lookahead", "knobs", "inflight-cap"} & set(heuristics)  # not heuristics
+    for spec in heuristics:
+        make_controller(spec)  # each runs with its defaults (a selector needs a model file: it once broke this)
+
+
 def test_ratio_ci_brackets_the_ratio_and_is_exact_for_identical_runs() -> None:
     from training.train import ratio_ci
 

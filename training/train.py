@@ -172,15 +172,15 @@ def evaluate_policy(policy_dir: Path, scenario: Any, seeds: Sequence[int], durat
 
 
 def baseline_specs(eval_cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(heuristics, references): ``all`` expands to every registered controller but the references."""
-    from controllers import REGISTRY
+    """(heuristics, references): ``all`` expands to every heuristic but the references."""
+    from controllers import HEURISTICS, REGISTRY
 
     refs = [r for r in eval_cfg["reference"] if r.split(":")[0] in REGISTRY]
     out: list[str] = []
     for spec in eval_cfg["baselines"]:
-        # "all": every heuristic, not the building blocks (an admission cap alone, the knob controller)
-        skip = {r.split(":")[0] for r in refs} | {"inflight-cap", "knobs"}
-        names = [n for n in REGISTRY if n not in skip] if spec == "all" else [spec]
+        # "all": every heuristic (controllers.registry.HEURISTICS) that is not a reference row
+        skip = {r.split(":")[0] for r in refs}
+        names = [n for n in HEURISTICS if n not in skip] if spec == "all" else [spec]
         out += [n for n in names if n not in out]
     return out, refs
 
