@@ -45,10 +45,10 @@ REGISTRY: dict[str, Callable[..., Controller]] = {
     "oracle": Oracle,
     "inflight-cap": InflightCap,
 }
-#: The heuristics: what ``baselines: [all]`` means in a training config. Not the references (the
-#: clairvoyant oracle), the building blocks (an admission cap alone, the knob controller) or the
-#: controllers that choose between knob settings (lookahead, selector, twin), registered later.
-HEURISTICS: tuple[str, ...] = ("no-spec", "static", "centralized", "sled", "wanspec", "wisp", "vllm-dynamic-k", "bandit-k")
+#: The heuristics: what ``baselines: [all]`` means in a training config. The registry above but
+#: the clairvoyant oracle (a reference) and the admission cap alone (a building block); the knob
+#: controller and those that choose between its settings (lookahead, selector, twin) register later.
+HEURISTICS: tuple[str, ...] = tuple(n for n in REGISTRY if n not in ("oracle", "inflight-cap"))
 #: Controllers named by a reference instead of parameters (``policy:<checkpoint>``): name ->
 #: ``loader(ref)``. :mod:`controllers` adds ``policy``, whose code imports this module.
 LOADERS: dict[str, Callable[[str], Controller]] = {}

@@ -44,6 +44,13 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def add_set_flag(parser: Any) -> None:
+    """``--set KEY=VALUE`` on a command that reads a training config (parsed by :func:`parse_overrides`)."""
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="change one config value (repeatable; dotted keys, YAML values), e.g. --set "
+                        "warm_start.tune.objective=mean --set eval.seeds=20; checked as the config file is")
+
+
 def get_dotted(cfg: Mapping[str, Any], dotted: str) -> Any:
     """The value at a dotted key (``warm_start.tune.objective``), or None where the path ends."""
     node: Any = cfg

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from training.common import ConfigError, config_source, parse_overrides, progress, progress_callback, with_overrides
+from training.common import ConfigError, add_set_flag, config_source, parse_overrides, progress, progress_callback, with_overrides
 from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
 from training.rollouts import ROLLOUT_DEFAULTS
 
@@ -692,8 +692,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m training.knobs", description=compare_main.__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a knob run's output directory (holds best/ and warm/)")
     p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "knobs.yaml", help="config whose eval block to use")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="change one config value (repeatable; dotted keys, YAML values), e.g. --set eval.twin=true")
+    add_set_flag(p)
     p.add_argument("--eval-seeds", type=int, help="test seeds (default: the config's)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, help="the run's training seed, recorded in RUN_DIR/comparison.json "

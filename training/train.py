@@ -36,7 +36,7 @@ import yaml
 
 from runtime.scenario import beside, deep_merge, read_yaml_mapping
 from training.backend import add_ray_flag
-from training.common import REPO, VALIDATION_OFFSET, ConfigError, build_vec_env, config_source, hyperparams, make_env_fn, parse_overrides, policy_class, progress, progress_callback, tqdm_write, with_overrides  # noqa: F401
+from training.common import REPO, VALIDATION_OFFSET, ConfigError, add_set_flag, build_vec_env, config_source, hyperparams, make_env_fn, parse_overrides, policy_class, progress, progress_callback, tqdm_write, with_overrides  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -359,9 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", help="shipped scenario name or YAML path (default: the config's; for the knob env, one scenario instead of its distribution)")
     p.add_argument("--rate", type=float, help="override the scenario's arrival rate (req/s) for training and evaluation")
     p.add_argument("--config", type=Path, help="hyperparameter YAML (default: training/configs/knobs.yaml for the knob env, else <algo>.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="change one config value (repeatable; dotted keys, YAML values), e.g. --set warm_start.tune.objective=mean "
-                   "--set eval.seeds=20; checked as the config file is")
+    add_set_flag(p)
     p.add_argument("--n-envs", type=int, help="parallel envs (default: the config's)")
     p.add_argument("--vec-env", choices=("dummy", "subproc"), help="vectorised env class (default: the config's, else dummy)")
     p.add_argument("--total-timesteps", type=int, help="env steps to train for (default: the config's)")
