@@ -19,15 +19,26 @@ It reads the future through the simulator's hooks (``info.clairvoyant``):
 The oracle is checked against every heuristic over a grid of scenarios, loads and seeds
 (``tests/test_controllers.py``). On a real backend ``info.clairvoyant`` is ``None`` and
 :meth:`bind` refuses to run.
+
+Its knowledge can be switched off, to tell how much of its lead over a heuristic is knowing the
+future and how much is control (``python -m training.oracle_gap``). ``know_runs=false`` drafts
+the length with the most *expected* committed tokens per second instead, from the per-request,
+per-position acceptance estimate the heuristics use (:class:`AcceptanceTable`), and verifies by
+expected commits. ``know_delays=false`` predicts a link's next delay as half its measured RTT
+plus the message's serialization time, not the next draw of its jitter and spikes. With both
+off, what remains is control a deployment could run: site by predicted arrival, one lock-step
+draft cap for the target's batch, EDF batches with triage, and admission by the in-flight
+requests' pace (which reads every in-flight request: a runtime has them, the contract's
+``SystemView`` does not pass them yet).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from runtime.contract import Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
+from runtime.contract import BatchResult, Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
 
-from controllers.estimators import slo_batch
+from controllers.estimators import AcceptanceTable, best_draft_length, expected_tokens, slo_batch
 
 
 class Oracle(Controller):
@@ -41,6 +52,8 @@ class Oracle(Controller):
     ``behind_share`` adds that share of a request's tokens so far to the allowed lag.
     ``slo_batching=false`` verifies first come first served instead of by deadline, and
     ``prefill_first`` puts every live prefill ahead of decoding requests (ablations).
+    ``know_runs=false`` and ``know_delays=false`` take its knowledge of the future away (the
+    module docstring says what replaces it).
     """
 
     name = "oracle"
@@ -55,6 +68,9 @@ class Oracle(Controller):
         behind_share: float = 0.25,
         slo_batching: bool = True,
         prefill_first: bool = False,
+        know_runs: bool = True,
+        know_delays: bool = True,
+        max_k: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= offload_slack <= 1:
@@ -66,8 +82,15 @@ class Oracle(Controller):
         self.behind_share = behind_share
         self.slo_batching = slo_batching
         self.prefill_first = prefill_first
+        self.know_runs = know_runs
+        if max_k is not None and max_k < 0:
+            raise ValueError(f"max_k must be >= 0, got {max_k}")
+        self.max_k = max_k
+        self.know_delays = know_delays
         self._site: dict[int, str] = {}
         self._cap = 0
+        self._verify_s: list[float] = [0.0]
+        self._wait_s = 0.0
 
     def bind(self, info: RuntimeInfo) -> None:
         super().bind(info)
@@ -84,6 +107,12 @@ class Oracle(Controller):
         net = getattr(getattr(sim, "scenario", None), "spec", None)
         self._bytes_per_token = net.network.bytes_per_token if net is not None else 4
         self._header = net.network.header_bytes if net is not None else 64
+        self.acceptance = AcceptanceTable(info, max(info.max_k, 1))
+        self._max_k = info.max_k if self.max_k is None else min(self.max_k, info.max_k)
+
+    def on_batch_done(self, result: BatchResult) -> None:
+        if not self.know_runs:
+            self.acceptance.update(result)
 
     def admit(self, req: RequestView, sys: SystemView) -> bool:
         """Admission control: turn a request away while the admitted ones are falling behind.
@@ -114,11 +143,20 @@ class Oracle(Controller):
                     behind += 1
         return behind, decoding
 
-    def _k(self, req: RequestView, site: str) -> int:
-        cap = min(self.info.max_k, req.tokens_left - 1)  # type: ignore[union-attr]
+    def _k(self, req: RequestView, site: str, sys: SystemView | None = None) -> int:
+        """This round's draft length at ``site``: the exact run length, or (``know_runs=false``)
+        the length with the most expected tokens per second of predicted round time."""
+        cap = min(self._max_k, req.tokens_left - 1)
         if cap <= 0 or self._models.get(site) is None:
             return 0
-        return min(self.sim.peek_run_length(req, site), cap)
+        if self.know_runs:
+            return min(self.sim.peek_run_length(req, site), cap)
+        if sys is None or site == sys.info.target_site:
+            return cap  # the target's lock-step draft cap (prepare) bounds it
+        # WISP's round model: a draft waits for the forward in progress and the full batches ahead
+        verify, wait = self._verify_s, self._wait_s
+        rounds = [wait + verify[0]] + [max(self._delivery(req, sys, site, k), wait) + verify[k] for k in range(1, cap + 1)]
+        return best_draft_length(self.acceptance.for_request(req), rounds)
 
     def _delivery(self, req: RequestView, sys: SystemView, site: str, k: int) -> float:
         """Seconds until ``site``'s k-token draft reaches the target, with the exact outbound delay."""
@@ -129,7 +167,12 @@ class Oracle(Controller):
         synced: dict[str, int] = getattr(req, "synced", {})
         catchup = max(req.context_tokens - synced.get(site, 0), 1)
         ship = catchup if site != req.origin or site in synced else 1  # what the simulator sends
-        out = self.sim.peek_link_delay(site, self._header + ship * self._bytes_per_token)
+        nbytes = self._header + ship * self._bytes_per_token
+        if self.know_delays:
+            out = self.sim.peek_link_delay(site, nbytes)
+        else:  # the measured RTT's half and the serialization time: no look at the next draw
+            link = self.sim.sites[site].link
+            out = state.rtt_s / 2 + (nbytes / link.bytes_per_s if link is not None else 0.0)
         queued = draft if state.busy else 0.0
         return out + queued + draft + state.rtt_s / 2
 
@@ -144,20 +187,33 @@ class Oracle(Controller):
             return
         sys = point.system
         target = sys.info.target_site
-        self._site = {r.rid: self._choose_site(r, sys) for r in point.plan}
-        runs = [self._k(r, target) for r in point.plan if self._site[r.rid] == target]
-        self._cap = self.info.max_k  # type: ignore[union-attr]
-        if not runs or max(runs) == 0:
-            return
         n = max(sys.last_batch_size, len(point.plan))
         ctx = sum(r.context_tokens for r in point.plan) // len(point.plan) * n
+        if not self.know_runs:
+            for r in point.plan:
+                self.acceptance.note(r)
+            self._verify_s = [sys.estimate_verify_time(n, n * (k + 1), ctx) for k in range(self.info.max_k + 1)]  # type: ignore[union-attr]
+            self._wait_s = self._verify_s[0] * (0.5 + sys.verify_queue // max(sys.info.max_batch_size, 1))
+        self._site = {r.rid: self._choose_site(r, sys) for r in point.plan}
+        mine = [r for r in point.plan if self._site[r.rid] == target]
+        runs = [self._k(r, target) for r in mine]
+        self._cap = self._max_k
+        if not runs or max(runs) == 0:
+            return
         step = sys.estimate_draft_time(target, len(runs), 1, ctx)
         others = n - len(runs)
+        # committed tokens if the cap is c: exactly min(L, c) + 1, or their expectation
+        probs = None if self.know_runs else [self.acceptance.for_request(r) for r in mine]
 
         def rate(cap: int) -> float:
-            drafted = sum(min(L, cap) for L in runs)
+            if probs is None:
+                drafted = sum(min(L, cap) for L in runs)
+                committed = drafted + n
+            else:
+                drafted = sum(min(L, cap) for L in runs)
+                committed = sum(expected_tokens(p, min(L, cap)) for p, L in zip(probs, runs)) + others
             seconds = cap * step + sys.estimate_verify_time(n, others + len(runs) + drafted, ctx)
-            return (drafted + n) / seconds
+            return committed / seconds
 
         self._cap = max(range(max(runs) + 1), key=rate)
 
@@ -169,7 +225,7 @@ class Oracle(Controller):
         options = [s for s in info.allowed_sites(req) if s in self._offload]
         if not options:
             return target
-        k = max(self._k(req, options[0]), 1)
+        k = max(self._k(req, options[0], sys), 1)
         best = min(options, key=lambda s: self._delivery(req, sys, s, k))
         if not self._target_drafts:
             return best
@@ -187,13 +243,15 @@ class Oracle(Controller):
         return site if site is not None else self._choose_site(req, sys)
 
     def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
-        k = self._k(req, site)
+        k = self._k(req, site, sys)
         return min(k, self._cap) if site == sys.info.target_site else k
 
     def select_batch(self, ready: Sequence[RequestView], sys: SystemView) -> list[int]:
         if not self.slo_batching:
             return super().select_batch(ready, sys)
         def commit(r: RequestView) -> float:
+            if not self.know_runs:
+                return expected_tokens(self.acceptance.for_request(r), r.ready_k)
             return float(min(r.ready_k + 1, r.tokens_left))  # every drafted token is accepted
 
         fastest_token_s = sys.verify_time_ewma / (sys.info.max_k + 1) * self.triage

@@ -42,7 +42,8 @@ def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, 
     """One simulation; ``spec_or_ctl`` is a controller spec, a controller, or a no-argument factory.
     ``scenario`` may be a :class:`~runtime.distribution.ScenarioDistribution`: the seed then draws
     the system and its rate (the same draw as the knob env's for that seed).
-    Goodput and costs, and for a knob controller its ``knob_usage`` (control intervals per setting)."""
+    Goodput and costs, the arrivals per second (``offered_rps``: goodput's ceiling, the same for
+    every controller on a seed), and for a knob controller its ``knob_usage`` (control intervals per setting)."""
     from controllers import make_controller
     from runtime.contract import Controller
     from runtime.distribution import ScenarioDistribution
@@ -57,6 +58,7 @@ def run_controller(scenario: Any, spec_or_ctl: Any, seed: int, duration: float, 
         ctl = spec_or_ctl if isinstance(spec_or_ctl, Controller) else spec_or_ctl()
     s = Simulator(scenario, seed, duration, rate=rate).run(ctl)
     out: dict[str, Any] = {k: float(s[k]) for k in ("goodput_rps", "goodput_tps", "slo_attainment", "target_draft_forward_passes", "wasted_draft_tokens")}
+    out["offered_rps"] = float(s["requests_arrived"]) / duration  # the goodput if every arrival met its SLO
     usage = getattr(ctl, "usage", None)
     if isinstance(usage, dict):
         out["knob_usage"] = dict(usage)
@@ -142,6 +144,14 @@ def comparison_table(cmp: Comparison, policy_name: str, heuristics: Sequence[str
             f"{x['target_draft_forward_passes']:.0f} | {x['wasted_draft_tokens']:.0f} | "
             f"{x['ratio_vs_best']:.3f} [{x['ratio_ci_low']:.3f}, {x['ratio_ci_high']:.3f}] |"
         )
+    r, lo, hi = ceiling_ratio(cmp, best)
+    lines.append(f"| *ceiling: every arrival meets its SLO* | {cmp.mean(best, 'offered_rps'):.3f} | 1.000 | | | {r:.3f} [{lo:.3f}, {hi:.3f}] |")
     return rows, "\n".join(lines)
+
+
+def ceiling_ratio(cmp: Comparison, name: str) -> tuple[float, float, float]:
+    """Goodput's ceiling (every arrival meets its SLO; the seeds' arrivals are the same for every
+    row) against ``name``'s goodput, with its paired CI: the most any controller could gain."""
+    return ratio_ci(cmp.values(name, "offered_rps"), cmp.values(name))
 
 

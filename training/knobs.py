@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 
 from training.common import ConfigError, add_set_flag, config_source, parse_overrides, progress, progress_callback, with_overrides
-from training.compare import comparison_table, evaluate_controllers, pool_map, ratio_ci
+from training.compare import ceiling_ratio, comparison_table, evaluate_controllers, pool_map, ratio_ci
 from training.rollouts import ROLLOUT_DEFAULTS
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
@@ -420,6 +420,7 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
                         "ci_high": pol["ratio_ci_high"], "vs_clone": vs_clone[0], "vs_clone_low": vs_clone[1],
                         "vs_clone_high": vs_clone[2], "clone_ratio": clone["ratio_vs_best"],
                         "oracle_ratio": oracle["ratio_vs_best"] if oracle else None, "gap_closed": gap,
+                        "ceiling_ratio": ceiling_ratio(cmp, best["controller"])[0],
                         "policy_settings": cmp.knob_shares("policy")})
         extra_lines = ""
         for name in extras:
@@ -653,6 +654,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         print(f"  {s['scenario']}{' (held out)' if s['held_out'] else ''}: {s['ratio']:.3f}x {s['best_baseline']} "
               f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]; vs warm start {s['vs_clone']:.3f}x [{s['vs_clone_low']:.3f}, {s['vs_clone_high']:.3f}]"
               + (f"; oracle {s['oracle_ratio']:.3f}x" if s["oracle_ratio"] else "")
+              + (f"; ceiling {s['ceiling_ratio']:.3f}x" if s.get("ceiling_ratio") else "")
               + (f"; most used {settings_line(s['policy_settings'], top=1)}" if s.get("policy_settings") else ""))
         for name in ("selector", "twin"):
             if f"{name}_ratio" in s:
