@@ -82,11 +82,11 @@ class Oracle(Controller):
         self.behind_share = behind_share
         self.slo_batching = slo_batching
         self.prefill_first = prefill_first
-        self.know_runs = know_runs
         if max_k is not None and max_k < 0:
             raise ValueError(f"max_k must be >= 0, got {max_k}")
-        self.max_k = max_k
+        self.know_runs = know_runs
         self.know_delays = know_delays
+        self.max_k = max_k
         self._site: dict[int, str] = {}
         self._cap = 0
         self._verify_s: list[float] = [0.0]
@@ -206,11 +206,10 @@ class Oracle(Controller):
         probs = None if self.know_runs else [self.acceptance.for_request(r) for r in mine]
 
         def rate(cap: int) -> float:
+            drafted = sum(min(L, cap) for L in runs)
             if probs is None:
-                drafted = sum(min(L, cap) for L in runs)
                 committed = drafted + n
             else:
-                drafted = sum(min(L, cap) for L in runs)
                 committed = sum(expected_tokens(p, min(L, cap)) for p, L in zip(probs, runs)) + others
             seconds = cap * step + sys.estimate_verify_time(n, others + len(runs) + drafted, ctx)
             return committed / seconds
