@@ -143,7 +143,7 @@ class Oracle(Controller):
                     behind += 1
         return behind, decoding
 
-    def _k(self, req: RequestView, site: str, sys: SystemView | None = None) -> int:
+    def _k(self, req: RequestView, site: str, sys: SystemView) -> int:
         """This round's draft length at ``site``: the exact run length, or (``know_runs=false``)
         the length with the most expected tokens per second of predicted round time."""
         cap = min(self._max_k, req.tokens_left - 1)
@@ -151,7 +151,7 @@ class Oracle(Controller):
             return 0
         if self.know_runs:
             return min(self.sim.peek_run_length(req, site), cap)
-        if sys is None or site == sys.info.target_site:
+        if site == sys.info.target_site:
             return cap  # the target's lock-step draft cap (prepare) bounds it
         # WISP's round model: a draft waits for the forward in progress and the full batches ahead
         verify, wait = self._verify_s, self._wait_s
@@ -196,7 +196,7 @@ class Oracle(Controller):
             self._wait_s = self._verify_s[0] * (0.5 + sys.verify_queue // max(sys.info.max_batch_size, 1))
         self._site = {r.rid: self._choose_site(r, sys) for r in point.plan}
         mine = [r for r in point.plan if self._site[r.rid] == target]
-        runs = [self._k(r, target) for r in mine]
+        runs = [self._k(r, target, sys) for r in mine]
         self._cap = self._max_k
         if not runs or max(runs) == 0:
             return

@@ -60,8 +60,8 @@ def input_paths(args: list[str]) -> list[str]:
         if prev in OUTPUT_FLAGS or tok.startswith("-") or "<" in tok or "$" in tok:
             continue
         for part in re.split(r"[,=]", tok):
-            part = part.split(":", 1)[-1] if ":" in part and not part.startswith(("runs:", "models:")) else part
-            if "/" in part and part.endswith(INPUT_SUFFIXES) and not part.startswith(("/", "runs:", "models:", "s3:", "http")):
+            part = part.rsplit(":", 1)[-1]  # a spec's `name:` prefix; a URI (runs:/…, s3://…) keeps a leading "/"
+            if "/" in part and part.endswith(INPUT_SUFFIXES) and not part.startswith("/"):
                 found.append(part)
     return found
 
