@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from runtime.contract import BatchResult, Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
 
+from controllers.acceptance import acceptance_estimator, check_acceptance
 from controllers.estimators import AcceptanceTable
 
 
@@ -19,13 +20,14 @@ class Centralized(Controller):
     """Target-site drafting with the draft length that maximizes goodput (SmartSpec-style).
 
     ``max_k`` caps the draft length (default: the runtime's limit); ``k`` fixes it instead
-    (plain centralized speculative decoding).
+    (plain centralized speculative decoding). ``acceptance`` names the acceptance estimator
+    (:mod:`controllers.acceptance`: ``table``, ``peek`` or a learned model's file).
     """
 
     name = "centralized"
     owns = frozenset({"drafter_site", "draft_length"})
 
-    def __init__(self, max_k: int | None = None, k: int | None = None) -> None:
+    def __init__(self, max_k: int | None = None, k: int | None = None, acceptance: str = "table") -> None:
         super().__init__()
         if max_k is not None and max_k < 0:
             raise ValueError(f"max_k must be >= 0, got {max_k}")
@@ -33,6 +35,8 @@ class Centralized(Controller):
             raise ValueError(f"k must be >= 0, got {k}")
         self.max_k = max_k
         self.k = k
+        check_acceptance(acceptance)
+        self.acceptance_kind = acceptance
         self.acceptance: AcceptanceTable | None = None
         self._batch_k = 0
 
@@ -46,7 +50,7 @@ class Centralized(Controller):
                 f"use a remote controller (wanspec, sled, wisp)"
             )
         self.k_max = min(self.max_k if self.max_k is not None else info.max_k, info.max_k)
-        self.acceptance = AcceptanceTable(info, max(info.max_k, 1))
+        self.acceptance = acceptance_estimator(info, self.acceptance_kind)
 
     def on_batch_done(self, result: BatchResult) -> None:
         self.acceptance.update(result)  # type: ignore[union-attr]

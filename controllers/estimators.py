@@ -2,6 +2,7 @@
 
 * :class:`AcceptanceTable` learns per-position acceptance online from verification feedback
   (real acceptance is "heavy-head", not geometric), scaled per request by its own history.
+  :mod:`controllers.acceptance` has the alternatives a heuristic's ``acceptance`` names.
 * :class:`VerifyTimeEstimator` calibrates the runtime's verification latency model against the
   batch times actually observed (WISP's verification-time estimator).
 * :func:`best_draft_length` picks the draft length with the most expected tokens per second of

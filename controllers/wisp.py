@@ -23,8 +23,8 @@ from typing import Sequence
 
 from runtime.contract import BatchResult, Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
 
+from controllers.acceptance import acceptance_estimator, check_acceptance
 from controllers.estimators import (
-    AcceptanceTable,
     VerifyTimeEstimator,
     best_draft_length,
     expected_tokens,
@@ -33,12 +33,18 @@ from controllers.estimators import (
 
 
 class Wisp(Controller):
-    """Edge/remote drafting with dynamic draft lengths and an SLO-aware verification scheduler."""
+    """Edge/remote drafting with dynamic draft lengths and an SLO-aware verification scheduler.
+
+    ``acceptance`` names the acceptance estimator (:mod:`controllers.acceptance`: ``table``,
+    the paper's; ``peek``, sim-only; or a learned model's file).
+    """
 
     name = "wisp"
     owns = frozenset({"drafter_site", "draft_length", "batch"})
 
-    def __init__(self, min_accept: float = 0.2, max_rtt_s: float = 0.1, slo_batching: bool = True) -> None:
+    def __init__(
+        self, min_accept: float = 0.2, max_rtt_s: float = 0.1, slo_batching: bool = True, acceptance: str = "table"
+    ) -> None:
         super().__init__()
         if not 0 <= min_accept < 1:
             raise ValueError(f"min_accept must be in [0, 1), got {min_accept}")
@@ -47,6 +53,8 @@ class Wisp(Controller):
         self.min_accept = min_accept
         self.max_rtt_s = max_rtt_s
         self.slo_batching = slo_batching
+        check_acceptance(acceptance)
+        self.acceptance_kind = acceptance
         self.verify_time = VerifyTimeEstimator()
         self._verify_s: list[float] = [0.0]
         self._wait_s = 0.0
@@ -59,7 +67,7 @@ class Wisp(Controller):
         super().bind(info)
         if not info.drafter_sites:
             raise ValueError(f"wisp needs a drafter site and {info.scenario} has none; use no-spec")
-        self.acceptance = AcceptanceTable(info, max(info.max_k, 1))
+        self.acceptance = acceptance_estimator(info, self.acceptance_kind)
         self.verify_time = VerifyTimeEstimator()
         self._drafters = {s.name for s in info.drafter_sites}
         self._offload = {s.name for s in info.drafter_sites if s.role != "target" and s.rtt_s <= self.max_rtt_s}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from controllers import ControllerError, make_controller
+from controllers.acceptance import TrueAcceptance
 from controllers.estimators import (
     AcceptanceTable,
     VerifyTimeEstimator,
@@ -16,7 +18,8 @@ from controllers.estimators import (
     static_batch,
 )
 from runtime.contract import BatchResult, RuntimeInfo, SiteInfo
-from runtime.scenario import load_scenario, shipped_scenarios
+from runtime.scenario import DriftAcceptance, IIDAcceptance, PositionAcceptance, load_scenario, shipped_scenarios
+from runtime.sim.acceptance import AcceptanceState
 from runtime.sim import Simulator
 
 HEURISTICS = ["no-spec", "static", "centralized", "sled", "wanspec", "wisp"]
@@ -408,3 +411,47 @@ def test_bandit_k_learns_the_draft_length_with_the_most_tokens_per_second():
     late = picks[-1000:]
     assert max(set(late), key=late.count) == best
     assert late.count(best) > 0.6 * len(late)
+
+
+def test_expected_probs_are_what_the_next_draw_uses():
+    """``AcceptanceState.expected_probs`` (what ``acceptance=peek`` reads) is the request's true
+    current acceptance: i.i.d. its alpha; by position the table from where the run stands;
+    drifting its alpha after one round of reversion."""
+    iid = AcceptanceState(IIDAcceptance(alpha_mean=0.6, alpha_std=0.1), random.Random(1), 4)
+    assert iid.expected_probs(False) == [iid.alpha] * 4
+    table = [0.9, 0.8, 0.7, 0.6, 0.5]
+    pos = AcceptanceState(PositionAcceptance(kind="position", table=table, scale_std=0.0, across_rounds=True), random.Random(1), 3)
+    assert pos.expected_probs(False) == pytest.approx([0.9, 0.8, 0.7])
+    pos.after_round(1, 1)  # fully accepted: the next round starts past the bonus token
+    assert pos.expected_probs(False) == pytest.approx([0.7, 0.6, 0.5])
+    pos.after_round(2, 0)  # a rejection starts a new run
+    assert pos.expected_probs(False) == pytest.approx([0.9, 0.8, 0.7])
+    spec = DriftAcceptance(kind="drift", alpha_mean=0.7, alpha_std=0.0, drift_std=0.05, reversion=0.5)
+    drift = AcceptanceState(spec, random.Random(1), 2)
+    drift.alpha = 0.5
+    assert drift.expected_probs(False) == pytest.approx([0.6, 0.6])  # halfway back to its mean
+    assert drift.expected_probs(True) == pytest.approx([0.5, 0.5])  # this round's alpha already drawn
+
+
+def test_acceptance_peek_reads_the_true_rate_and_only_in_the_simulator(monkeypatch):
+    """``wisp:acceptance=peek`` and ``centralized:acceptance=peek`` run on the simulator's true
+    acceptance (the most any estimator could know), deterministically; a backend without it,
+    or an unknown estimator, gets an error naming the fix."""
+    seen: list[tuple[list[float], list[float]]] = []
+    read = TrueAcceptance.for_request
+
+    def recorded(self: TrueAcceptance, req) -> list[float]:
+        got = read(self, req)
+        seen.append((got, req.acc["llama-3.2-1b"].expected_probs("llama-3.2-1b" in req.run_len)))
+        return got
+
+    monkeypatch.setattr(TrueAcceptance, "for_request", recorded)
+    out = run("wan-4region", "wisp:acceptance=peek", duration=5.0)
+    assert len(seen) > 100 and all(got == pytest.approx([min(p, 0.99) for p in true]) for got, true in seen)
+    assert len({tuple(got) for got, _ in seen}) > 10  # one rate per request, not the prior
+    assert out == run("wan-4region", "wisp:acceptance=peek", duration=5.0)
+    assert run("wan-4region", "centralized:acceptance=peek", duration=5.0)["goodput_rps"] > 0
+    with pytest.raises(ValueError, match="acceptance=peek reads the simulator's true acceptance.*use acceptance=table"):
+        make_controller("wisp:acceptance=peek").bind(_info())
+    with pytest.raises(ControllerError, match="acceptance=learned: no such model file; use acceptance=table"):
+        make_controller("centralized:acceptance=learned")

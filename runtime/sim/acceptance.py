@@ -80,6 +80,19 @@ class AcceptanceState:
         n = int(math.log(u) / math.log(self.alpha))
         return n if n < self.cap else self.cap
 
+    def expected_probs(self, drawn: bool) -> list[float]:
+        """The conditional acceptance of the next round's draft positions, as this state knows it
+        (its current rate, its position in the table; not the round's draw). ``drawn``: this
+        round's run length was already drawn, so a drifting rate has already moved."""
+        spec = self.spec
+        if isinstance(spec, PositionAcceptance):
+            start = min(self.run, len(self._probs) - self.cap) if self.carry else 0
+            return self._probs[start : start + self.cap]
+        a = self.alpha
+        if isinstance(spec, DriftAcceptance) and not drawn:
+            a = _clip(a + spec.reversion * (self.mean - a))
+        return [a] * self.cap
+
     def after_round(self, k: int, run_length: int) -> None:
         """A round of ``k`` drafted tokens with this run length was verified: a rejection starts
         a new run, a fully accepted round extends it by its tokens and the bonus token. Only

@@ -354,6 +354,16 @@ class Simulator(DecisionLoop):
             return 0
         return self._run_length(req, model)
 
+    def peek_acceptance(self, req: SimRequest, site: str) -> list[float]:
+        """The request's true acceptance per draft position for its next round at ``site``: its
+        current rate, not the round's draw (sim-only; the most any estimator could know)."""
+        model = self.sites[site].drafter
+        if model is None:
+            return []
+        req = self.requests.get(req.rid, req)
+        st = req.acc.get(model) or self._acceptance(req, model)
+        return st.expected_probs(model in req.run_len)
+
     def peek_link_delay(self, site: str, nbytes: int = 0) -> float:
         """The exact one-way delay of the next message between ``site`` and the target."""
         link = self.sites[site].link
