@@ -66,6 +66,12 @@ def test_a_learned_model_tracks_drifting_acceptance(tmp_path):
         req.rejected_rounds += a < 4
         est.update(BatchResult(0.0, 0.01, [7], [4], [a], 5, 100, ["x"]))
     assert est.for_request(req)[0] < table.for_request(req)[0] - 0.1
+    rng = np.random.default_rng(1)
+    for w in [rng.normal(size=len(FEATURES)) for _ in range(3)]:  # the fused prediction is the model's
+        other = LearnedAcceptance(info, 4, w, 0.3)
+        other._state = est._state
+        z = other.features(req) @ w + 0.3
+        assert other.for_request(req) == pytest.approx(np.minimum(1 / (1 + np.exp(-z)), 0.99).tolist())
     spec = f"wisp:acceptance={model}"
     a = Simulator(load_scenario("training/scenarios/eu-3region-bursty.yaml"), 0, 5.0).run(make_controller(spec))
     assert a == Simulator(load_scenario("training/scenarios/eu-3region-bursty.yaml"), 0, 5.0).run(make_controller(spec))
