@@ -118,18 +118,20 @@ class LearnedAcceptance(AcceptanceTable):
         model = read_model(path)
         return cls(info, k_max, np.array(model["weights"]), model["bias"])
 
-    def _rows(self, req: RequestView) -> list[list[float]]:
-        """Per draft position of the next round, the values of :data:`FEATURES`."""
+    def _history(self, req: RequestView) -> tuple[float, float, float, float, float, float]:
+        """(whole-history rate, fast rate, slow rate, prior, tokens since the last rejection,
+        last round accepted in full) of the request."""
         st = self._state.get(req.rid)
         prior = self.prior
         if st is None:
-            fast = slow = prior
-            run = last_full = 0.0
-        else:
-            fast = (st[0] + 2 * prior) / (st[0] + st[1] + 2)
-            slow = (st[2] + 2 * prior) / (st[2] + st[3] + 2)
-            run, last_full = st[4], st[5]
-        rate = self.rate(req)
+            return self.rate(req), prior, prior, prior, 0.0, 0.0
+        fast = (st[0] + 2 * prior) / (st[0] + st[1] + 2)
+        slow = (st[2] + 2 * prior) / (st[2] + st[3] + 2)
+        return self.rate(req), fast, slow, prior, st[4], st[5]
+
+    def _rows(self, req: RequestView) -> list[list[float]]:
+        """Per draft position of the next round, the values of :data:`FEATURES`."""
+        rate, fast, slow, prior, run, last_full = self._history(req)
         evidence = math.log1p(req.rounds) / 4
         rows = []
         for j, s in enumerate(self.shape):
@@ -154,16 +156,7 @@ class LearnedAcceptance(AcceptanceTable):
         """sigmoid(features @ weights + bias) per position, capped at 0.99: :meth:`_rows` and
         the dot product fused, as this runs once per request and round."""
         w_table, w_fast, w_slow, w_prior, w_evidence, w_disagree, w_full, w_run = self._w
-        st = self._state.get(req.rid)
-        prior = self.prior
-        if st is None:
-            fast = slow = prior
-            run = last_full = 0.0
-        else:
-            fast = (st[0] + 2 * prior) / (st[0] + st[1] + 2)
-            slow = (st[2] + 2 * prior) / (st[2] + st[3] + 2)
-            run, last_full = st[4], st[5]
-        rate = self.rate(req)
+        rate, fast, slow, prior, run, last_full = self._history(req)
         base = self.bias + w_evidence * math.log1p(req.rounds) / 4 + w_full * last_full
         log, exp, log1p = math.log, math.exp, math.log1p
         out = []
