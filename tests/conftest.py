@@ -17,7 +17,7 @@ os.environ.setdefault("SPECCTL_DEVICE", "cpu")
 
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[Any]:
-    """One local Ray instance (2 CPUs) for the whole session (under ``pytest -n``, one per worker
+    """One local Ray instance (2 CPUs) for the whole session (under ``pytest -n 2``, one per worker
     that runs a Ray test), shut down at its end: each start costs seconds and, on a loaded host,
     risks Ray's fixed start-up timeout."""
     ray = local_ray_instance()
