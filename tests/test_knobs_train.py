@@ -3,8 +3,10 @@ whose policy then deploys on scenarios with other site sets."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +286,42 @@ def test_judging_an_old_export_fails_before_any_run_is_logged(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert "knob format v1 is not v" in err and "retrain it" in err
     assert not (tmp_path / "mlflow.db").exists()  # nothing was logged
+
+
+def test_a_policy_that_is_its_warm_start_is_judged_on_the_warm_starts_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Model selection copies the warm start to best/ when nothing beats it: the final comparison
+    then runs it once, and the policy's rows are the warm start's; a different export runs."""
+    from sb3_contrib import MaskablePPO
+
+    import training.knobs as knobs
+    from controllers.policy import export_policy
+    from policy_env.knobs_env import SpecKnobsEnv
+
+    env = SpecKnobsEnv(scenario="colocated", duration=2.0)
+    meta = {"kind": "knobs", "knobs": env.controller.layout.to_dict()}
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "run" / "warm", meta)
+    shutil.copytree(tmp_path / "run" / "warm", tmp_path / "run" / "best")
+    config = write(tmp_path, {**TINY, "eval": {"seeds": 2, "duration": 3.0, "validation_episodes": 2, "twin": False, "scenarios": [
+        {"scenario": "colocated", "rate": 8.0, "baselines": ["centralized"], "references": []}]}})
+    ran: list[list[str]] = []
+    real = knobs.evaluate_controllers
+
+    def spy(scenario, controllers, *args, **kwargs):  # type: ignore[no-untyped-def]
+        ran.append(list(controllers))
+        return real(scenario, controllers, *args, **kwargs)
+
+    monkeypatch.setattr(knobs, "evaluate_controllers", spy)
+    judge = [str(tmp_path / "run"), "--config", str(config), "--workers", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert knobs.compare_main(judge) == 0
+    assert "its rows are the warm start's runs" in capsys.readouterr().out
+    assert ran[-1] == ["centralized", "warm start (clone)"]
+    row = json.loads((tmp_path / "run" / "comparison.json").read_text())["scenarios"][0]
+    assert (row["vs_clone"], row["ratio"]) == (1.0, row["clone_ratio"])
+
+    other = MaskablePPO("MlpPolicy", env, seed=1, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(other, env.controller.layout, tmp_path / "run" / "best", meta)  # a policy that moved: judged on its own runs
+    assert not knobs.same_export(tmp_path / "run" / "best", tmp_path / "run" / "warm")
+    assert knobs.compare_main(judge) == 0
+    assert ran[-1] == ["centralized", "warm start (clone)", "policy"]

@@ -378,11 +378,23 @@ def fit_selector(sel: dict[str, Any], env_kwargs: dict[str, Any], seed: int, wor
 
 
 # ------------------------------------------------------------------------------ the run
+#: The files of an exported policy that fix what it does (``export_policy`` writes them).
+EXPORT_FILES: tuple[str, ...] = ("policy.json", "codec.json", "policy.safetensors")
+
+
+def same_export(a: Path, b: Path) -> bool:
+    """Whether two policy directories hold the same export, byte for byte: model selection copies
+    the warm start to ``best`` when nothing beats it, and the final comparison then runs it once."""
+    return all((a / f).is_file() and (b / f).is_file() and (a / f).read_bytes() == (b / f).read_bytes()
+               for f in EXPORT_FILES)
+
+
 def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], workers: int,
                      selector: Path | None = None) -> tuple[list[dict[str, Any]], str]:
     """The policy, its warm start, the run's selector (if any), the tuned baselines and the
     oracle on every ``eval.scenarios`` entry over test seeds; logs to the active MLflow run.
-    Returns (summary rows, markdown)."""
+    A policy that is its warm start (:func:`same_export`) is not run twice. Returns (summary
+    rows, markdown)."""
     import mlflow
 
     from policy_env import TRAIN_SEED_MAX
@@ -391,6 +403,9 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
 
     ev = cfg["eval"]
     seeds = [TRAIN_SEED_MAX + i for i in range(int(ev["seeds"]))]
+    kept_warm = same_export(policy_dir, warm_dir)
+    if kept_warm:
+        tqdm_write("the policy is its warm start (model selection kept it): its rows are the warm start's runs")
     extras = {name: spec for name, spec in (("selector", selector and f"selector:model={selector}"),
                                             ("twin", twin_spec(ev))) if spec}  # judged beside the policy
     summary: list[dict[str, Any]] = []
@@ -404,7 +419,10 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         named["warm start (clone)"] = partial(load_policy, str(warm_dir))
         named["policy"] = partial(load_policy, str(policy_dir))
         named.update(extras)
-        cmp = evaluate_controllers(scenario, named, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
+        run = {name: make for name, make in named.items() if not (kept_warm and name == "policy")}
+        cmp = evaluate_controllers(scenario, run, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
+        if kept_warm:  # the same export on the same seeds: the same runs (the simulator is deterministic by seed)
+            cmp.rows = {name: cmp.rows["warm start (clone)" if name == "policy" else name] for name in named}
         rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
         pol = next(r for r in rows if r["controller"] == "policy")
         best = next(r for r in rows if r["role"] == "best heuristic")
@@ -731,5 +749,5 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(compare_main())
 
-__all__: Sequence[str] = ["compare_main", "final_comparison", "fit_selector", "train_knobs", "load_knob_config", "warm_start",
+__all__: Sequence[str] = ["compare_main", "final_comparison", "fit_selector", "same_export", "train_knobs", "load_knob_config", "warm_start",
                           "replaces_kept", "validation_goodput", "validation_goodputs"]

@@ -56,8 +56,8 @@ def gap_share_ci(row: np.ndarray, base: np.ndarray, oracle: np.ndarray, n_boot: 
 def main(argv: Sequence[str] | None = None) -> int:
     from policy_env.env import TRAIN_SEED_MAX
     from runtime.flags import OneLineParser
-    from training.compare import ceiling_ratio, evaluate_controllers, ratio_ci
-    from training.judge import add_judge_args, checked_scenario
+    from training.compare import ceiling_ratio, ratio_ci
+    from training.judge import add_judge_args, checked_scenario, with_baselines
 
     p = OneLineParser(prog="python -m training.oracle_gap", description=__doc__.split("\n")[0])
     add_judge_args(p)
@@ -74,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name.strip()] = spec.strip()
     scenario = checked_scenario(p, a, [("--row", s) for s in rows.values()])
     seeds = [TRAIN_SEED_MAX + i for i in range(a.seeds)]
-    cmp = evaluate_controllers(scenario, {"baseline": a.baseline, **rows}, seeds, a.duration, a.rate, a.workers, desc="runs")
+    cmp, baseline = with_baselines(a, scenario, rows, seeds)
     base, oracle = cmp.values("baseline"), cmp.values("oracle")
     where = a.distribution or a.scenario
-    print(f"{where} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s; baseline {a.baseline}: {base.mean():.3f} req/s")
+    print(f"{where} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s; {baseline}")
     print("| row | controller | goodput (req/s) | vs the baseline | share of the oracle's lead |")
     print("|---|---|---|---|---|")
     oracle_low = 0.0
