@@ -6,7 +6,7 @@
     python -m training.judge --distribution training/configs/scenario-mix.yaml --systems 120 \\
         --baseline "knobs:mode=centralized,cap=1,k_cap=8,hedge=false" --controller selector:model=training/models/selector-mix.json
 
-    python -m training.judge --scenario training/scenarios/us-code-edge.yaml --rate 12 --seeds 20 \
+    python -m training.judge --scenario training/scenarios/us-code-edge.yaml --rate 12 --seeds 20 \\
         --baseline heuristics --controller "knobs:mode=centralized,cap=1,k_cap=8,hedge=false"
 
 Three rows run on the final comparison's test seeds (1e9, 1e9+1, ...): the baseline (e.g. the
