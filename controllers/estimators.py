@@ -77,6 +77,9 @@ class AcceptanceTable:
         self.expected = [prior_weight] * k_max  # sum of the requests' own rates over the same trials
         self.shape = [1.0] * k_max
         self._rate: dict[int, float] = {}
+        # rate -> its table, until the shape next moves: requests with the same verified history
+        # share one (planners ask for it per request, site and round)
+        self._by_rate: dict[float, list[float]] = {}
 
     def rate(self, req: RequestView) -> float:
         return req.alpha_estimate(self.prior)
@@ -96,6 +99,7 @@ class AcceptanceTable:
             for j in range(min(a, n)):
                 hits[j] += 1
         self.shape = [h / e for h, e in zip(hits, expected)]
+        self._by_rate.clear()
 
     @property
     def probs(self) -> list[float]:
@@ -103,8 +107,12 @@ class AcceptanceTable:
         return [min(self.prior * s, 0.99) for s in self.shape]
 
     def for_request(self, req: RequestView) -> list[float]:
+        """The request's per-position table (shared and cached: do not modify it)."""
         rate = self.rate(req)
-        return [min(rate * s, 0.99) for s in self.shape]
+        got = self._by_rate.get(rate)
+        if got is None:
+            got = self._by_rate[rate] = [min(rate * s, 0.99) for s in self.shape]
+        return got
 
 
 class VerifyTimeEstimator:

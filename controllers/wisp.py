@@ -24,12 +24,7 @@ from typing import Sequence
 from runtime.contract import BatchResult, Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
 
 from controllers.acceptance import acceptance_estimator, check_acceptance
-from controllers.estimators import (
-    VerifyTimeEstimator,
-    best_draft_length,
-    expected_tokens,
-    slo_batch,
-)
+from controllers.estimators import VerifyTimeEstimator, expected_tokens, slo_batch
 
 
 class Wisp(Controller):
@@ -116,14 +111,30 @@ class Wisp(Controller):
         self._rounds[key] = got
         return got
 
-    def _plan(self, req: RequestView, sys: SystemView, site: str, probs: list[float]) -> tuple[int, float]:
-        """(draft length, expected tokens per second) if ``site`` drafts this round."""
-        cap = min(sys.info.max_k, req.tokens_left - 1)
-        if cap <= 0 or site not in self._drafters:
-            return 0, 0.0
+    def _tokens(self, probs: list[float], cap: int) -> list[float]:
+        """Expected committed tokens of a round drafting k = 0, 1, ... tokens, up to ``cap`` or the
+        first token whose chance of acceptance is below ``min_accept``: the same for every site,
+        so computed once per request and round (the float operations of
+        :func:`~controllers.estimators.best_draft_length` and ``expected_tokens``)."""
+        tokens, run, total, last = [1.0], 1.0, 1.0, len(probs) - 1
+        for k in range(1, cap + 1):
+            run *= probs[k - 1 if k - 1 < last else last]
+            if run < self.min_accept:
+                break
+            total += run
+            tokens.append(total)
+        return tokens
+
+    def _plan(self, sys: SystemView, site: str, cap: int, tokens: list[float]) -> tuple[int, float]:
+        """(draft length, expected tokens per second) if ``site`` drafts this round: the k of
+        :func:`~controllers.estimators.best_draft_length` over ``tokens`` (:meth:`_tokens`)."""
         rounds = self.round_times(sys, site, cap)
-        k = best_draft_length(probs, rounds, self.min_accept)
-        return k, expected_tokens(probs, k) / max(rounds[k], 1e-9)
+        best_k, best_rate = 0, tokens[0] / max(rounds[0], 1e-9)
+        for k in range(1, len(tokens)):
+            rate = tokens[k] / max(rounds[k], 1e-9)
+            if rate > best_rate:
+                best_k, best_rate = k, rate
+        return best_k, best_rate
 
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
         info = sys.info
@@ -133,17 +144,28 @@ class Wisp(Controller):
             options = [s for s in info.allowed_sites(req) if s in self._offload]
             if not options:
                 return info.target_site
-        probs = self.acceptance.for_request(req)
-        plans = {s: self._plan(req, sys, s, probs) for s in options}
-        site = max(options, key=lambda s: plans[s][1])
-        self._choice[req.rid] = (site, plans[site][0])
+        cap = min(info.max_k, req.tokens_left - 1)
+        if cap <= 0:
+            site = options[0]
+            self._choice[req.rid] = (site, 0)
+            return site
+        tokens = self._tokens(self.acceptance.for_request(req), cap)
+        site, best = options[0], self._plan(sys, options[0], cap, tokens)
+        for s in options[1:]:
+            plan = self._plan(sys, s, cap, tokens)
+            if plan[1] > best[1]:  # the first of equals, as max() picks
+                site, best = s, plan
+        self._choice[req.rid] = (site, best[0])
         return site
 
     def draft_length(self, req: RequestView, sys: SystemView, site: str) -> int:
         chosen = self._choice.get(req.rid)
         if chosen is not None and chosen[0] == site:
             return chosen[1]
-        return self._plan(req, sys, site, self.acceptance.for_request(req))[0]
+        cap = min(sys.info.max_k, req.tokens_left - 1)
+        if cap <= 0 or site not in self._drafters:
+            return 0
+        return self._plan(sys, site, cap, self._tokens(self.acceptance.for_request(req), cap))[0]
 
     def select_batch(self, ready: Sequence[RequestView], sys: SystemView) -> list[int]:
         if not self.slo_batching:

@@ -182,14 +182,29 @@ class ProfileTable:
         return max(y0 + (y1 - y0) * (x - x0) / (x1 - x0), 1e-6)
 
     def forward_time(self, n_seqs: int, new_tokens: int, context_tokens: int) -> float:
+        # :meth:`_interp` at the two context groups around ``context_tokens``, then linear in
+        # context, inlined with the same float operations: simulators and planners call this
+        # for every draft and verification estimate
         cs = self.contexts
-        if len(cs) == 1:
+        last = len(cs) - 1
+        if last == 0:
             return self._interp(*self.curves[0], new_tokens)
-        i = min(max(bisect.bisect_left(cs, context_tokens), 1), len(cs) - 1)
-        t0 = self._interp(*self.curves[i - 1], new_tokens)
-        t1 = self._interp(*self.curves[i], new_tokens)
-        return max(t0 + (t1 - t0) * (context_tokens - cs[i - 1]) / (cs[i] - cs[i - 1]), 1e-6)
-
+        i = bisect.bisect_left(cs, context_tokens)
+        i = 1 if i < 1 else last if i > last else i
+        t = [0.0, 0.0]
+        for side, (xs, ys) in enumerate((self.curves[i - 1], self.curves[i])):
+            top = len(xs) - 1
+            if top == 0:
+                t[side] = ys[0]
+                continue
+            j = bisect.bisect_left(xs, new_tokens)
+            j = 1 if j < 1 else top if j > top else j
+            x0, y0 = xs[j - 1], ys[j - 1]
+            v = y0 + (ys[j] - y0) * (new_tokens - x0) / (xs[j] - x0)
+            t[side] = 1e-6 if v < 1e-6 else v
+        t0, t1 = t
+        v = t0 + (t1 - t0) * (context_tokens - cs[i - 1]) / (cs[i] - cs[i - 1])
+        return 1e-6 if v < 1e-6 else v
 
 def site_latency(profiles: Mapping[str, str], name: str, model: ModelSpec, gpu: GPUSpec, tp: int = 1) -> LatencyModel:
     """Model ``name``'s forward-time model at a site: the site's measured profile (``profiles``:
