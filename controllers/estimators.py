@@ -32,9 +32,9 @@ def expected_tokens(probs: Sequence[float], k: int) -> float:
     ``probs[j]`` is P(token j+1 accepted | tokens 1..j accepted); the bonus token always counts.
     With constant alpha this is (1 - alpha^(k+1)) / (1 - alpha) (Leviathan et al. 2023).
     """
-    total, run = 1.0, 1.0
+    total, run, last = 1.0, 1.0, len(probs) - 1
     for j in range(k):
-        run *= probs[min(j, len(probs) - 1)]
+        run *= probs[j if j < last else last]
         total += run
     return total
 

@@ -66,6 +66,7 @@ class Wisp(Controller):
         self.verify_time = VerifyTimeEstimator()
         self._drafters = {s.name for s in info.drafter_sites}
         self._offload = {s.name for s in info.drafter_sites if s.role != "target" and s.rtt_s <= self.max_rtt_s}
+        self._options: dict[str, list[str]] = {}  # origin -> the sites its requests may offload to
 
     def on_batch_done(self, result: BatchResult) -> None:
         self.acceptance.update(result)
@@ -141,7 +142,9 @@ class Wisp(Controller):
         if req.origin in self._offload:
             options = [req.origin]  # the user's own device: free compute, no one else's queue
         else:
-            options = [s for s in info.allowed_sites(req) if s in self._offload]
+            options = self._options.get(req.origin)
+            if options is None:  # the allowed sites depend only on where the request comes from
+                options = self._options[req.origin] = [s for s in info.allowed_sites(req) if s in self._offload]
             if not options:
                 return info.target_site
         cap = min(info.max_k, req.tokens_left - 1)
