@@ -20,7 +20,7 @@ import pstats
 import statistics
 import time
 
-from controllers import make_controller
+from controllers import make_controller, refusal
 from runtime.scenario import load_scenario, shipped_scenarios
 from runtime.sim import Simulator
 
@@ -35,16 +35,6 @@ def run_once(name: str, controller: str, rate: float, duration: float, seed: int
 def mean_in_flight(sim: Simulator) -> float:
     """Time-averaged requests in flight (Little's law: total latency / time)."""
     return sum(r.finish - r.arrival for r in sim.metrics.records) / sim.metrics.sim_time
-
-
-def refusal(name: str, controller: str) -> str | None:
-    """Why ``controller`` refuses scenario ``name`` at ``bind()`` (e.g. wanspec without remote
-    sites), or None: such a pair is reported and skipped instead of ending the whole run."""
-    try:
-        make_controller(controller).bind(Simulator(load_scenario(name), duration=1.0).info)
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def rate_for(name: str, controller: str, concurrency: int, duration: float) -> float:
@@ -85,7 +75,8 @@ def main() -> None:
     print(f"{'scenario':<13} {'controller':<10} {'rate/s':>7} {'in-flight':>9} {'tokens/wall-s':>14} "
           f"{'events/wall-s':>14} {'sim-s/wall-s':>12}")
     for name in args.scenario or shipped_scenarios():
-        refused = [(c, why) for c in controllers if (why := refusal(name, c)) is not None]
+        info = Simulator(load_scenario(name), duration=1.0).info
+        refused = [(c, why) for c in controllers if (why := refusal(c, info)) is not None]
         if refused:
             for c, why in refused:
                 print(f"{name:<13} {c:<10} skipped: {why}")

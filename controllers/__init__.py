@@ -23,11 +23,12 @@ from controllers.registry import (
     available,
     make_controller,
     parse_spec,
+    refusal,
     register,
     split_composite,
 )
 
-__all__ = ["HEURISTICS", "REGISTRY", "ControllerError", "available", "make_controller", "parse_spec", "register", "split_composite"]
+__all__ = ["HEURISTICS", "REGISTRY", "ControllerError", "available", "make_controller", "parse_spec", "refusal", "register", "split_composite"]
 
 
 def _load_policy(ref: str) -> Controller:

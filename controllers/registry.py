@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pydantic import TypeAdapter, ValidationError
 
-from runtime.contract import Controller, compose
+from runtime.contract import Controller, RuntimeInfo, compose
 
 from controllers.admission import InflightCap
 from controllers.basic import NoSpec, Static
@@ -161,6 +161,18 @@ def make_controller(spec: str, **params: Any) -> Controller:
         return factory(**parsed)
     except (TypeError, ValueError) as e:
         raise ControllerError(f"controller {name!r}: {e}") from None
+
+
+def refusal(spec: str, info: RuntimeInfo) -> str | None:
+    """Why the controller ``spec`` refuses the system ``info`` describes at ``bind()`` (e.g. a
+    heuristic that needs remote sites, on a single site), or None if it runs there. A bad spec
+    raises :class:`ControllerError`: that is the caller's to fix, not a property of the system."""
+    controller = make_controller(spec)
+    try:
+        controller.bind(info)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from controllers import ControllerError, make_controller
+from controllers import ControllerError, make_controller, refusal
 from controllers.acceptance import TrueAcceptance
 from controllers.estimators import (
     AcceptanceTable,
@@ -220,6 +220,18 @@ def test_offloading_controllers_refuse_a_scenario_without_remote_sites(name):
     info = Simulator(load_scenario("colocated"), 0, 1.0).info
     with pytest.raises(ValueError, match="colocated"):
         make_controller(name).bind(info)
+
+
+def test_refusal_gives_the_reason_a_controller_cannot_run_and_raises_for_a_bad_spec():
+    """What the judge, the evaluation table and the tuner use to leave out a controller that
+    cannot run a system: a reason for a system it refuses, None where it runs, and a bad spec is
+    the user's error, never a reason."""
+    colocated = Simulator(load_scenario("colocated"), 0, 1.0).info
+    assert "colocated" in refusal("wanspec", colocated)
+    assert refusal("centralized+inflight-cap:max_inflight=8", colocated) is None
+    assert refusal("wanspec", Simulator(load_scenario("wan-4region"), 0, 1.0).info) is None
+    with pytest.raises(ControllerError, match="no parameter"):
+        refusal("wanspec:kk=3", colocated)
 
 
 def test_oracle_refuses_to_run_without_the_simulator():

@@ -155,7 +155,7 @@ def applicability(scenarios: Iterable[str], controllers: Iterable[str]) -> dict[
     Builds each controller and binds it to the scenario (cheap), so bad names, bad parameters
     and scenarios a controller does not support are all found before any simulation starts.
     """
-    from controllers import make_controller
+    from controllers import refusal
     from runtime.scenario import load_scenario
     from runtime.sim import Simulator
 
@@ -163,12 +163,7 @@ def applicability(scenarios: Iterable[str], controllers: Iterable[str]) -> dict[
     for sc in scenarios:
         info = Simulator(load_scenario(sc), 0, 1.0).info
         for spec in controllers:
-            controller = make_controller(spec)  # raises ControllerError for bad specs: a user error
-            try:
-                controller.bind(info)
-                out[sc, spec] = None
-            except ValueError as e:
-                out[sc, spec] = str(e)
+            out[sc, spec] = refusal(spec, info)  # raises ControllerError for bad specs: a user error
     return out
 
 

@@ -80,7 +80,7 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
 def runnable(scenario: Any, specs: Sequence[str], seeds: Sequence[int]) -> list[str]:
     """The specs that bind to the system of every seed (a heuristic that needs remote sites does
     not run on a single site); the others are named on stderr and left out."""
-    from controllers import make_controller
+    from controllers import refusal
     from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
 
@@ -88,12 +88,11 @@ def runnable(scenario: Any, specs: Sequence[str], seeds: Sequence[int]) -> list[
     infos = [Simulator(sc, 0, 1.0).info for sc in systems]
     out = []
     for spec in specs:
-        try:
-            for info in infos:
-                make_controller(spec).bind(info)
+        why = next((w for info in infos if (w := refusal(spec, info)) is not None), None)
+        if why is None:
             out.append(spec)
-        except ValueError as e:
-            print(f"baseline {spec!r} left out: it does not run here ({e})", file=sys.stderr)
+        else:
+            print(f"baseline {spec!r} left out: it does not run here ({why})", file=sys.stderr)
     return out
 
 
