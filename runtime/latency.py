@@ -206,6 +206,7 @@ class ProfileTable:
         v = t0 + (t1 - t0) * (context_tokens - cs[i - 1]) / (cs[i] - cs[i - 1])
         return 1e-6 if v < 1e-6 else v
 
+
 def site_latency(profiles: Mapping[str, str], name: str, model: ModelSpec, gpu: GPUSpec, tp: int = 1) -> LatencyModel:
     """Model ``name``'s forward-time model at a site: the site's measured profile (``profiles``:
     CSV path by model name) if it has one, else the roofline of ``gpu``."""
