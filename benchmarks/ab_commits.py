@@ -10,7 +10,8 @@ the median wall time of each, their ratio, and whether every metric but the wall
     python benchmarks/ab_commits.py --rev main --repeats 5 --case "edge-fleet@32=wisp"
     python benchmarks/ab_commits.py --rev v1 --case "training/scenarios/apac-hybrid.yaml@18=twin:replan=0,stress=0"
 
-A case is ``SCENARIO[@RATE]=CONTROLLER``. Exits 1 if any case's metrics differ.
+A case is ``SCENARIO[@RATE]=CONTROLLER``. Exits 1 if any case's metrics differ, 2 if a run fails
+(e.g. a controller or file the other commit does not have), naming the case and its error.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def simulate(checkout: Path, case: str, duration: float, seed: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{case} in {checkout} failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"case {case!r} failed in {checkout}: {last}")
     return json.loads(done.stdout)
 
 
@@ -92,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                     order = [("base", base), ("this", REPO)]
                     got = {}
                     for name, checkout in (order if i % 2 == 0 else order[::-1]):
-                        got[name] = simulate(checkout, case, a.duration, a.seed)
+                        try:
+                            got[name] = simulate(checkout, case, a.duration, a.seed)
+                        except RuntimeError as e:
+                            print(f"error: {e}", file=sys.stderr)
+                            return 2
                         walls[name].append(got[name].pop("wall_s"))
                     same &= got["base"] == got["this"]
                 b, t = statistics.median(walls["base"]), statistics.median(walls["this"])
