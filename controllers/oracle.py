@@ -5,9 +5,13 @@ It reads the future through the simulator's hooks (``info.clairvoyant``):
 * **draft length** - it knows each round's acceptance run length ``L``, so it drafts exactly
   ``k = min(L, max_k, tokens_left - 1)``: every draft token is accepted and none is wasted
   (``L = 0`` means a plain decode step, which needs no drafter at all).
-* **drafter site** - a request with its own edge device always drafts there (dedicated,
-  queue-free, costs the busy target nothing). Otherwise the round drafts wherever its draft
-  arrives first, from the exact delay of the next message on each link (ties go remote);
+* **drafter site** - a request with its own edge device drafts there (dedicated, queue-free,
+  costs the busy target nothing) if the device keeps the request's SLO pace: decided once, at
+  its first round, from that round's exact draft length (a request that moved between its
+  device and the shared sites round by round would pay a context transfer at every move). A
+  device too slow for the pace, like a laptop under a 40-ms TPOT, would have every round late
+  and the admission rule below turning arrivals away for it. Otherwise the round drafts
+  wherever its draft arrives first, from the exact delay of the next message on each link (ties go remote);
   drafts on the target GPU share one lock-step batch, capped at the length that maximizes
   the batch's tokens per second.
 * **verification batch** - earliest deadline first with the exact verification time and the
@@ -109,6 +113,7 @@ class Oracle(Controller):
         self._header = net.network.header_bytes if net is not None else 64
         self.acceptance = AcceptanceTable(info, max(info.max_k, 1))
         self._max_k = info.max_k if self.max_k is None else min(self.max_k, info.max_k)
+        self._own_device: dict[int, bool] = {}  # edge request -> its device keeps its SLO pace
 
     def on_batch_done(self, result: BatchResult) -> None:
         if not self.know_runs:
@@ -219,9 +224,11 @@ class Oracle(Controller):
     def _choose_site(self, req: RequestView, sys: SystemView) -> str:
         info = sys.info
         target = info.target_site
-        if req.origin in self._offload:
-            return req.origin  # the user's own device: dedicated, queue-free, costs no one anything
-        options = [s for s in info.allowed_sites(req) if s in self._offload]
+        device = req.origin if req.origin in self._offload else None
+        if device is not None:
+            if self._keeps_pace(req, sys, device):
+                return device  # the user's own device: dedicated, queue-free, costs no one anything
+        options = [s for s in info.allowed_sites(req) if s in self._offload and s != device]
         if not options:
             return target
         k = max(self._k(req, options[0], sys), 1)
@@ -236,6 +243,21 @@ class Oracle(Controller):
             if remote + sys.verify_time_ewma <= due * self.offload_slack:
                 return best
         return best if remote <= self._delivery(req, sys, target, k) else target
+
+    def _keeps_pace(self, req: RequestView, sys: SystemView, device: str) -> bool:
+        """Whether ``req``'s own device drafts fast enough for its SLO pace: its first round,
+        drafted there and verified alone, takes no longer than the SLO allows for the tokens it
+        commits.
+        Decided once per request, so it never moves between its device and the shared sites."""
+        keeps = self._own_device.get(req.rid)
+        if keeps is None:
+            k = max(self._k(req, device, sys), 1)
+            # the verification alone, not the target's current batch: overload there slows every
+            # site's rounds, and is no reason to leave the device
+            verify = sys.estimate_verify_time(1, k + 1, req.context_tokens)
+            round_s = self._delivery(req, sys, device, k) + verify
+            keeps = self._own_device[req.rid] = round_s <= (k + 1) * req.tpot_slo
+        return keeps
 
     def drafter_site(self, req: RequestView, sys: SystemView) -> str:
         site = self._site.get(req.rid)

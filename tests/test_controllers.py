@@ -287,6 +287,28 @@ def test_oracle_without_its_knowledge_never_looks_ahead(scenario):
         sim.run(make_controller(spec))  # the other hook may be used; this one is not
 
 
+def test_oracle_drafts_on_the_users_device_only_where_it_keeps_the_slo_pace():
+    """An edge request drafts on its own device only if that device keeps the request's pace.
+    us-code-edge's M2 laptops are too slow for its 40-ms TPOT: pinned to them, the oracle's
+    rounds ran late and its admission turned most arrivals away (0.07x the best heuristic).
+    edge-fleet's Jetsons keep the pace, and there the rule changes nothing."""
+    from controllers.oracle import Oracle
+
+    class Pinned(Oracle):  # the rule before: an edge request always drafts on its device
+        def _keeps_pace(self, req, sys, device):  # type: ignore[no-untyped-def]
+            return True
+
+    def both(scenario: str, rate: float) -> tuple[dict, dict]:
+        sc = load_scenario(scenario)
+        return tuple(Simulator(sc, 1, 20.0, rate=rate).run(c) for c in (make_controller("oracle"), Pinned()))  # type: ignore[return-value]
+
+    paced, pinned = both("training/scenarios/us-code-edge.yaml", 12.0)
+    assert paced["goodput_rps"] > 4 * pinned["goodput_rps"]
+    assert paced["goodput_rps"] > 0.5 * run("training/scenarios/us-code-edge.yaml", "centralized", seed=1, duration=20.0, rate=12.0)["goodput_rps"]
+    paced, pinned = both("edge-fleet", 32.0)
+    assert paced == pinned
+
+
 def test_oracle_max_k_caps_its_drafts():
     assert run("edge-fleet", "oracle:max_k=0", duration=5.0)["draft_tokens"] == 0
     capped = run("edge-fleet", "oracle:max_k=2", duration=5.0)
