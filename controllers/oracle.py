@@ -272,7 +272,7 @@ class Oracle(Controller):
             return super().select_batch(ready, sys)
         def commit(r: RequestView) -> float:
             if not self.know_runs:
-                return expected_tokens(self.acceptance.for_request(r), r.ready_k)
+                return self.acceptance.expected_tokens(r, r.ready_k)
             return float(min(r.ready_k + 1, r.tokens_left))  # every drafted token is accepted
 
         fastest_token_s = sys.verify_time_ewma / (sys.info.max_k + 1) * self.triage

@@ -24,7 +24,7 @@ from typing import Sequence
 from runtime.contract import BatchResult, Controller, DecisionPoint, RequestView, RuntimeInfo, SystemView
 
 from controllers.acceptance import acceptance_estimator, check_acceptance
-from controllers.estimators import VerifyTimeEstimator, expected_tokens, slo_batch
+from controllers.estimators import VerifyTimeEstimator, slo_batch
 
 
 class Wisp(Controller):
@@ -174,10 +174,10 @@ class Wisp(Controller):
         if not self.slo_batching:
             return super().select_batch(ready, sys)
         est = self.verify_time
-        table = self.acceptance
+        expected = self.acceptance.expected_tokens
 
         def commit(r: RequestView) -> float:
-            return expected_tokens(table.for_request(r), r.ready_k)
+            return expected(r, r.ready_k)
 
         return slo_batch(
             ready, sys, lambda n, new, ctx: est.predict(sys, n, new, ctx), commit,

@@ -98,6 +98,29 @@ def test_acceptance_table_learns_a_heavy_head_and_scales_per_request():
     assert table.for_request(good)[0] > table.for_request(poor)[0]
 
 
+def test_acceptance_table_expected_tokens_is_the_tables_expectation_exactly():
+    """Batch schedulers ask the table for a request's expected tokens without building its table:
+    the same figure to the last bit, at every k (past the table's end too), after every update;
+    and a subclass with tables of its own is asked for them."""
+    table = AcceptanceTable(_info(), k_max=4, prior_weight=1.0)
+    rng = random.Random(3)
+    reqs = [_Req(i, 1.0, rounds=rng.randrange(20), accepted=rng.randrange(80), rejected=rng.randrange(20)) for i in range(60)]
+    for r in reqs:
+        table.note(r)
+        table.update(BatchResult(0.0, 0.01, [r.rid], [4], [rng.randrange(5)], 5, 100, ["dc"]))
+        for q in reqs[:10]:
+            for k in range(7):
+                assert table.expected_tokens(q, k) == expected_tokens(table.for_request(q), k)
+
+    class Halved(AcceptanceTable):
+        def for_request(self, req):  # type: ignore[no-untyped-def]
+            return [p / 2 for p in super().for_request(req)]
+
+    halved = Halved(_info(), k_max=4)
+    assert halved.expected_tokens(reqs[0], 3) == expected_tokens(halved.for_request(reqs[0]), 3)
+    assert halved.expected_tokens(reqs[0], 3) < AcceptanceTable(_info(), k_max=4).expected_tokens(reqs[0], 3)
+
+
 def test_verify_time_estimator_calibrates_to_observed_batches():
     class Sys:
         def estimate_verify_time(self, n, new, ctx):
