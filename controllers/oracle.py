@@ -11,9 +11,9 @@ It reads the future through the simulator's hooks (``info.clairvoyant``):
   device and the shared sites round by round would pay a context transfer at every move). A
   device too slow for the pace, like a laptop under a 40-ms TPOT, would have every round late
   and the admission rule below turning arrivals away for it. Otherwise the round drafts
-  wherever its draft arrives first, from the exact delay of the next message on each link (ties go remote);
-  drafts on the target GPU share one lock-step batch, capped at the length that maximizes
-  the batch's tokens per second.
+  wherever its draft arrives first, from the exact delay of the next message on each link
+  (ties go remote); drafts on the target GPU share one lock-step batch, capped at the length
+  that maximizes the batch's tokens per second.
 * **verification batch** - earliest deadline first with the exact verification time and the
   exact tokens each draft will commit, within the tightest slack; requests that can no longer
   meet their SLO get only leftover capacity.
@@ -225,9 +225,8 @@ class Oracle(Controller):
         info = sys.info
         target = info.target_site
         device = req.origin if req.origin in self._offload else None
-        if device is not None:
-            if self._keeps_pace(req, sys, device):
-                return device  # the user's own device: dedicated, queue-free, costs no one anything
+        if device is not None and self._keeps_pace(req, sys, device):
+            return device  # the user's own device: dedicated, queue-free, costs no one anything
         options = [s for s in info.allowed_sites(req) if s in self._offload and s != device]
         if not options:
             return target
@@ -247,8 +246,8 @@ class Oracle(Controller):
     def _keeps_pace(self, req: RequestView, sys: SystemView, device: str) -> bool:
         """Whether ``req``'s own device drafts fast enough for its SLO pace: its first round,
         drafted there and verified alone, takes no longer than the SLO allows for the tokens it
-        commits.
-        Decided once per request, so it never moves between its device and the shared sites."""
+        commits. Decided once per request, so it never moves between its device and the shared
+        sites."""
         keeps = self._own_device.get(req.rid)
         if keeps is None:
             k = max(self._k(req, device, sys), 1)
