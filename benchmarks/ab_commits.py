@@ -44,8 +44,11 @@ def parse_case(case: str) -> tuple[str, str | None, str]:
     scenario, _, rate = where.partition("@")
     if not sep or not scenario or not controller:
         raise ValueError(f"case {case!r}: expected SCENARIO[@RATE]=CONTROLLER, e.g. edge-fleet@32=wisp")
-    if rate:
-        float(rate)  # a bad rate fails here, not in the 10th subprocess
+    if rate:  # a bad rate fails here, not in the 10th subprocess
+        try:
+            float(rate)
+        except ValueError:
+            raise ValueError(f"case {case!r}: rate {rate!r} is not a number (req/s), e.g. edge-fleet@32=wisp") from None
     return scenario, rate or None, controller
 
 

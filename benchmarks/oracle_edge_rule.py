@@ -4,7 +4,7 @@ keeps the request's SLO pace, against always drafting there (the rule before 202
     python benchmarks/oracle_edge_rule.py                      # the README's table (~2 min on 2 cores)
     python benchmarks/oracle_edge_rule.py --seeds 2 --duration 30 --case training/scenarios/us-code-edge.yaml@12=wanspec
 
-Each case is ``SCENARIO@RATE=HEURISTIC``: the oracle, the oracle with the old pin, and the
+Each case is ``SCENARIO[@RATE]=HEURISTIC`` (as in ``ab_commits.py``): the oracle, the oracle with the old pin, and the
 heuristic (the file's best published one) run on the same test seeds; the table gives mean
 goodput. A rule that only moves requests off devices too slow for their pace leaves files whose
 devices keep it (edge-fleet's Jetsons) exactly as they were.
@@ -31,7 +31,7 @@ FIRST_TEST_SEED = 1_000_000_001
 ROWS = ("oracle before", "oracle now")
 
 
-def goodput(job: tuple[str, float, str, int, float]) -> float:
+def goodput(job: tuple[str, str | None, str, int, float]) -> float:
     """One run's goodput (req/s): ``which`` is one of :data:`ROWS` or a controller spec."""
     scenario, rate, which, seed, duration = job
     from controllers import make_controller
@@ -46,21 +46,12 @@ def goodput(job: tuple[str, float, str, int, float]) -> float:
             return True
 
     ctl = Pinned() if which == ROWS[0] else make_controller("oracle" if which == ROWS[1] else which)
-    return float(Simulator(load_scenario(scenario), seed, duration, rate=rate).run(ctl)["goodput_rps"])
-
-
-def parse_case(text: str) -> tuple[str, float, str]:
-    try:
-        where, heuristic = text.rsplit("=", 1)
-        scenario, rate = where.rsplit("@", 1)
-        return scenario, float(rate), heuristic
-    except ValueError:
-        raise SystemExit(f"error: case {text!r} is not SCENARIO@RATE=HEURISTIC (e.g. edge-fleet@32=wisp)") from None
+    return float(Simulator(load_scenario(scenario), seed, duration, rate=None if rate is None else float(rate)).run(ctl)["goodput_rps"])
 
 
 def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", action="append", help="SCENARIO@RATE=HEURISTIC (repeatable; default: the README's five)")
+    p.add_argument("--case", action="append", help="SCENARIO[@RATE]=HEURISTIC (repeatable; default: the README's five)")
     p.add_argument("--seeds", type=whole("number of seeds"), default=6, help="test seeds from 1000000001 (default 6)")
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals")
     p.add_argument("--workers", type=whole("number of workers"), default=2)
@@ -69,7 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     from runtime.scenario import ScenarioError, load_scenario
     from training.backend import map_jobs
 
-    cases = [parse_case(c) for c in (args.case or CASES)]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ab_commits import parse_case  # the other benchmark's SCENARIO[@RATE]=CONTROLLER cases
+
+    try:
+        cases = [parse_case(c) for c in (args.case or CASES)]
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     for scenario, _, heuristic in cases:
         try:  # a bad file or controller stops here, before any run
             load_scenario(scenario)
@@ -83,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     for scenario, rate, heuristic in cases:
         means = [statistics.mean(next(out) for _ in seeds) for _ in range(3)]
-        print(f"| {Path(scenario).stem} ({rate:g}) | {means[0]:.3f} req/s | {means[1]:.3f} | `{heuristic}` {means[2]:.3f} |")
+        print(f"| {Path(scenario).stem} ({rate or 'its own rate'}) | {means[0]:.3f} req/s | {means[1]:.3f} | `{heuristic}` {means[2]:.3f} |")
 
 
 if __name__ == "__main__":
