@@ -635,3 +635,26 @@ def test_event_loops_are_uvloop_where_installed_and_asyncio_without_it(monkeypat
     finally:
         loop.close()
     assert run(answer()) == 42
+
+
+@pytest.mark.slow
+def test_a_draining_supervisor_does_not_restart_a_site_that_exits(tiny_dir, caplog):
+    """Once the runtime shuts down, a site that exits (Ctrl-C reaches the whole process group)
+    is reported and left down (before the shutdown the same exit is restarted: the serve test
+    ``test_a_killed_drafter_is_restarted_and_health_says_degraded_then_ok``)."""
+    procs = SiteProcesses(backoff_s=0.05)
+    dep = load_deployment(models_dir=tiny_dir)
+    try:
+        procs.launch({"near": dep.drafter_for("near")})
+        pid = procs.procs["near"].pid
+        procs.drain()
+        with caplog.at_level("INFO", logger="specctl.sites"):
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while "during shutdown" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # a restart would have begun by now (backoff 0.05 s)
+        assert "exited with code -9 during shutdown; not restarted" in caplog.text, caplog.text
+        assert "restarting" not in caplog.text and procs.procs["near"].pid == pid and procs.restarts["near"] == 0
+    finally:
+        procs.stop()

@@ -341,13 +341,15 @@ def test_policy_checkpoint_in_the_slot_stays_lossless(tiny_dir, tmp_path, tiny_m
 
 # ---------------------------------------------------------------------- the multi-process server
 @contextlib.contextmanager
-def _live_server(tiny_dir, grace: float = 2.0, controller: str = "wanspec") -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python -m runtime.real.serve --scenario tiny-local`` (two launched drafter sites), once every site is up."""
+def _live_server(tiny_dir, grace: float = 2.0, controller: str = "wanspec",
+                 new_session: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m runtime.real.serve --scenario tiny-local`` (two launched drafter sites), once
+    every site is up; ``new_session``: in a process group of its own, as a terminal runs it."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.real.serve", "--scenario", "tiny-local", "--controller", controller,
          "--models", str(tiny_dir), "--port", str(port), "--grace", str(grace)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}"
     try:
         banner = proc.stdout.readline()  # printed once the sites are up
@@ -477,5 +479,23 @@ def test_sigterm_ends_late_requests_with_503s_or_error_events_and_exits_within_t
     status, events = results["short"]  # done before, or in flight and done within the grace period
     assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
     for p in site_ports:  # the launched drafter sites went with it
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", p)) != 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_and_its_sites_cleanly(tiny_dir):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: the server and the drafter
+    sites it launched. It must drain and exit 0 without a traceback, and not restart the sites."""
+    with _live_server(tiny_dir, grace=1.0, new_session=True) as (proc, url):
+        site_ports = [int(s["address"].rsplit(":", 1)[1]) for s in httpx.get(f"{url}/health").json()["sites"].values()]
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60).status_code == 200
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=30)
+        stderr = proc.stderr.read()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "restarting" not in stderr, stderr
+    assert "shutting down" in stderr, stderr
+    for p in site_ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0

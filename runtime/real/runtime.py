@@ -158,7 +158,9 @@ class SiteProcesses:
     A supervisor thread reaps a site that exits, logs it, and starts it again after a backoff
     that doubles while restarts keep failing (``backoff_s`` up to ``max_backoff_s``; back to
     ``backoff_s`` once a site has stayed up for ``stable_s``). The new process listens on a new
-    port; ``on_restart(name, address)`` tells the caller where.
+    port; ``on_restart(name, address)`` tells the caller where. After :meth:`drain` (the runtime
+    is shutting down) a site that exits is not started again: Ctrl-C in a terminal, or a signal
+    to the whole process group, reaches the sites as it reaches the server.
     """
 
     def __init__(self, on_restart: Callable[[str, str], None] | None = None, backoff_s: float = 0.5,
@@ -174,6 +176,7 @@ class SiteProcesses:
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._draining = threading.Event()
         self._supervisor: threading.Thread | None = None
 
     def launch(self, sites: dict[str, Any], timeout_s: float | None = None,
@@ -222,8 +225,11 @@ class SiteProcesses:
 
     def _supervise(self) -> None:
         backoff = dict.fromkeys(self._refs, self.backoff_s)
+        ended: set[str] = set()  # exited while draining: reported once, never restarted
         while not self._stopping.wait(0.2):
             for name in list(self.procs):
+                if name in ended:
+                    continue
                 proc = self.procs[name]
                 code = proc.poll()  # reaps it: no zombie
                 if code is None:
@@ -231,11 +237,19 @@ class SiteProcesses:
                 if proc.stdout is not None:
                     proc.stdout.close()
                 uptime = time.monotonic() - self._started[name]
+                if self._draining.is_set():
+                    log.info("drafter site %s (pid %d) exited with code %s during shutdown; not restarted", name, proc.pid, code)
+                    ended.add(name)
+                    continue
                 backoff[name] = self.backoff_s if uptime >= self.stable_s else backoff[name]
                 log.warning("drafter site %s (pid %d) exited with code %s after %.1f s; restarting in %.1f s",
                             name, proc.pid, code, uptime, backoff[name])
                 if self._stopping.wait(backoff[name]):
                     return
+                if self._draining.is_set():  # the shutdown began during the backoff
+                    log.info("drafter site %s not restarted: shutting down", name)
+                    ended.add(name)
+                    continue
                 wait, backoff[name] = backoff[name], min(backoff[name] * 2, self.max_backoff_s)
                 self._spawn(name)
                 addr = self._await_ready(name, time.monotonic() + self.ready_timeout_s)
@@ -253,6 +267,10 @@ class SiteProcesses:
                          name, addr, self.procs[name].pid, wait)
                 if self.on_restart is not None:
                     self.on_restart(name, addr)
+
+    def drain(self) -> None:
+        """The runtime is shutting down: keep the sites that run, start none that exits."""
+        self._draining.set()
 
     def stop(self) -> None:
         with self._lock:
@@ -526,6 +544,7 @@ class RealRuntime(DecisionLoop):
 
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop taking requests; in-flight ones finish within ``grace_s`` or fail cleanly."""
+        self.processes.drain()
         self._events.put((self._on_shutdown, grace_s))
 
     def end_of_workload(self) -> None:

@@ -524,9 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime.start()
         print(f"serving {dep.scenario.name} with {controller.name} as model {name!r} on http://{args.host}:{args.port} "
               f"(sites: {', '.join(f'{n}={c.address}' for n, c in runtime.clients.items()) or 'target only'})", flush=True)
-        # uvicorn re-raises SIGTERM after its graceful drain; by then the sites should close and
-        # the process exit 0, not die by the signal
-        signal.signal(signal.SIGTERM, lambda *_: None)
+        # uvicorn re-raises SIGTERM or SIGINT (Ctrl-C) after its graceful drain; by then the sites
+        # should close and the process exit 0, not die by the signal (or, for SIGINT, with
+        # asyncio's KeyboardInterrupt traceback from the middle of the lifespan)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         config = uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level="warning",
                                 timeout_graceful_shutdown=int(args.grace) + 2)
         _Uvicorn(config, server.begin_shutdown).run()
