@@ -50,6 +50,7 @@ def write(tmp_path: Path, cfg: dict) -> Path:
     ({"rollouts": {"caps": [1.2]}}, r"rollouts.caps / k_caps: cap=1.2 is not a level; choose one of"),
     ({"rollouts": {"k_caps": [5]}}, r"rollouts.caps / k_caps: k_cap=5 is not a level; choose one of"),
     ({"rollouts": {"confirm": -1}}, r"rollouts.confirm must be an integer >= 0"),
+    ({"rollouts": {"modes": "no"}}, r"rollouts.modes must be true"),
     ({"rollouts": {"gain_per": "value"}}, r"rollouts.gain_per must be 'best' or 'demand', got 'value'"),
     ({"rollouts": {"gain_per": "demand", "confirm": 2}}, r"set confirm: 0 with gain_per: demand"),
     ({"rollouts": {"anchor": -0.5}}, r"rollouts.anchor must be a weight >= 0 \(0: no warm-start anchors\), got -0.5"),

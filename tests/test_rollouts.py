@@ -93,6 +93,9 @@ def test_candidates_move_one_knob_at_a_time() -> None:
     assert len(cands) == len(got)
     plain = candidate_actions(np.array([0, 3, 2, 0]), [1.0], [True, True])
     assert {tuple(int(x) for x in a) for a in plain} == {(0, 3, 2, 0), (1, 3, 2, 0), (0, 0, 2, 0)}  # no k caps, no hedge flip
+    # rollouts.modes: false keeps the current mode: only its caps (and k caps, hedging) are tried
+    same_mode = candidate_actions(np.array([2, 3, 2, 0]), [1.0, 3.0], [True, True, True], k_caps=[2], modes=False)
+    assert {tuple(int(x) for x in a) for a in same_mode} == {(2, 3, 2, 0), (2, 0, 2, 0), (2, 5, 2, 0), (2, 3, 1, 0)}
     with pytest.raises(ValueError, match="cap"):
         candidate_actions(np.array([0, 3, 5, 1]), [1.234], [True])
     with pytest.raises(ValueError, match="k_cap"):
@@ -140,6 +143,26 @@ def test_detours_hold_at_least_one_control_step_at_long_intervals(tmp_path: Path
 
     knobs = KNOB_FEATURES.index("cap")  # cap, k_cap, hedge, then the mode one-hot and validity
     assert any(not np.array_equal(a.obs[knobs:], b.obs[knobs:]) for a, b in zip(own, detoured))
+
+
+def test_rollouts_without_modes_try_only_the_current_modes_caps(tmp_path: Path) -> None:
+    """``rollouts.modes: false``: no state is labelled with another heuristic, detours included."""
+    from controllers.policy import export_policy
+    from sb3_contrib import MaskablePPO
+
+    kwargs = {"scenario": "wan-4region", "rate": 20.0, "duration": 8.0}
+    env = SpecKnobsEnv(**kwargs)
+    model = MaskablePPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, n_steps=8, batch_size=8)
+    export_policy(model, env.controller.layout, tmp_path / "p", {"kind": "knobs", "knobs": env.controller.layout.to_dict()})
+    cfg = {**ROLLOUT_DEFAULTS, "at_s": [2.0, 5.0], "horizon_s": 1.0, "caps": [1.0, 3.0], "explore": 1.0, "explore_s": 1.0}
+    every = label_episode((str(tmp_path / "p"), kwargs, 3, cfg))
+    same = label_episode((str(tmp_path / "p"), kwargs, 3, {**cfg, "modes": False}))
+    assert all(len(set(d.actions[:, 0])) == 3 for d in every)  # wanspec, wisp and centralized all run here
+    from controllers.knobs import cap_level
+
+    for d in same:  # the current mode at its own cap and at caps 1.0 and 3.0
+        assert set(d.actions[:, 0]) == {d.current[0]}
+        assert {int(a[1]) for a in d.actions} == {int(d.current[1]), cap_level(1.0), cap_level(3.0)}
 
 
 def test_a_survey_values_each_mode_by_its_whole_episode(tmp_path: Path) -> None:

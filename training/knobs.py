@@ -147,6 +147,9 @@ def load_knob_config(path: Path, algo: str, algo_cls: Any, overrides: dict[str, 
         raise ConfigError(f"{src}: rollouts.iterations must be an integer >= 0 and rollouts.systems >= 1")
     if not (isinstance(ro["survey"], int) and not isinstance(ro["survey"], bool) and ro["survey"] >= 0):
         raise ConfigError(f"{src}: rollouts.survey must be a whole number of systems >= 0 (0: no survey), got {ro['survey']!r}")
+    if not isinstance(ro["modes"], bool):
+        raise ConfigError(f"{src}: rollouts.modes must be true (the other modes are candidates too) or false "
+                          f"(only the current mode's caps and k caps), got {ro['modes']!r}")
     if not ro["caps"] or not ro["at_s"] or float(ro["horizon_s"]) <= 0:
         raise ConfigError(f"{src}: rollouts needs caps and at_s (non-empty lists) and horizon_s > 0")
     if ro["gain_per"] not in ("best", "demand"):

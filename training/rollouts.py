@@ -42,6 +42,9 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     # (docs/knob-results-history.md)
     "k_caps": [],
     "hedge": False,
+    # whether the other modes (heuristics) are candidates too, and random detours may switch to
+    # them; false: only the current mode's caps (and k caps, hedging) are tried
+    "modes": True,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
     # what a gain is a share of: "best", the best candidate's value, or "demand", the requests in
     # flight at the labelled moment plus those arriving in the horizon (the same for every
@@ -112,16 +115,16 @@ def save_labels(data: Sequence[Labelled], path: Path) -> Path:
 
 
 def candidate_actions(current: np.ndarray, caps: Sequence[float], valid: Sequence[bool],
-                      k_caps: Sequence[int] = (), hedge: bool = False) -> np.ndarray:
-    """One knob moved at a time from ``current``: every mode that runs here, the current mode at
-    every cap in ``caps``, at every draft-length cap in ``k_caps``, and (``hedge``) with its
-    hedging switched over, at the current cap and at every cap in ``caps``. Coordinate-wise
-    (but for hedging x cap), so a state costs modes + 2 caps + k caps + 1 rollouts, not their
-    product; the iterations move the other coordinates."""
+                      k_caps: Sequence[int] = (), hedge: bool = False, modes: bool = True) -> np.ndarray:
+    """One knob moved at a time from ``current``: every mode that runs here (``modes``; else the
+    current one), the current mode at every cap in ``caps``, at every draft-length cap in
+    ``k_caps``, and (``hedge``) with its hedging switched over, at the current cap and at every
+    cap in ``caps``. Coordinate-wise (but for hedging x cap), so a state costs modes + 2 caps +
+    k caps + 1 rollouts, not their product; the iterations move the other coordinates."""
     from controllers.knobs import cap_level, k_cap_level
 
     mode, cap, k, h = (int(x) for x in current)
-    out = [(m, cap, k, h) for m in range(len(valid)) if valid[m]]
+    out = [(m, cap, k, h) for m in range(len(valid)) if valid[m] and (modes or m == mode)]
     if valid[mode]:
         out += [(mode, cap_level(c), k, h) for c in caps]
         out += [(mode, cap, k_cap_level(kc), h) for kc in k_caps]
@@ -186,10 +189,11 @@ def label_episode(job: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[
         action = np.asarray(net(obs, mask), dtype=np.int64)
         detour = detours[len(detours) - len(todo)]
         if detour is not None and todo[0] - window <= t < todo[0]:
-            action = detour
+            action = detour if cfg["modes"] else np.array([action[0], *detour[1:]], dtype=np.int64)
         if t >= todo[0]:
             todo.pop(0)
-            cands = candidate_actions(action, cfg["caps"], env.controller.valid, cfg["k_caps"], bool(cfg["hedge"]))
+            cands = candidate_actions(action, cfg["caps"], env.controller.valid, cfg["k_caps"], bool(cfg["hedge"]),
+                                      bool(cfg["modes"]))
             values = np.empty(len(cands))
             for j, a in enumerate(cands):
                 fork = copy.deepcopy(env)
