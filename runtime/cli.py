@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 import time
 from typing import Sequence
 
@@ -135,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "scenarios":
             for name in shipped_scenarios():
                 sc = load_scenario(name)
-                print(f"{name:<14} {len(sc.sites):>3} sites  {sc.spec.description.strip().splitlines()[0][:90]}")
+                summary = textwrap.shorten(" ".join(sc.spec.description.split()), 100, placeholder=" ...")
+                print(f"{name:<14} {len(sc.sites):>3} sites  {summary}")
             return 0
         if args.command == "profile":
             from runtime.real.profile import cmd_profile

@@ -96,3 +96,13 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
     assert p.stderr.count("\n") == 1 and "prompt_scale.low must be > 0" in p.stderr
     p = run("check-dist", "training/configs/scenario-mix.yaml", "--samples", "0")
     assert p.returncode == 2 and "--samples: must be a whole number >= 1, got 0" in p.stderr
+
+
+def test_scenarios_lists_each_shipped_scenario_with_a_summary_cut_at_a_word():
+    p = run("scenarios")
+    assert p.returncode == 0, p.stderr
+    lines = dict(line.split(maxsplit=1) for line in p.stdout.splitlines())
+    assert {"colocated", "edge-fleet", "wan-4region"} <= set(lines)
+    for rest in lines.values():
+        summary = rest.split("sites", 1)[1].strip()
+        assert len(summary) <= 100 and (summary.endswith(" ...") or summary.endswith(".")), summary
