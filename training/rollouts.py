@@ -43,7 +43,9 @@ ROLLOUT_DEFAULTS: dict[str, Any] = {
     "k_caps": [],
     "hedge": False,
     # whether the other modes (heuristics) are candidates too, and random detours may switch to
-    # them; false: only the current mode's caps (and k caps, hedging) are tried
+    # them; false: only the current mode's caps (and k caps, hedging) are tried. With false and
+    # 40-s horizons at 5 and 15 s, one training seed of three learned a cap that beats its warm
+    # start (docs/knob-results-history.md, "Rollouts that learn the admission cap")
     "modes": True,
     "min_gain": 0.03,  # relabel only where the current action loses this share of the best value
     # what a gain is a share of: "best", the best candidate's value, or "demand", the requests in
