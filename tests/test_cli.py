@@ -99,10 +99,15 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
 
 
 def test_scenarios_lists_each_shipped_scenario_with_a_summary_cut_at_a_word():
+    from runtime.scenario import load_scenario
+
     p = run("scenarios")
     assert p.returncode == 0, p.stderr
     lines = dict(line.split(maxsplit=1) for line in p.stdout.splitlines())
     assert {"colocated", "edge-fleet", "wan-4region"} <= set(lines)
-    for rest in lines.values():
+    for name, rest in lines.items():
         summary = rest.split("sites", 1)[1].strip()
-        assert len(summary) <= 100 and (summary.endswith(" ...") or summary.endswith(".")), summary
+        words = " ".join(load_scenario(name).spec.description.split())
+        body = summary.removesuffix(" ...")
+        assert len(summary) <= 100 and words.startswith(body), (summary, words)
+        assert body == words or (summary.endswith(" ...") and words[len(body)] == " "), summary  # whole words only

@@ -147,6 +147,7 @@ def test_detours_hold_at_least_one_control_step_at_long_intervals(tmp_path: Path
 
 def test_rollouts_without_modes_try_only_the_current_modes_caps(tmp_path: Path) -> None:
     """``rollouts.modes: false``: no state is labelled with another heuristic, detours included."""
+    from controllers.knobs import cap_level
     from controllers.policy import export_policy
     from sb3_contrib import MaskablePPO
 
@@ -158,8 +159,6 @@ def test_rollouts_without_modes_try_only_the_current_modes_caps(tmp_path: Path) 
     every = label_episode((str(tmp_path / "p"), kwargs, 3, cfg))
     same = label_episode((str(tmp_path / "p"), kwargs, 3, {**cfg, "modes": False}))
     assert all(len(set(d.actions[:, 0])) == 3 for d in every)  # wanspec, wisp and centralized all run here
-    from controllers.knobs import cap_level
-
     for d in same:  # the current mode at its own cap and at caps 1.0 and 3.0
         assert set(d.actions[:, 0]) == {d.current[0]}
         assert {int(a[1]) for a in d.actions} == {int(d.current[1]), cap_level(1.0), cap_level(3.0)}
