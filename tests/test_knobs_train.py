@@ -252,6 +252,12 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
     assert compare_main(judge + ["--seed", "5"]) == 0 and load_run(tmp_path / "ck").seed == 5
     assert "selector_vs_clone" in load_run(tmp_path / "ck").scenarios["wan-4region"]  # the run's selector is judged again too
     assert compare_main(judge) == 0 and load_run(tmp_path / "ck").seed == 5
+    # the run wrote its resolved config: judged again without --config, over that eval block
+    from training.knobs import RUN_CONFIG_FILE
+
+    assert yaml.safe_load((tmp_path / "ck" / RUN_CONFIG_FILE).read_text())["eval"]["scenarios"] == TINY["eval"]["scenarios"]
+    assert compare_main(judge[:1] + judge[3:]) == 0
+    assert json.loads((tmp_path / "ck" / "comparison.json").read_text())["config"] == str(tmp_path / "ck" / RUN_CONFIG_FILE)
 
     # one policy, five site sets: WAN regions, an edge fleet, a single site (no remote: its mode
     # is masked), other regions, and edge devices beside a remote region (a mix never trained on)
@@ -314,9 +320,13 @@ def test_a_policy_that_is_its_warm_start_is_judged_on_the_warm_starts_runs(tmp_p
         return real(scenario, controllers, *args, **kwargs)
 
     monkeypatch.setattr(knobs, "evaluate_controllers", spy)
-    judge = [str(tmp_path / "run"), "--config", str(config), "--workers", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    # without --config it judges over the run's own config (RUN_DIR/config.yaml, which a run writes)
+    shutil.copy(config, tmp_path / "run" / knobs.RUN_CONFIG_FILE)
+    judge = [str(tmp_path / "run"), "--workers", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
     assert knobs.compare_main(judge) == 0
-    assert "its rows are the warm start's runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"judging over the eval block of {tmp_path / 'run' / 'config.yaml'}\n" in out
+    assert "its rows are the warm start's runs" in out
     assert ran[-1] == ["centralized", "warm start (clone)"]
     row = json.loads((tmp_path / "run" / "comparison.json").read_text())["scenarios"][0]
     assert (row["vs_clone"], row["ratio"]) == (1.0, row["clone_ratio"])

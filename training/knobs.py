@@ -483,6 +483,9 @@ def settings_line(shares: dict[str, float], top: int = 3) -> str:
 
 #: A knob run's final comparison, in its output directory (read by ``python -m training.across_seeds``).
 COMPARISON_FILE = "comparison.json"
+#: ``RUN_DIR/config.yaml``: the run's resolved config (overrides applied), whose eval block
+#: ``python -m training.knobs RUN_DIR`` judges over unless ``--config`` names another.
+RUN_CONFIG_FILE = "config.yaml"
 
 
 def write_comparison(run_dir: Path, summary: list[dict[str, Any]], seed: int | None, config: str,
@@ -548,7 +551,9 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         log_params_flat({"algo": args.algo, "env": "specctl/SpecKnobs-v0", "seed": args.seed, "gamma": gamma, **cfg})
         mlflow.set_tags({"specctl.env": "specctl/SpecKnobs-v0", "specctl.scenario": where, "specctl.algo": args.algo})
         mlflow.log_text(shlex.join([sys.executable, *sys.argv]), "command.txt")
-        mlflow.log_text(yaml.safe_dump(cfg, sort_keys=False), "config.yaml")
+        resolved = yaml.safe_dump(cfg, sort_keys=False)
+        (out_dir / RUN_CONFIG_FILE).write_text(resolved)
+        mlflow.log_text(resolved, "config.yaml")
         mlflow.log_dict(layout.to_dict(), "codec.json")
 
         venv = build_vec_env("specctl/SpecKnobs-v0", env_kwargs, cfg["n_envs"], cfg["vec_env"], args.seed)
@@ -701,8 +706,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.knobs RUN_DIR``: judge a trained knob policy (``RUN_DIR/best`` against
-    ``RUN_DIR/warm``, and the run's selector if it fitted one) on a config's evaluation scenarios
-    again, e.g. with newly tuned baselines."""
+    ``RUN_DIR/warm``, and the run's selector if it fitted one) on the evaluation scenarios of the
+    run's own config (``RUN_DIR/config.yaml``) or another's again, e.g. with newly tuned baselines."""
     import argparse
 
     import mlflow
@@ -714,7 +719,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
     p = OneLineParser(prog="python -m training.knobs", description=compare_main.__doc__.split("\n")[0])
     p.add_argument("run_dir", type=Path, help="a knob run's output directory (holds best/ and warm/)")
-    p.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "knobs.yaml", help="config whose eval block to use")
+    p.add_argument("--config", type=Path, help="config whose eval block to use (default: the run's own, RUN_DIR/config.yaml; "
+                   "for a run of a release before it, training/configs/knobs.yaml)")
     add_set_flag(p)
     p.add_argument("--eval-seeds", type=int, help="test seeds (default: the config's)")
     p.add_argument("--workers", type=int, default=2)
@@ -728,6 +734,11 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"{args.run_dir / d} holds no policy.json: pass the --out directory of a knob training run")
             load_policy(str(args.run_dir / d))  # an old or broken export fails here, before any run is logged
         seed = args.seed if args.seed is not None else recorded_seed(args.run_dir)
+        if args.config is None:
+            own = args.run_dir / RUN_CONFIG_FILE
+            args.config = own if own.is_file() else REPO / "training" / "configs" / "knobs.yaml"
+            print(f"judging over the eval block of {args.config}" + ("" if own.is_file() else
+                  f" ({own} is missing: a run of an earlier release; --config C picks another)"))
         cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO, parse_overrides(args.overrides))
         cfg["config_file"] = str(args.config)
         if args.eval_seeds is not None:
