@@ -717,7 +717,9 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     from training.common import REPO
     from training.mlflow_sb3 import setup_tracking
 
-    p = OneLineParser(prog="python -m training.knobs", description=compare_main.__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m training.knobs", description="Judge a knob run again: RUN_DIR/best against "
+                       "RUN_DIR/warm (and the run's selector, if it fitted one) over the evaluation scenarios of the run's "
+                       "own config, or of --config's.")
     p.add_argument("run_dir", type=Path, help="a knob run's output directory (holds best/ and warm/)")
     p.add_argument("--config", type=Path, help="config whose eval block to use (default: the run's own, RUN_DIR/config.yaml; "
                    "for a run of a release before it, training/configs/knobs.yaml)")
