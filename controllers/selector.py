@@ -71,6 +71,7 @@ class SelectorModel:
         return best if pred[best] - pred[0] > self.margin else 0
 
     def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         d = asdict(self)
         d["features"] = list(self.features)
         Path(path).write_text(json.dumps(d, separators=(",", ":")))

@@ -38,7 +38,7 @@ def test_t_interval_is_the_textbook_one() -> None:
 def test_report_over_runs_and_paired_by_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = [run(tmp_path, f"a{s}", s, {"wan": 0.95 + 0.01 * s, "eu": 0.80 + 0.1 * s}) for s in range(3)]
     b = [run(tmp_path, f"b{s}", s, {"wan": 0.95, "eu": 0.85}) for s in (1, 2, 5)]
-    out_file = tmp_path / "report.md"
+    out_file = tmp_path / "reports" / "report.md"  # a folder that does not exist yet is made
     assert main([*a, "--against", *b, "--markdown", str(out_file)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("3 runs (training seeds 0, 1, 2)")

@@ -55,8 +55,8 @@ def test_the_cli_summarises_and_writes_each_interval_the_same_way_twice(policy: 
     out = capsys.readouterr().out
     assert "settings held, share of control intervals, per kind of system:" in out
     assert "episodes in which it changes setting: " in out and "first interval (the system starts empty): `knobs:mode=" in out
-    assert main(args + ["--out", str(tmp_path / "b.csv")]) == 0
-    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()  # deterministic by seed
+    assert main(args + ["--out", str(tmp_path / "new" / "b.csv")]) == 0  # a folder that does not exist yet is made
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "new" / "b.csv").read_text()  # deterministic by seed
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     assert len(rows) >= 9 and {r["seed"] for r in rows} == {"1000000000", "1000000001", "1000000002"}
     assert all(r["setting"].startswith("knobs:mode=") and float(r["has_edge"]) in (0.0, 1.0) for r in rows)

@@ -49,14 +49,14 @@ def test_a_bad_portfolio_file_is_refused_naming_the_problem(tmp_path, text, matc
 
 
 def test_cli_learns_a_portfolio_the_lookahead_runs(tmp_path, capsys):
-    out = tmp_path / "portfolio.yaml"
+    out = tmp_path / "new" / "portfolio.yaml"  # folders that do not exist yet are made
     assert portfolio.main(["--systems", "2", "--duration", "3", "--caps", "1", "inf", "--k-caps", "2", "--size", "3",
-                           "--out", str(out), "--save-scores", str(tmp_path / "scores.npz")]) == 0
+                           "--out", str(out), "--save-scores", str(tmp_path / "scores" / "scores.npz")]) == 0
     printed = capsys.readouterr().out
     assert "the shipped portfolio (6 settings) covers" in printed and "lookahead:portfolio=" in printed
     data = yaml.safe_load(out.read_text())
     assert data["modes"] == ["wanspec", "wisp", "centralized"] and 1 <= len(data["settings"]) <= 3
-    scores = np.load(tmp_path / "scores.npz")
+    scores = np.load(tmp_path / "scores" / "scores.npz")
     assert scores["goodput"].shape == (2, 6 + 3 * 2)  # the shipped six, then every mode x cap x k cap
     ctl = make_controller(f"lookahead:portfolio={out},horizon_s=1,replan_s=2,futures=1")
     assert ctl.portfolio == [dict(s, hedge=int(s["hedge"])) for s in data["settings"]]

@@ -96,7 +96,8 @@ def test_the_exported_forest_predicts_what_sklearn_does_and_cross_validation_swi
 
 
 def test_cli_fits_a_model_that_deploys_and_refits_from_saved_data(tmp_path, capsys):
-    data, out, again = tmp_path / "d.npz", tmp_path / "m.json", tmp_path / "m2.json"
+    # into folders that do not exist yet: the labels (minutes to hours of runs) are not lost to them
+    data, out, again = tmp_path / "labels" / "d.npz", tmp_path / "models" / "m.json", tmp_path / "m2.json"
     assert fit.main(["--systems", "4", "--duration", "8", "--probe-s", "5", "--folds", "2", "--data", str(data),
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(e))
     print(text)
     if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text + "\n")
     return 0
 

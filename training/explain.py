@@ -146,6 +146,7 @@ def report(episodes: Sequence[Episode], names: Sequence[str], depth: int, top: i
 
 
 def write_csv(path: Path, episodes: Sequence[Episode], names: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["system", "seed", "time_s", "goodput_rps", *names, "setting"])

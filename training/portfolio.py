@@ -134,11 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n, (i, cov) in enumerate(zip(chosen, coverage), 1):
         print(f"  {n}. {spec_of(grid[i], modes)}: alone {shares[:, i].mean():.3f}, portfolio of {n} covers {cov:.3f}")
     if a.save_scores:
+        Path(a.save_scores).parent.mkdir(parents=True, exist_ok=True)
         np.savez(a.save_scores, goodput=got, seeds=np.array(seeds), settings=np.array([spec_of(g, modes) for g in grid]))
     if a.out:
         out = {"modes": list(modes), "settings": [_setting_yaml(grid[i]) for i in chosen],
                "source": {"distribution": a.distribution, "systems": len(seeds), "seed": a.seed,
                           "duration": a.duration, "coverage": round(coverage[-1], 4)}}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(yaml.safe_dump(out, sort_keys=False))
         print(f"wrote {a.out} (lookahead:portfolio={a.out})")
     return 0

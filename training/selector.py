@@ -110,6 +110,7 @@ class SelectorData:
     distribution: str = ""
 
     def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # hours of labels are not lost to a missing folder
         np.savez(path, goodput=self.goodput, features=self.features, seeds=np.array(self.seeds), labels=np.array(LABELS),
                  probe_s=np.array(self.probe_s), distribution=np.array(self.distribution))
 
