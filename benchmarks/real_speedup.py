@@ -39,7 +39,8 @@ def main() -> None:
                           sites={n: {"address": a} for n, a in addrs.items()})
     dep.scenario = with_rate(dep.scenario, args.rate)
     base = None
-    print(f"{'controller':<14} {'tok/s':>8} {'x':>6} {'TPOT ms':>8} {'x':>6} {'e2e p50 s':>10} {'accept':>7} {'tgt drafts':>10}")
+    w = max(14, *(len(c) for c in args.controllers))  # rows print as each finishes: size the column first
+    print(f"{'controller':<{w}} {'tok/s':>8} {'x':>6} {'TPOT ms':>8} {'x':>6} {'e2e p50 s':>10} {'accept':>7} {'tgt drafts':>10}")
     try:
         for spec in args.controllers:
             rt = RealRuntime(dep, seed=args.seed, ignore_eos=True)
@@ -49,7 +50,7 @@ def main() -> None:
             tps = s["throughput_tps"] * args.duration / s["sim_time_s"]
             tpot = mean_tpot(rt.metrics.records) * 1e3
             base = base or (tps, tpot)
-            print(f"{spec:<14} {tps:>8.1f} {tps / base[0]:>6.2f} {tpot:>8.3f} {base[1] / tpot:>6.2f} "
+            print(f"{spec:<{w}} {tps:>8.1f} {tps / base[0]:>6.2f} {tpot:>8.3f} {base[1] / tpot:>6.2f} "
                   f"{s['e2e_p50_s']:>10.3f} {s['acceptance_rate']:>7.2f} {s['target_draft_forward_passes']:>10}", flush=True)
     finally:
         procs.stop()
