@@ -271,6 +271,35 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
         assert s["requests_completed"] > 0, scenario
 
 
+def test_the_runs_config_copy_reads_the_same_files_from_the_run_folder(tmp_path: Path) -> None:
+    """knobs.yaml names its held-out files relative to its own folder (../scenarios/x.yaml); the
+    copy in RUN_DIR/config.yaml, which `python -m training.knobs RUN_DIR` judges over, must still
+    find them from the run's folder."""
+    from sb3_contrib import MaskablePPO
+
+    from runtime.scenario import beside, load_scenario
+    from training.knobs import load_knob_config, write_run_config
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "scenarios").mkdir()
+    shutil.copy(REPO / "training" / "scenarios" / "eu-3region-bursty.yaml", tmp_path / "scenarios" / "held.yaml")
+    ev = {**TINY["eval"], "scenarios": [{"scenario": "../scenarios/held.yaml", "rate": 8.0, "baselines": ["centralized"],
+                                         "held_out": True, "references": []}, {"scenario": "colocated", "rate": 8.0,
+                                                                              "baselines": ["centralized"]}]}
+    source = write(tmp_path / "configs", {**TINY, "eval": ev})
+    cfg = load_knob_config(source, "maskable_ppo", MaskablePPO)
+    cfg["config_file"] = str(source)
+    run = tmp_path / "checkpoints" / "run"
+    run.mkdir(parents=True)
+    assert write_run_config(run, cfg) == (run / "config.yaml").read_text()
+    again = load_knob_config(run / "config.yaml", "maskable_ppo", MaskablePPO)
+    held, shipped = (sc["scenario"] for sc in again["eval"]["scenarios"])
+    assert held == str(tmp_path / "scenarios" / "held.yaml") and shipped == "colocated"  # a shipped name stays a name
+    assert load_scenario(beside(held, str(run / "config.yaml"))).name == "eu-3region-bursty"
+    assert cfg["eval"]["scenarios"][0]["scenario"] == "../scenarios/held.yaml"  # the run's own config is not changed
+    assert again["env_kwargs"]["distribution"] == TINY["env_kwargs"]["distribution"]
+
+
 def test_judging_an_old_export_fails_before_any_run_is_logged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 

@@ -39,6 +39,7 @@ The recipe, and why:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shlex
@@ -488,6 +489,31 @@ COMPARISON_FILE = "comparison.json"
 RUN_CONFIG_FILE = "config.yaml"
 
 
+def write_run_config(run_dir: Path, cfg: dict[str, Any]) -> str:
+    """Write ``RUN_DIR/config.yaml`` and return its text: the resolved ``cfg`` with every file it
+    names made absolute (a scenario path such as ``../scenarios/x.yaml`` is relative to the config's
+    own folder), so the copy reads the same files from the run's folder."""
+    from runtime.scenario import beside
+
+    def absolute(name: Any) -> Any:
+        if not isinstance(name, str):
+            return name
+        p = Path(beside(name, str(cfg.get("config_file", "<dict>"))))
+        return str(p.resolve()) if p.suffix and p.exists() else name
+
+    out = copy.deepcopy(cfg)
+    for sc in out["eval"]["scenarios"]:
+        sc["scenario"] = absolute(sc.get("scenario"))
+    for key in ("distribution", "scenario"):
+        if out["env_kwargs"].get(key):
+            out["env_kwargs"][key] = absolute(out["env_kwargs"][key])
+    if out.get("selector") and out["selector"].get("data"):
+        out["selector"]["data"] = absolute(out["selector"]["data"])
+    text = yaml.safe_dump(out, sort_keys=False)
+    (Path(run_dir) / RUN_CONFIG_FILE).write_text(text)
+    return text
+
+
 def write_comparison(run_dir: Path, summary: list[dict[str, Any]], seed: int | None, config: str,
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``RUN_DIR/comparison.json``: the final comparison with the run's training seed, which
@@ -551,9 +577,7 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         log_params_flat({"algo": args.algo, "env": "specctl/SpecKnobs-v0", "seed": args.seed, "gamma": gamma, **cfg})
         mlflow.set_tags({"specctl.env": "specctl/SpecKnobs-v0", "specctl.scenario": where, "specctl.algo": args.algo})
         mlflow.log_text(shlex.join([sys.executable, *sys.argv]), "command.txt")
-        resolved = yaml.safe_dump(cfg, sort_keys=False)
-        (out_dir / RUN_CONFIG_FILE).write_text(resolved)
-        mlflow.log_text(resolved, "config.yaml")
+        mlflow.log_text(write_run_config(out_dir, cfg), "config.yaml")
         mlflow.log_dict(layout.to_dict(), "codec.json")
 
         venv = build_vec_env("specctl/SpecKnobs-v0", env_kwargs, cfg["n_envs"], cfg["vec_env"], args.seed)
