@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where the shipped training configs live (`knobs.yaml`, the default recipe, and the others).
+CONFIG_DIR = REPO / "training" / "configs"
 #: Periodic (model-selection) evaluations use seeds TRAIN_SEED_MAX + VALIDATION_OFFSET + i; the final
 #: comparison uses TRAIN_SEED_MAX + i, so the reported figures are never the ones the best model was picked on.
 VALIDATION_OFFSET = 1000

@@ -738,7 +738,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     from sb3_contrib import MaskablePPO
 
     from runtime.flags import OneLineParser
-    from training.common import REPO
+    from training.common import CONFIG_DIR
     from training.mlflow_sb3 import setup_tracking
 
     p = OneLineParser(prog="python -m training.knobs", description="Judge a knob run again: RUN_DIR/best against "
@@ -762,7 +762,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         seed = args.seed if args.seed is not None else recorded_seed(args.run_dir)
         if args.config is None:
             own = args.run_dir / RUN_CONFIG_FILE
-            args.config = own if own.is_file() else REPO / "training" / "configs" / "knobs.yaml"
+            args.config = own if own.is_file() else CONFIG_DIR / "knobs.yaml"
             print(f"judging over the eval block of {args.config}" + ("" if own.is_file() else
                   f" ({own} is missing: a run of an earlier release; --config C picks another)"))
         cfg = load_knob_config(args.config, "maskable_ppo", MaskablePPO, parse_overrides(args.overrides))

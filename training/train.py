@@ -36,10 +36,9 @@ import yaml
 
 from runtime.scenario import beside, deep_merge, read_yaml_mapping
 from training.backend import add_ray_flag
-from training.common import REPO, VALIDATION_OFFSET, ConfigError, add_set_flag, build_vec_env, config_source, hyperparams, make_env_fn, parse_overrides, policy_class, progress, progress_callback, tqdm_write, with_overrides  # noqa: F401
+from training.common import CONFIG_DIR, REPO, VALIDATION_OFFSET, ConfigError, add_set_flag, build_vec_env, config_source, hyperparams, make_env_fn, parse_overrides, policy_class, progress, progress_callback, tqdm_write, with_overrides  # noqa: F401
 from training.compare import Comparison, comparison_table, evaluate_baselines, evaluate_controllers, ratio_ci, run_controller  # noqa: F401
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KNOBS_ENV = "specctl/SpecKnobs-v0"
 DEFAULT_ENV = KNOBS_ENV
 DEFAULT_ALGO = "maskable_ppo"
