@@ -70,6 +70,8 @@ GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
 #: Replanning, the default since it passed its rule on unseen systems of the mix (docs/twin.md): up to
 #: REPLAN more plans a run, at least REPLAN_GAP_S apart, each switching only for REPLAN_MARGIN more SLOs.
 REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
+#: A plan leaves the probe's setting only for a setting that meets this share more SLOs in the twin (``probe_margin``).
+PROBE_MARGIN = 0.0
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
 LOAD_GAP = 0.15
 #: Stressed twin workloads (``stress=N``) draw what a probe cannot see from the training mix's own
@@ -265,7 +267,11 @@ class Twin(Selector):
     long between two plans' starts (a new regime seen sooner waits for it), so the replans are not
     all spent on the first swings after the probe. ``replan_margin``: a replan switches away from
     the held setting only if the best setting meets that share more SLOs than the held one in the
-    twin (a noisy twin's best is often no better than what runs now). ``race``: score every setting
+    twin (a noisy twin's best is often no better than what runs now). ``probe_margin``: any plan, the first
+    included, holds a setting other than the probe's only if it meets that share more SLOs than
+    the probe's setting in the twin (after the replan margin's check): where the twin's noisy runs
+    cannot tell them apart, it keeps the setting it probed with (by default the one tuned over
+    the training mix) rather than a twin's lucky draw (0: hold the twin's best). ``race``: score every setting
     on two heats (the first workload of the measured twin and of a stressed one) and only the
     ``race`` best (and the held one) on the other workloads: a cheaper plan for a large portfolio
     (default 0: every setting on every workload). ``stress``: that many more
@@ -283,13 +289,14 @@ class Twin(Selector):
                  portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
                  refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
-                 replan_margin: float = REPLAN_MARGIN, stress: int = STRESS, race: int = 0,
-                 background: bool | None = None) -> None:
+                 replan_margin: float = REPLAN_MARGIN, probe_margin: float = PROBE_MARGIN, stress: int = STRESS,
+                 race: int = 0, background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or min(refine, replan, stress, race) < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1, and refine, replan, stress and race >= 0, got "
                              f"{horizon_s}, {seeds}, {refine}, {replan}, {stress} and {race}")
-        if replan_gap_s < 0 or replan_margin < 0:
-            raise ValueError(f"replan_gap_s and replan_margin must be >= 0, got {replan_gap_s} and {replan_margin}")
+        if replan_gap_s < 0 or replan_margin < 0 or probe_margin < 0:
+            raise ValueError(f"replan_gap_s, replan_margin and probe_margin must be >= 0, got {replan_gap_s}, "
+                             f"{replan_margin} and {probe_margin}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`
@@ -298,6 +305,7 @@ class Twin(Selector):
         self.horizon_s, self.seeds, self.refine, self.guard = float(horizon_s), int(seeds), int(refine), bool(guard)
         self.replan, self.background = int(replan), background
         self.replan_gap_s, self.replan_margin = float(replan_gap_s), float(replan_margin)
+        self.probe_margin = float(probe_margin)
         self.stress, self.race = int(stress), int(race)
         self.portfolio = list(self.settings)
         self._pool: ProcessPoolExecutor | None = None
@@ -317,6 +325,7 @@ class Twin(Selector):
         self.reverted_at: float | None = None  # when the guard went back to the probe's setting
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
         self.kept_at: list[float] = []  # replans that kept the held setting by the margin (``replan_margin``)
+        self.probe_kept_at: list[float] = []  # plans whose best was within ``probe_margin`` of the probe's setting
         self._planned_t = 0.0  # when the last plan started
         self._regime_pending = False  # a site entered a new regime; a replan is due after the gap
         self._background = self.background if self.background is not None else info.wall_clock
@@ -438,7 +447,11 @@ class Twin(Selector):
         if self.replanned_at and held is not None and held != chosen and max(chosen, held) < len(values) \
                 and values[chosen] < values[held] * (1 + self.replan_margin):
             self.kept_at.append(self.replanned_at[-1])
-            return held  # not enough better in the twin to switch
+            chosen = held  # not enough better in the twin to switch
+        if self.probe_margin and chosen != 0 and chosen < len(values) \
+                and values[chosen] < values[0] * (1 + self.probe_margin):
+            self.probe_kept_at.append(self._planned_t)
+            return 0  # within the margin of the probe's setting: hold that
         return chosen
 
     def wait(self) -> None:
