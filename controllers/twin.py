@@ -70,7 +70,8 @@ GUARD_SETTLE, GUARD_WINDOWS, GUARD_DROP = 3, 3, 0.15
 #: Replanning, the default since it passed its rule on unseen systems of the mix (docs/twin.md): up to
 #: REPLAN more plans a run, at least REPLAN_GAP_S apart, each switching only for REPLAN_MARGIN more SLOs.
 REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
-#: A plan leaves the probe's setting only for a setting that meets this share more SLOs in the twin (``probe_margin``).
+#: A plan leaves the probe's setting only for a setting that meets this share more SLOs in the twin
+#: (``probe_margin``; 0: off. 0.02 lost on unseen mix systems and was not adopted, docs/twin.md).
 PROBE_MARGIN = 0.0
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
 LOAD_GAP = 0.15
@@ -267,11 +268,11 @@ class Twin(Selector):
     long between two plans' starts (a new regime seen sooner waits for it), so the replans are not
     all spent on the first swings after the probe. ``replan_margin``: a replan switches away from
     the held setting only if the best setting meets that share more SLOs than the held one in the
-    twin (a noisy twin's best is often no better than what runs now). ``probe_margin``: any plan, the first
-    included, holds a setting other than the probe's only if it meets that share more SLOs than
-    the probe's setting in the twin (after the replan margin's check): where the twin's noisy runs
-    cannot tell them apart, it keeps the setting it probed with (by default the one tuned over
-    the training mix) rather than a twin's lucky draw (0: hold the twin's best). ``race``: score every setting
+    twin (a noisy twin's best is often no better than what runs now). ``probe_margin``: any plan,
+    the first included, holds a setting other than the probe's only if it meets that share more
+    SLOs than the probe's setting in the twin (after the replan margin's check), so where the
+    twin's runs cannot tell them apart it keeps the setting it probed with (by default the one
+    tuned over the training mix; 0: hold the twin's best). ``race``: score every setting
     on two heats (the first workload of the measured twin and of a stressed one) and only the
     ``race`` best (and the held one) on the other workloads: a cheaper plan for a large portfolio
     (default 0: every setting on every workload). ``stress``: that many more
