@@ -93,12 +93,14 @@ def cmd_check_dist(args: argparse.Namespace) -> int:
     bases: Counter[str] = Counter()
     gpus: dict[str, Counter[str]] = {}
     loads: dict[str, list[float]] = {}  # per role, each system's mean long-run load over its sites
-    rates, prompts = [], []
+    rates, prompts, ttfts, tpots = [], [], [], []
     for i in range(n):
         sc, rate = dist.draw(i)
         bases[sc.name.removesuffix(f"~{dist.name}")] += 1
         rates.append(rate)
         prompts.append(sc.spec.workload.prompt_tokens.mean)
+        ttfts += [c.ttft_s for c in sc.spec.workload.slo_classes]
+        tpots += [c.tpot_s for c in sc.spec.workload.slo_classes]
         for site in sc.sites:
             gpus.setdefault(site.role, Counter())[site.gpu.name] += 1
         for role in {s.role for s in sc.sites}:
@@ -108,6 +110,7 @@ def cmd_check_dist(args: argparse.Namespace) -> int:
     print(f"  fingerprint: {dist.fingerprint()} (recorded with selector labels drawn from it)")
     print("  bases:  " + ", ".join(f"{b} {c / n:.0%}" for b, c in bases.most_common()))
     print(f"  rate:   {min(rates):.1f}-{max(rates):.1f} req/s; mean prompt {min(prompts):.0f}-{max(prompts):.0f} tokens")
+    print(f"  SLOs:   TTFT {min(ttfts):.2f}-{max(ttfts):.2f} s, TPOT {1e3 * min(tpots):.0f}-{1e3 * max(tpots):.0f} ms")
     for role, counts in gpus.items():
         print(f"  {role + ' GPUs:':<14}" + ", ".join(f"{g} {c}" for g, c in counts.most_common()))
     for role, means in loads.items():

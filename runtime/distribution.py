@@ -14,6 +14,7 @@ A distribution is a YAML file naming base scenarios and ranges to draw their kno
     alpha_shift: {low: -0.1, high: 0.08}   # drafter acceptance
     drift_prob: 0.3                        # acceptance drifts within a request
     slo_scale: {low: 0.8, high: 1.3}       # TTFT and TPOT deadlines
+    tpot_scale: {low: 0.6, high: 1.2}      # TPOT deadlines again, drawn apart (ttft_scale: TTFT's)
     prompt_scale: {low: 0.5, high: 3.0}    # mean prompt length (its clip range stretches with it)
     output_scale: {low: 0.5, high: 1.5}    # mean output length
     gpus: {target: [H100, A100], remote: [A10G, L4, A100]}   # GPU types drawn per site role
@@ -89,6 +90,10 @@ class DistributionSpec(_Strict):
     alpha_shift: Range = Field(default_factory=lambda: Range(low=0.0, high=0.0))
     drift_prob: float = Field(0.0, ge=0, le=1)
     slo_scale: Range = Field(default_factory=_one)
+    #: each a second factor on one deadline of every SLO class, drawn independently of the other
+    #: (a code-completion service with a tight per-token pace but a lax first token, or the reverse)
+    ttft_scale: Range = Field(default_factory=_one)
+    tpot_scale: Range = Field(default_factory=_one)
     prompt_scale: Range = Field(default_factory=_one)
     output_scale: Range = Field(default_factory=_one)
     #: scale each drawn rate by the drawn system's nominal capacity against its base's
@@ -99,8 +104,8 @@ class DistributionSpec(_Strict):
 
     @model_validator(mode="after")
     def _positive(self) -> "DistributionSpec":
-        for name in ("rate_scale", "rtt_scale", "slo_scale", "prompt_scale", "output_scale", "burst_factor", "mean_burst_s",
-                     "mean_calm_s"):
+        for name in ("rate_scale", "rtt_scale", "slo_scale", "ttft_scale", "tpot_scale", "prompt_scale", "output_scale",
+                     "burst_factor", "mean_burst_s", "mean_calm_s"):
             if getattr(self, name).low <= 0:
                 raise ValueError(f"{name}.low must be > 0")
         if self.load_scale.low < 0:
@@ -109,6 +114,10 @@ class DistributionSpec(_Strict):
             if r.low < 0 or r.high > 0.9:
                 raise ValueError(f"tier_load.{role} must lie within [0, 0.9] (a utilisation), got [{r.low}, {r.high}]")
         return self
+
+
+#: Fields added after data was recorded on distributions: left out of the fingerprint where they draw nothing.
+_LATER_FIELDS = ("ttft_scale", "tpot_scale")
 
 
 class ScenarioDistribution:
@@ -136,7 +145,9 @@ class ScenarioDistribution:
     def fingerprint(self) -> str:
         """``name@digest`` of what the distribution draws (its spec and its base scenarios'
         contents): data recorded on its systems names it, so data from an edited mix is refused."""
-        blob = json.dumps({"spec": self.spec.model_dump(mode="json"), "bases": self.raws}, sort_keys=True, default=str)
+        unit = {name for name in _LATER_FIELDS if getattr(self.spec, name) == _one()}  # (they draw nothing: files keep their digest)
+        spec = self.spec.model_dump(mode="json", exclude=unit)
+        blob = json.dumps({"spec": spec, "bases": self.raws}, sort_keys=True, default=str)
         return f"{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
     @classmethod
@@ -220,6 +231,13 @@ class ScenarioDistribution:
             for site, load in steady:
                 if site.get("role", "remote") == role:
                     site["load"] = _load_with_mean(load, level)
+        # each deadline on its own (last too, and only where a range is set)
+        for key, scale in (("ttft_s", s.ttft_scale), ("tpot_s", s.tpot_scale)):
+            if scale.low == scale.high == 1.0:
+                continue
+            k = scale.draw(rng)
+            for c in work["slo_classes"]:
+                c[key] *= k
         try:
             drawn = build_scenario(raw, source=f"{base.source} ~ {self.source}")
             if s.rate_per_capacity:

@@ -89,6 +89,9 @@ def test_check_dist_validates_a_distribution_by_drawing_from_it(tmp_path):
     p = run("check-dist", str(busy), "--samples", "3")
     assert "bases:  wan-4region 100%" in p.stdout
     assert "remote load:  mean background load 0.60-0.60 (median 0.60)" in p.stdout, p.stdout
+    assert "SLOs:   TTFT 1.50-5.00 s, TPOT 50-150 ms" in p.stdout  # wan-4region's two classes
+    busy.write_text("name: busy\nscenarios: [{scenario: wan-4region}]\ntpot_scale: {low: 0.8, high: 0.8}\n")
+    assert "SLOs:   TTFT 1.50-5.00 s, TPOT 40-120 ms" in run("check-dist", str(busy), "--samples", "3").stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nscenarios: [{scenario: wan-4region}]\nprompt_scale: {low: 0, high: 2}\n")
     p = run("check-dist", str(bad))

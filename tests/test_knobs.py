@@ -232,6 +232,29 @@ def test_tier_load_sets_a_whole_roles_mean_load_and_leaves_the_other_draws(tmp_p
         ScenarioDistribution.load(bad)
 
 
+def test_ttft_and_tpot_scales_draw_each_deadline_apart_and_leave_the_other_draws(tmp_path):
+    """A code-completion service has a tight per-token pace and a lax first token: tpot_scale and
+    ttft_scale draw each deadline on its own, after every other draw, so the system is otherwise
+    the one the file draws without them, and so is its fingerprint (labels recorded on it stay valid)."""
+    head = "name: x\nscenarios: [{scenario: wan-4region}]\nslo_scale: {low: 0.8, high: 1.3}\nload_flip_prob: 0.3\n"
+
+    def load(extra: str) -> ScenarioDistribution:
+        f = tmp_path / "d.yaml"
+        f.write_text(head + extra)
+        return ScenarioDistribution.load(f)
+
+    plain, unit = load(""), load("ttft_scale: {low: 1, high: 1}\n")
+    assert plain.fingerprint() == unit.fingerprint() != load("tpot_scale: {low: 0.5, high: 0.5}\n").fingerprint()
+    tight = load("tpot_scale: {low: 0.5, high: 0.5}\nttft_scale: {low: 2, high: 2}\n")
+    for seed in range(4):
+        (a, rate), (b, tight_rate) = plain.draw(seed), tight.draw(seed)
+        assert tight_rate == rate and b.sites == a.sites
+        for ca, cb in zip(a.spec.workload.slo_classes, b.spec.workload.slo_classes, strict=True):
+            assert cb.tpot_s == pytest.approx(0.5 * ca.tpot_s) and cb.ttft_s == pytest.approx(2 * ca.ttft_s)
+    with pytest.raises(DistributionError, match="tpot_scale.low must be > 0"):
+        load("tpot_scale: {low: 0, high: 1}\n")
+
+
 def _features(scenario, rate, steps=8):
     env = SpecKnobsEnv(scenario, rate=rate, duration=20.0)
     obs, _ = env.reset(options={"sim_seed": 2})
