@@ -113,6 +113,36 @@ def test_cli_fits_a_model_that_deploys_and_refits_from_saved_data(tmp_path, caps
     assert "recorded with a 5-s probe, not 10; drop --probe-s" in capsys.readouterr().err
 
 
+def test_check_sets_the_models_predictions_beside_what_each_setting_reached_on_the_test_seeds(tmp_path, capsys):
+    """Where a system lies outside what the model was fitted on, its predicted shares and the
+    shares the settings reach part: `--check` shows both, per setting, on a scenario's test seeds."""
+    model = _model([0.2, 0.3, 0.95])  # predicts the third setting best, whatever the probe saw
+    data = fit.SelectorData(goodput=np.array([[4.0, 2.0, 1.0], [3.0, 3.0, 2.0]]), features=np.zeros((2, len(SELECTOR_FEATURES))),
+                            seeds=[0, 1], probe_s=4.0)
+    rows = fit.check(model, data, ["a", "b", "c"]).splitlines()
+    assert rows[1].split() == ["a", "0.200", "1.000", "0", "2"]  # best on both seeds (a tie goes to the first), never chosen
+    assert rows[2].split() == ["b", "0.300", "0.750", "0", "0"]
+    assert rows[3].split() == ["c", "0.950", "0.458", "2", "0"]  # chosen everywhere, reaching 1/4 and 2/3 of the best
+    assert "the model's choices reached 0.458 of each seed's best: 0.429x" in rows[4]
+    assert rows[4].endswith("the best fixed setting here, a, 1.000")
+    model.save(tmp_path / "m.json")
+    assert fit.main(["--check", str(tmp_path / "m.json"), "--scenario", "wan-4region", "--rate", "20", "--seeds", "2",
+                     "--duration", "6", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 settings x 2 test seeds of wan-4region, 6 s each" in printed
+    table = printed.splitlines()[-5:]
+    assert [r.split()[1] for r in table[1:4]] == ["0.200", "0.300", "0.950"] and "reached" in table[-1]
+    for args, match in [(["--check", str(tmp_path / "m.json"), "--out", "x.json"], "--check fits nothing"),
+                        (["--check", str(tmp_path / "m.json"), "--scenario", "wan-4region", "--duration", "3"],
+                         "--duration must exceed the model's 4-s probe"),
+                        (["--scenario", "wan-4region"], "--scenario and --rate go with --check"),
+                        (["--check", str(tmp_path / "nope.json")], "nope.json")]:
+        with pytest.raises(SystemExit) as e:
+            fit.main(args)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and match in err and len(err.splitlines()) == 1, err
+
+
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", goodput=np.ones((3, 2)), features=np.ones((3, 4)), seeds=np.arange(3), labels=np.array(fit.LABELS))
     np.savez(tmp_path / "old.npz", goodput=np.ones((3, 6)), features=np.ones((3, 4)), seeds=np.arange(3))

@@ -2,6 +2,7 @@
 
     python -m training.selector --distribution training/configs/scenario-mix.yaml --systems 240 --out selector.json
     python -m runtime simulate --controller selector:model=selector.json --scenario training/scenarios/apac-hybrid.yaml --rate 18
+    python -m training.selector --check training/models/selector-mix.json --scenario training/scenarios/us-code-edge.yaml --rate 12 --seeds 8
 
 1. **Data.** On ``--systems`` training systems drawn from the distribution (training seeds
    only), the selector runs once per setting of the portfolio (the lookahead's six, or
@@ -26,6 +27,12 @@
 ``--data FILE.npz`` saves the data (with the probe length its labels were made with);
 ``--from-data FILE.npz`` refits from saved data without simulating. The held-out scenario
 files and the test seeds are never drawn.
+
+``--check MODEL`` fits nothing: on the test seeds of a scenario (or of a distribution's systems)
+it runs the selector holding each of the model's settings after the probe, as the labels are
+made, and prints beside each setting the share of the best the model predicted from the probe
+and the share it reached: where a system lies outside what the model was fitted on, the two
+part, and the model's choice with them (:func:`check`).
 """
 
 from __future__ import annotations
@@ -201,6 +208,28 @@ def fit(data: SelectorData, settings: list[dict[str, Any]], modes: Sequence[str]
                        [float(np.mean(picks == i)) for i in range(len(settings))])
 
 
+def check(model: Any, data: SelectorData, names: Sequence[str]) -> str:
+    """The model's predicted shares beside the shares ``data``'s runs reached (the same settings,
+    test seeds), and what its choice and each seed's best setting reached."""
+    from training.compare import ratio_ci
+
+    top = data.goodput.max(axis=1, keepdims=True)
+    real = np.where(top > 0, data.goodput / np.maximum(top, 1e-12), 1.0)
+    pred = np.array([model.predict(x) for x in data.features])
+    picks = np.array([model.choose(x) for x in data.features])
+    rows = np.arange(len(picks))
+    best = real.argmax(axis=1)
+    width = max(len(n) for n in names)
+    lines = [f"{'setting':<{width}}  predicted  reached  chosen  best", *(
+        f"{n:<{width}}  {pred[:, i].mean():9.3f}  {real[:, i].mean():7.3f}  {np.sum(picks == i):6d}  {np.sum(best == i):4d}"
+        for i, n in enumerate(names))]
+    r, lo, hi = ratio_ci(data.goodput[rows, picks], data.goodput[:, 0])
+    top_fixed = int(real.mean(axis=0).argmax())
+    lines += [f"the model's choices reached {real[rows, picks].mean():.3f} of each seed's best: {r:.3f}x [{lo:.3f}, {hi:.3f}] "
+              f"always {names[0]}; the best fixed setting here, {names[top_fixed]}, {real[:, top_fixed].mean():.3f}"]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from controllers.knobs import DEFAULT_MODES
     from controllers.lookahead import PORTFOLIO, load_portfolio
@@ -222,7 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", help="save the data here (.npz)")
     p.add_argument("--from-data", help="fit on data saved with --data instead of simulating")
     p.add_argument("--out", help="write the fitted model here (JSON, for selector:model=FILE)")
+    p.add_argument("--check", metavar="MODEL", help="fit nothing: compare a fitted model's predicted shares with what each "
+                   "setting reaches on the test seeds of --scenario (or of --distribution's systems)")
+    p.add_argument("--scenario", help="with --check: a shipped scenario name or YAML path")
+    p.add_argument("--rate", type=float, help="with --check --scenario: mean arrival rate (req/s; default: the scenario's)")
+    p.add_argument("--seeds", type=int, default=8, help="with --check: test seeds (1e9, 1e9+1, ...)")
     a = p.parse_args(argv)
+    if a.check:
+        return _check_main(p, a)
+    if a.scenario or a.rate is not None:
+        p.error("--scenario and --rate go with --check; a fit draws its systems from --distribution")
     for flag, value in (("--systems", a.systems), ("--duration", a.duration), ("--workers", a.workers)):
         if value <= 0:
             p.error(f"{flag} must be > 0")
@@ -266,6 +304,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.out:
         result.model.save(a.out)
         print(f"wrote {a.out} (selector:model={a.out})")
+    return 0
+
+
+def _check_main(p: Any, a: Any) -> int:
+    """``--check MODEL``: label the test seeds as :func:`record` labels training systems, then :func:`check`."""
+    from controllers.selector import load_selector
+    from policy_env.env import TRAIN_SEED_MAX
+    from policy_env.knobs_env import SpecKnobsEnv
+    from training.common import ConfigError
+    from training.mix_tune import spec_of
+
+    clash = [f for f, v in (("--from-data", a.from_data), ("--data", a.data), ("--out", a.out), ("--portfolio", a.portfolio),
+                            ("--probe-s", a.probe_s)) if v]
+    if clash:
+        p.error(f"--check fits nothing and takes the settings and probe from the model; drop {', '.join(clash)}")
+    if a.seeds < 2 or a.workers <= 0 or a.duration <= 0:
+        p.error("--seeds must be >= 2, --workers and --duration > 0")
+    if a.rate is not None and (a.rate <= 0 or not a.scenario):
+        p.error("--rate must be > 0 and goes with --scenario")
+    try:
+        model = load_selector(a.check)
+        env_kwargs = ({"scenario": a.scenario, "rate": a.rate} if a.scenario else {"distribution": a.distribution}) \
+            | {"duration": a.duration}
+        SpecKnobsEnv(**env_kwargs)  # a bad scenario or distribution fails here, in one line
+    except (ConfigError, ValueError, OSError, KeyError) as e:
+        p.error(str(e))
+    if a.duration <= model.probe_s:
+        p.error(f"--duration must exceed the model's {model.probe_s:g}-s probe")
+    where = a.scenario or a.distribution
+    print(f"{len(model.settings)} settings x {a.seeds} test seeds of {where}, {a.duration:g} s each", flush=True)
+    data = record(env_kwargs, [TRAIN_SEED_MAX + i for i in range(a.seeds)], a.duration, model.settings, model.modes,
+                  model.probe_s, a.workers)
+    print(check(model, data, [spec_of(s, model.modes) for s in model.settings]))
     return 0
 
 
