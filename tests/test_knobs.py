@@ -165,6 +165,12 @@ def test_distribution_samples_valid_reproducible_systems():
     assert names == {"wan-4region", "edge-fleet", "mix-wan-edge-hybrid"}
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "training" / "configs").glob("scenario-mix*.yaml")))
+def test_every_shipped_distribution_draws_valid_systems(name):
+    d = ScenarioDistribution.load(REPO / "training" / "configs" / name)
+    assert d.name == name.removesuffix(".yaml") and all(d.draw(seed)[1] > 0 for seed in range(3))
+
+
 def test_distribution_errors_name_the_field(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nscenarios: [{scenario: wan-4region}]\nrate_scale: {low: 2, high: 1}\n")
