@@ -61,6 +61,11 @@ class Range(_Strict):
     def draw(self, rng: random.Random) -> float:
         return rng.uniform(self.low, self.high)
 
+    @property
+    def is_unit(self) -> bool:
+        """Always 1: a scale that changes nothing, and whose draw is skipped."""
+        return self.low == self.high == 1.0
+
 
 class BaseEntry(_Strict):
     scenario: str
@@ -145,7 +150,7 @@ class ScenarioDistribution:
     def fingerprint(self) -> str:
         """``name@digest`` of what the distribution draws (its spec and its base scenarios'
         contents): data recorded on its systems names it, so data from an edited mix is refused."""
-        unit = {name for name in _LATER_FIELDS if getattr(self.spec, name) == _one()}  # (they draw nothing: files keep their digest)
+        unit = {name for name in _LATER_FIELDS if getattr(self.spec, name).is_unit}  # (they draw nothing: files keep their digest)
         spec = self.spec.model_dump(mode="json", exclude=unit)
         blob = json.dumps({"spec": spec, "bases": self.raws}, sort_keys=True, default=str)
         return f"{self.name}@{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
@@ -219,7 +224,7 @@ class ScenarioDistribution:
         # lengths (drawn last, so a file without these ranges draws the systems it drew before):
         # the lognormal's mean scales, and its clip range with it, up to 8,192 tokens
         for key, scale in (("prompt_tokens", s.prompt_scale), ("output_tokens", s.output_scale)):
-            if scale.low == scale.high == 1.0:
+            if scale.is_unit:
                 continue
             k = scale.draw(rng)
             dist = getattr(base.spec.workload, key)
@@ -233,7 +238,7 @@ class ScenarioDistribution:
                     site["load"] = _load_with_mean(load, level)
         # each deadline on its own (last too, and only where a range is set)
         for key, scale in (("ttft_s", s.ttft_scale), ("tpot_s", s.tpot_scale)):
-            if scale.low == scale.high == 1.0:
+            if scale.is_unit:
                 continue
             k = scale.draw(rng)
             for c in work["slo_classes"]:

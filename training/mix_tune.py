@@ -130,6 +130,13 @@ def candidates(n_modes: int, tune: dict[str, Any], first: dict[str, Any] | None 
     return grid
 
 
+def shares_of_best(goodput: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Each run's goodput as a share of the best on its system (``axis``: the settings); 1 where
+    nothing met its SLOs anywhere there (no preference)."""
+    top = goodput.max(axis=axis, keepdims=True)
+    return np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
+
+
 def spec_of(knobs: dict[str, Any], modes: Sequence[str]) -> str:
     """A setting as the fixed-knob controller spec that runs it alone."""
     from controllers.knobs import fixed_controller
@@ -178,8 +185,7 @@ def tune_fixed_knobs(env_kwargs: dict[str, Any], tune: dict[str, Any], first: di
         jobs = [(env_kwargs, s, float(tune["duration"]), alive[i]) for i in live for s in batch]
         got = np.array(pool_map(setting_goodput, jobs, workers, desc=f"warm start: tune round {r + 1}/{len(tune['systems'])} "
                                 f"({len(live)} settings x {n} systems)")).reshape(len(live), n)
-        best = got.max(axis=0, keepdims=True)
-        share = np.where(best > 0, got / np.maximum(best, 1e-12), 1.0)  # nothing on track anywhere: no preference
+        share = shares_of_best(got, axis=0)
         for row, i in enumerate(live):
             scores[i] += share[row].tolist()
         if r == 0:

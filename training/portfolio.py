@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from policy_env.knobs_env import SpecKnobsEnv
     from runtime.flags import OneLineParser
     from training.compare import pool_map
-    from training.mix_tune import setting_goodput, spec_of, tuning_seeds
+    from training.mix_tune import setting_goodput, shares_of_best, spec_of, tuning_seeds
 
     p = OneLineParser(prog="python -m training.portfolio", description=__doc__.split("\n")[0])
     p.add_argument("--distribution", default="training/configs/scenario-mix.yaml", help="scenario distribution YAML")
@@ -126,8 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(grid)} settings x {len(seeds)} training systems of {a.distribution}, {a.duration:g} s each", flush=True)
     jobs = [(env_kwargs, s, a.duration, g) for g in grid for s in seeds]
     got = np.array(pool_map(setting_goodput, jobs, a.workers, desc="portfolio runs")).reshape(len(grid), len(seeds)).T
-    top = got.max(axis=1, keepdims=True)
-    shares = np.where(top > 0, got / np.maximum(top, 1e-12), 1.0)
+    shares = shares_of_best(got)
     chosen, coverage = greedy_portfolio(shares, a.size)
     shipped = shares[:, :len(PORTFOLIO)].max(axis=1).mean()
     print(f"the shipped portfolio ({len(PORTFOLIO)} settings) covers {shipped:.3f} of each system's best (mean)")

@@ -185,15 +185,14 @@ def fit(data: SelectorData, settings: list[dict[str, Any]], modes: Sequence[str]
     then fit the forest on every system (see the module docstring)."""
     from controllers.selector import SelectorModel
     from training.compare import ratio_ci
-    from training.mix_tune import spec_of
+    from training.mix_tune import shares_of_best, spec_of
 
     goodput, x = data.goodput, data.features
     if goodput.shape[1] != len(settings):
         raise ValueError(f"the data has {goodput.shape[1]} settings, the portfolio {len(settings)}")
     if len(x) < folds:
         raise ValueError(f"{len(x)} labelled systems cannot be split into {folds} folds; label more systems")
-    top = goodput.max(axis=1, keepdims=True)
-    shares = np.where(top > 0, goodput / np.maximum(top, 1e-12), 1.0)
+    shares = shares_of_best(goodput)
     rows = np.arange(len(x))
     scores = {}
     for leaf in LEAVES:
@@ -212,9 +211,9 @@ def check(model: Any, data: SelectorData, names: Sequence[str]) -> str:
     """The model's predicted shares beside the shares ``data``'s runs reached (the same settings,
     test seeds), and what its choice and each seed's best setting reached."""
     from training.compare import ratio_ci
+    from training.mix_tune import shares_of_best
 
-    top = data.goodput.max(axis=1, keepdims=True)
-    real = np.where(top > 0, data.goodput / np.maximum(top, 1e-12), 1.0)
+    real = shares_of_best(data.goodput)
     pred = np.array([model.predict(x) for x in data.features])
     picks = np.array([model.choose(x) for x in data.features])
     rows = np.arange(len(picks))
