@@ -2,9 +2,9 @@
 
 ``mlflow.pyfunc.load_model("models:/<name>@<alias>").predict(observations)`` returns the
 deterministic actions of the policy for a batch of encoded observations (rows of
-``Codec.obs_size`` floats). Action masks, when the policy uses them, go in a second input
-column block: pass a dict ``{"obs": obs, "mask": mask}``. For serving in the runtime use
-``--controller policy:models:/<name>@<alias>`` instead, which runs the whole decode path.
+``Codec.obs_size`` floats, the logged signature), without action masks: the signature has no
+place for them, and MLflow refuses inputs outside it. For serving use ``--controller
+policy:models:/<name>@<alias>``, which runs the whole decode path, masks included.
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
         self.spec, self.net = load_policy_dir(Path(context.artifacts["policy"]))
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        if isinstance(model_input, dict):
-            obs, mask = np.asarray(model_input["obs"], dtype=np.float32), model_input.get("mask")
-        else:
-            obs, mask = np.asarray(model_input, dtype=np.float32), None
-        obs = np.atleast_2d(obs)
-        masks = [None] * len(obs) if mask is None else np.atleast_2d(np.asarray(mask, dtype=bool))
-        return np.stack([self.net(o, m) for o, m in zip(obs, masks)])
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        # (an ndarray hint is one MLflow infers no schema from: the logged signature stays the one
+        # schema, and MLflow does not warn that the hints are missing)
+        obs = np.atleast_2d(np.asarray(model_input, dtype=np.float32))
+        return np.stack([self.net(o, None) for o in obs])
 
 
 mlflow.models.set_model(PolicyModel())

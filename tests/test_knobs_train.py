@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -234,6 +235,14 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
         make(f"selector:model=runs:/{'0' * 32}/selector/selector.json")
     assert run.data.tags["specctl.warm_start"] == tuned.group(1) and run.data.metrics["warm/tuned_systems"] == 2
     assert tuned.group(1) in Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="warm-start-tuning.md")).read_text()
+    # the policy as the run logged it, a pyfunc model: the checkpoint's deterministic actions, and
+    # no warning from MLflow on the way (it warned about predict's type hints at every log and load)
+    from controllers.policy import load_policy_dir
+
+    assert "Add type hints" not in out.stderr
+    spec, net = load_policy_dir(tmp_path / "ck" / "best")
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(3, spec["net"]["obs_size"])).astype(np.float32)
+    assert np.array_equal(mlflow.pyfunc.load_model(f"runs:/{run_id}/policy").predict(obs), np.stack([net(o, None) for o in obs]))
     # the run's comparison, with its training seed, beside its checkpoints: what across_seeds reads
     from training.across_seeds import load_run, report
 
