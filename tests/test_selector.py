@@ -215,7 +215,14 @@ def test_judging_on_a_distribution_runs_each_seed_on_the_system_the_knob_env_dra
     assert judge.main(["--distribution", mix, "--systems", "2", "--duration", "4", "--baseline", "wanspec",
                        "--controller", "centralized", "--workers", "1"]) == 0
     assert f"2 systems of {mix} (test seeds), 4 s each" in capsys.readouterr().out
-    for args, match in [(["--rate", "3"], "--rate applies to --scenario"), (["--scenario", "wan-4region"], "not allowed with")]:
+    # --first-seed: a set of test seeds disjoint from the first ones (here 1e9+1 and 1e9+2)
+    assert judge.main(["--distribution", mix, "--systems", "2", "--first-seed", "1", "--duration", "4", "--baseline", "wanspec",
+                       "--controller", "centralized", "--workers", "1"]) == 0
+    judged = np.mean([run_controller(ScenarioDistribution.load(mix), "centralized", seed + i, 4.0, None)["goodput_rps"] for i in (0, 1)])
+    out = capsys.readouterr().out
+    assert f"2 systems of {mix} (test seeds from 1e9+1), 4 s each" in out and f"  centralized: {judged:.3f} req/s" in out
+    for args, match in [(["--rate", "3"], "--rate applies to --scenario"), (["--scenario", "wan-4region"], "not allowed with"),
+                        (["--first-seed", "-1"], "--first-seed must be >= 0: seeds below 1e9 are training seeds")]:
         with pytest.raises(SystemExit) as e:
             judge.main(["--distribution", mix, "--baseline", "wanspec", "--controller", "wanspec", *args])
         assert e.value.code == 2 and match in capsys.readouterr().err

@@ -44,8 +44,15 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
                         f"these seeds (picked on the test seeds, which favours the baseline); `{HEURISTICS_WORD}`: every "
                         "published heuristic at its defaults")
     p.add_argument("--seeds", "--systems", type=whole("number of seeds"), default=6, help="test seeds (1e9, 1e9+1, ...; the final comparison's), one system each with --distribution")
+    p.add_argument("--first-seed", type=int, default=0, metavar="N",
+                   help="start at test seed 1e9+N (default 0): a set disjoint from seeds an earlier judgement looked at")
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per run")
     p.add_argument("--workers", type=whole("number of processes"), default=2, help="processes")
+
+
+def test_seeds(a: argparse.Namespace) -> list[int]:
+    """The judged seeds: ``--seeds`` test seeds from 1e9 + ``--first-seed``."""
+    return [TRAIN_SEED_MAX + a.first_seed + i for i in range(a.seeds)]
 
 
 def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: Sequence[tuple[str, str]] = ()) -> Any:
@@ -57,6 +64,8 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
 
     if a.seeds < 2:
         p.error("--seeds must be >= 2 (a confidence interval needs two)")
+    if a.first_seed < 0:
+        p.error("--first-seed must be >= 0: seeds below 1e9 are training seeds")
     if a.distribution and a.rate is not None:
         p.error("--rate applies to --scenario; a distribution draws each system's rate")
     try:
@@ -71,7 +80,7 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
             make_controller(spec)
         except (ControllerError, ValueError) as e:
             p.error(f"{flag} {spec!r}: {e}")
-    a.baselines = runnable(scenario, list(dict.fromkeys(wanted)), [TRAIN_SEED_MAX + i for i in range(a.seeds)])
+    a.baselines = runnable(scenario, list(dict.fromkeys(wanted)), test_seeds(a))
     if not a.baselines:
         p.error(f"no --baseline runs on {a.scenario or a.distribution}; pass one that does")
     return scenario
@@ -122,7 +131,7 @@ def judge(a: argparse.Namespace, scenario: Any, name: str, make: Any) -> None:
     from training.mix_tune import spec_of
 
     default = spec_of(PORTFOLIO[0], DEFAULT_MODES)
-    seeds = [TRAIN_SEED_MAX + i for i in range(a.seeds)]
+    seeds = test_seeds(a)
     cmp, baseline = with_baselines(a, scenario, {"default": default, "judged": make}, seeds)
     base, fixed, judged = cmp.values("baseline"), cmp.values("default"), cmp.values("judged")
 
@@ -130,10 +139,11 @@ def judge(a: argparse.Namespace, scenario: Any, name: str, make: Any) -> None:
         r, lo, hi = ratio_ci(x, y)
         return f"{r:.3f}x [{lo:.3f}, {hi:.3f}]"
 
+    from_ = f" from 1e9+{a.first_seed}" if a.first_seed else ""
     if a.distribution:
-        print(f"{len(seeds)} systems of {a.distribution} (test seeds), {a.duration:g} s each:")
+        print(f"{len(seeds)} systems of {a.distribution} (test seeds{from_}), {a.duration:g} s each:")
     else:
-        print(f"{a.scenario} at {a.rate or 'its'} req/s, {len(seeds)} test seeds x {a.duration:g} s:")
+        print(f"{a.scenario} at {a.rate or 'its'} req/s, {len(seeds)} test seeds{from_} x {a.duration:g} s:")
     print(f"  {baseline}")
     print(f"  default setting {default}: {fixed.mean():.3f} req/s, {show(fixed, base)} the baseline")
     print(f"  {name}: {judged.mean():.3f} req/s, {show(judged, base)} the baseline, {show(judged, fixed)} the default setting")
