@@ -55,7 +55,7 @@ from runtime.scenario import Scenario, build_scenario
 
 from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, fixed_controller, setting_key
 from controllers.lookahead import PORTFOLIO, load_portfolio
-from controllers.selector import PROBE_S, WARMUP_S, Selector
+from controllers.selector import PROBE_S, WARMUP_S, Selector, SelectorModel, load_selector
 
 #: Where the forward-time tables are sampled: new tokens per forward, and context tokens.
 NEW_TOKENS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
@@ -73,6 +73,9 @@ REPLAN, REPLAN_GAP_S, REPLAN_MARGIN = 3, 10.0, 0.02
 #: A plan leaves the probe's setting only for a setting that meets this share more SLOs in the twin
 #: (``probe_margin``; 0: off. 0.02 lost on unseen mix systems and was not adopted, docs/twin.md).
 PROBE_MARGIN = 0.0
+#: With a learned selector (``selector=FILE``), the first plan holds the twin's best over the
+#: selector's choice only if it meets this share more SLOs in the twin: the replans' margin, not tuned.
+SELECTOR_MARGIN = REPLAN_MARGIN
 #: Load levels of one site that lie more than this apart are distinct regimes (replanning, ``replan=N``).
 LOAD_GAP = 0.15
 #: Stressed twin workloads (``stress=N``) draw what a probe cannot see from the training mix's own
@@ -278,7 +281,12 @@ class Twin(Selector):
     (default 0: every setting on every workload). ``stress``: that many more
     twin workloads per setting, each in a stressed twin (:func:`stressed_raw`: bursts, load flips
     and acceptance drift the probe could not see, drawn from the training mix's ranges), so a
-    setting that collapses under them scores low. ``background``: plan in a
+    setting that collapses under them scores low. ``selector``: a learned selector's model file
+    (``python -m training.selector --out FILE``, fitted on the twin's portfolio and probe): the
+    first plan holds the selector's choice unless the twin's best meets ``selector_margin`` more
+    SLOs than it in the twin. The selector knows systems like those it was fitted on, better than
+    the twin's assumptions do; the twin overrules it where its runs say the choice is clearly
+    worse, which is where a system lies outside what the selector saw. ``background``: plan in a
     separate process while the current setting keeps serving, and switch at the first decision
     after the plan is done; default: on runtimes that run in wall-clock time (the real one, whose
     serving would otherwise wait for the plan), not in the simulator (where the switch time would
@@ -291,13 +299,14 @@ class Twin(Selector):
                  refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
                  replan_margin: float = REPLAN_MARGIN, probe_margin: float = PROBE_MARGIN, stress: int = STRESS,
-                 race: int = 0, background: bool | None = None) -> None:
+                 race: int = 0, selector: str | Path | SelectorModel | None = None,
+                 selector_margin: float = SELECTOR_MARGIN, background: bool | None = None) -> None:
         if horizon_s <= 0 or seeds < 1 or min(refine, replan, stress, race) < 0:
             raise ValueError(f"horizon_s must be > 0, seeds >= 1, and refine, replan, stress and race >= 0, got "
                              f"{horizon_s}, {seeds}, {refine}, {replan}, {stress} and {race}")
-        if replan_gap_s < 0 or replan_margin < 0 or probe_margin < 0:
-            raise ValueError(f"replan_gap_s, replan_margin and probe_margin must be >= 0, got {replan_gap_s}, "
-                             f"{replan_margin} and {probe_margin}")
+        if replan_gap_s < 0 or replan_margin < 0 or probe_margin < 0 or selector_margin < 0:
+            raise ValueError(f"replan_gap_s, replan_margin, probe_margin and selector_margin must be >= 0, got "
+                             f"{replan_gap_s}, {replan_margin}, {probe_margin} and {selector_margin}")
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`
@@ -309,6 +318,10 @@ class Twin(Selector):
         self.probe_margin = float(probe_margin)
         self.stress, self.race = int(stress), int(race)
         self.portfolio = list(self.settings)
+        self.prior = load_selector(selector) if isinstance(selector, (str, Path)) else selector
+        if self.prior is not None:
+            self._check_prior(str(selector) if isinstance(selector, (str, Path)) else "the selector model")
+        self.selector_margin = float(selector_margin)
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
         self.seen = Measured()
@@ -327,10 +340,23 @@ class Twin(Selector):
         self.replanned_at: list[float] = []  # when it planned again (``replan``)
         self.kept_at: list[float] = []  # replans that kept the held setting by the margin (``replan_margin``)
         self.probe_kept_at: list[float] = []  # plans whose best was within ``probe_margin`` of the probe's setting
+        self.learned: int | None = None  # the selector's choice (``selector``), made when the probe ends
+        self.overruled = False  # whether the first plan held the twin's best instead of it
         self._planned_t = 0.0  # when the last plan started
         self._regime_pending = False  # a site entered a new regime; a replan is due after the gap
         self._background = self.background if self.background is not None else info.wall_clock
         self._future, self._plan_started = None, 0.0
+
+    def _check_prior(self, where: str) -> None:
+        """The selector must choose among this twin's settings from features of this twin's probe."""
+        m = self.prior
+        assert m is not None
+        if [setting_key(s) for s in m.settings] != [setting_key(s) for s in self.portfolio] or list(m.modes) != list(self.mode_specs):
+            raise ValueError(f"{where} chooses among other settings or modes than this twin's portfolio; fit the selector "
+                             "on the twin's portfolio (`python -m training.selector --portfolio FILE`) or pass that portfolio")
+        if (m.probe_s, m.warmup_s) != (self.probe_s, self.warmup_s):
+            raise ValueError(f"{where} was fitted on a {m.probe_s:g}-s probe averaged from {m.warmup_s:g} s, the twin probes "
+                             f"{self.probe_s:g} s from {self.warmup_s:g} s; set probe_s and warmup_s to the model's")
 
     def live_score(self) -> float:
         """The current window's admitted share x share of rounds started on their SLO pace."""
@@ -421,6 +447,8 @@ class Twin(Selector):
         stressed = tuple(build_scenario(stressed_raw(raw, random.Random(j)), source=f"<stressed {source}>")
                          for j in range(self.stress))
         held = self.chosen if self.chosen is not None and self.chosen < len(self.portfolio) else None
+        if held is None and self.prior is not None:  # the first plan: a race keeps the selector's choice
+            held = self.learned = self.prior.choose(self.probe_features())
         return (scenario, *measured_latency(point.system, info), self.portfolio, self.mode_specs, self.horizon_s,
                 self.seeds, self.refine, stressed, self.race, held)
 
@@ -445,6 +473,11 @@ class Twin(Selector):
             self.settings.append(best)  # a refined setting
         chosen, held = [setting_key(s) for s in self.settings].index(setting_key(best)), self.chosen
         values = self.values
+        learned = self.learned if self.prior is not None and not self.replanned_at else None
+        if learned is not None and chosen != learned and chosen < len(values) \
+                and not values[chosen] > values[learned] * (1 + self.selector_margin):
+            chosen = learned  # the twin's best is not clearly better than the selector's choice
+        self.overruled = self.overruled or (learned is not None and chosen != learned)
         if self.replanned_at and held is not None and held != chosen and max(chosen, held) < len(values) \
                 and values[chosen] < values[held] * (1 + self.replan_margin):
             self.kept_at.append(self.replanned_at[-1])

@@ -4,6 +4,7 @@ that, and the setting it holds."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,9 +177,9 @@ def test_bad_parameters_are_refused_naming_the_fix():
     for bad in ("replan", "stress", "race"):
         with pytest.raises(ControllerError, match="replan, stress and race >= 0"):
             make_controller(f"twin:{bad}=-1")
-    with pytest.raises(ControllerError, match="replan_gap_s, replan_margin and probe_margin must be >= 0"):
+    with pytest.raises(ControllerError, match="replan_gap_s, replan_margin, probe_margin and selector_margin must be >= 0"):
         make_controller("twin:replan=3,replan_margin=-0.1")
-    with pytest.raises(ControllerError, match="probe_margin must be >= 0"):
+    with pytest.raises(ControllerError, match="probe_margin and selector_margin must be >= 0, got .* -0.02 and"):
         make_controller("twin:probe_margin=-0.02")
 
 
@@ -365,3 +366,46 @@ def test_the_twin_plans_over_a_portfolio_file_with_its_own_modes(tmp_path):
     assert twin.values is not None and len(twin.values) == 2 and twin.chosen in (0, 1)
     with pytest.raises(ControllerError, match="not found.*training.portfolio"):
         make_controller(f"twin:portfolio={tmp_path / 'missing.yaml'}")
+
+
+SELECTOR_MODEL = str(Path(__file__).resolve().parents[1] / "training" / "models" / "selector-mix.json")
+
+
+def test_with_a_selector_the_first_plan_holds_its_choice_unless_the_twin_clearly_beats_it():
+    plan = lambda values: (np.array(values, dtype=float), dict(PORTFOLIO[int(np.argmax(values))]))  # noqa: E731
+    spec = f"twin:selector={SELECTOR_MODEL}"
+    twin = _adopting(spec, None, False)
+    twin.learned = 2  # what plan_args records when the probe ends
+    assert twin._adopt(plan([400.0, 100.0, 500.0, 505.0, 100.0, 100.0])) == 2 and not twin.overruled  # 1% better: the choice
+    twin = _adopting(spec, None, False)
+    twin.learned = 2
+    assert twin._adopt(plan([400.0, 100.0, 500.0, 560.0, 100.0, 100.0])) == 3 and twin.overruled  # 12% better: the twin's
+    twin = _adopting(spec + ",selector_margin=0.2", None, False)
+    twin.learned = 2
+    assert twin._adopt(plan([400.0, 100.0, 500.0, 560.0, 100.0, 100.0])) == 2
+    # replans are the twin's own: the selector chose once, after the probe
+    twin = _adopting(spec, 2, True)
+    twin.learned = 2
+    assert twin._adopt(plan([400.0, 100.0, 300.0, 500.0, 100.0, 100.0])) == 3
+
+
+def test_with_a_selector_it_runs_the_selectors_choice_and_a_race_always_scores_it():
+    scenario = load_scenario(str(Path(SELECTOR_MODEL).parents[1] / "scenarios" / "us-code-edge.yaml"))
+    ctl = make_controller(f"twin:selector={SELECTOR_MODEL},replan=0,stress=0,horizon_s=4,seeds=1,race=1")
+    Simulator(scenario, 0, 11.0, rate=12.0).run(ctl)
+    assert ctl.learned == ctl.prior.choose(ctl.probe_features())
+    assert not np.isnan(ctl.values[ctl.learned]) and np.isnan(ctl.values).sum() == len(PORTFOLIO) - 1 - (ctl.learned != np.nanargmax(ctl.values))
+    best = int(np.nanargmax(ctl.values))
+    expect = best if ctl.values[best] > ctl.values[ctl.learned] * 1.02 else ctl.learned
+    assert ctl.chosen == expect and ctl.overruled == (expect != ctl.learned)
+
+
+def test_a_selector_fitted_on_another_portfolio_or_probe_is_refused_naming_the_fix():
+    with pytest.raises(ControllerError, match="other settings or modes than this twin's portfolio"):
+        make_controller(f"twin:selector={SELECTOR_MODEL},portfolio=training/configs/twin-capped-grid.yaml")
+    with pytest.raises(ControllerError, match="fitted on a 10-s probe.*set probe_s and warmup_s to the model's"):
+        make_controller(f"twin:selector={SELECTOR_MODEL},probe_s=5")
+    with pytest.raises(ControllerError, match="not found; fit one with `python -m training.selector"):
+        make_controller("twin:selector=no-such-model.json")
+    with pytest.raises(ControllerError, match="selector_margin must be >= 0"):
+        make_controller(f"twin:selector={SELECTOR_MODEL},selector_margin=-0.1")
