@@ -50,7 +50,7 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=whole("number of processes"), default=2, help="processes")
 
 
-def test_seeds(a: argparse.Namespace) -> list[int]:
+def judged_seeds(a: argparse.Namespace) -> list[int]:
     """The judged seeds: ``--seeds`` test seeds from 1e9 + ``--first-seed``."""
     return [TRAIN_SEED_MAX + a.first_seed + i for i in range(a.seeds)]
 
@@ -80,7 +80,7 @@ def checked_scenario(p: argparse.ArgumentParser, a: argparse.Namespace, specs: S
             make_controller(spec)
         except (ControllerError, ValueError) as e:
             p.error(f"{flag} {spec!r}: {e}")
-    a.baselines = runnable(scenario, list(dict.fromkeys(wanted)), test_seeds(a))
+    a.baselines = runnable(scenario, list(dict.fromkeys(wanted)), judged_seeds(a))
     if not a.baselines:
         p.error(f"no --baseline runs on {a.scenario or a.distribution}; pass one that does")
     return scenario
@@ -131,7 +131,7 @@ def judge(a: argparse.Namespace, scenario: Any, name: str, make: Any) -> None:
     from training.mix_tune import spec_of
 
     default = spec_of(PORTFOLIO[0], DEFAULT_MODES)
-    seeds = test_seeds(a)
+    seeds = judged_seeds(a)
     cmp, baseline = with_baselines(a, scenario, {"default": default, "judged": make}, seeds)
     base, fixed, judged = cmp.values("baseline"), cmp.values("default"), cmp.values("judged")
 

@@ -56,7 +56,7 @@ def gap_share_ci(row: np.ndarray, base: np.ndarray, oracle: np.ndarray, n_boot: 
 def main(argv: Sequence[str] | None = None) -> int:
     from runtime.flags import OneLineParser
     from training.compare import ceiling_ratio, ratio_ci
-    from training.judge import add_judge_args, checked_scenario, test_seeds, with_baselines
+    from training.judge import add_judge_args, checked_scenario, judged_seeds, with_baselines
 
     p = OneLineParser(prog="python -m training.oracle_gap", description=__doc__.split("\n")[0])
     add_judge_args(p)
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--row {extra!r}: the name {name.strip()!r} is taken; choose another")
         rows[name.strip()] = spec.strip()
     scenario = checked_scenario(p, a, [("--row", s) for s in rows.values()])
-    seeds = test_seeds(a)
+    seeds = judged_seeds(a)
     cmp, baseline = with_baselines(a, scenario, rows, seeds)
     base, oracle = cmp.values("baseline"), cmp.values("oracle")
     where = a.distribution or a.scenario
