@@ -229,8 +229,8 @@ def test_knob_recipe_end_to_end_then_deploy_on_other_sites(tmp_path: Path, monke
     remote = make(f"selector:model=runs:/{run_id}/selector/selector.json")
     assert remote.model == make(f"selector:model={tmp_path / 'ck' / 'selector.json'}").model
     # and into the twin that checks its choice, as the run's last lines print it (the run's probe is 3 s)
-    assert f"--controller twin:selector=runs:/{run_id}/selector/selector.json,probe_s=3 --scenario <any>" in out.stdout
-    assert make(f"twin:selector=runs:/{run_id}/selector/selector.json,probe_s=3").prior == remote.model
+    assert f"--controller twin:selector=runs:/{run_id}/selector/selector.json,replan=0,stress=0,probe_s=3 --scenario <any>" in out.stdout
+    assert make(f"twin:selector=runs:/{run_id}/selector/selector.json,replan=0,stress=0,probe_s=3").prior == remote.model
     assert sim(scenario_of("edge-fleet"), remote, seed=3, duration=3.0)["requests_completed"] > 0
     from controllers import ControllerError
 

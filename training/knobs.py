@@ -725,8 +725,8 @@ def train_knobs(args: Any, cfg: dict[str, Any], algo_cls: Any) -> int:
         from controllers.selector import PROBE_S
 
         probe = "" if cfg["selector"]["probe_s"] == PROBE_S else f",probe_s={cfg['selector']['probe_s']:g}"
-        print(f"  the twin checking the selector's choice: python -m runtime simulate --controller "
-              f"twin:selector=runs:/{run_id}/selector/{SELECTOR_FILE}{probe} --scenario <any>")
+        print(f"  the twin checking the selector's choice (plan-once, as judged in docs/twin.md): python -m runtime simulate "
+              f"--controller twin:selector=runs:/{run_id}/selector/{SELECTOR_FILE},replan=0,stress=0{probe} --scenario <any>")
     if twin_spec(ev):
         print(f"  the twin (no training; it models each system from a probe): python -m runtime simulate --controller "
               f"{twin_spec(ev)} --scenario <any>")
