@@ -390,14 +390,23 @@ def test_with_a_selector_the_first_plan_holds_its_choice_unless_the_twin_clearly
 
 
 def test_with_a_selector_it_runs_the_selectors_choice_and_a_race_always_scores_it():
+    from controllers.selector import SelectorModel
+
     scenario = load_scenario(str(Path(SELECTOR_MODEL).parents[1] / "scenarios" / "us-code-edge.yaml"))
-    ctl = make_controller(f"twin:selector={SELECTOR_MODEL},replan=0,stress=0,horizon_s=4,seeds=1,race=1")
+    ctl = make_controller(f"twin:selector={SELECTOR_MODEL},replan=0,stress=0,horizon_s=4,seeds=1")
     Simulator(scenario, 0, 11.0, rate=12.0).run(ctl)
     assert ctl.learned == ctl.prior.choose(ctl.probe_features())
-    assert not np.isnan(ctl.values[ctl.learned]) and np.isnan(ctl.values).sum() == len(PORTFOLIO) - 1 - (ctl.learned != np.nanargmax(ctl.values))
-    best = int(np.nanargmax(ctl.values))
+    best = int(np.argmax(ctl.values))
     expect = best if ctl.values[best] > ctl.values[ctl.learned] * 1.02 else ctl.learned
     assert ctl.chosen == expect and ctl.overruled == (expect != ctl.learned)
+    # a model that always chooses the last setting: a race of one keeps it beside the heats' leader
+    last = [0.5] * (len(PORTFOLIO) - 1) + [0.9]
+    model = SelectorModel(modes=list(DEFAULT_MODES), settings=[dict(p) for p in PORTFOLIO],
+                          trees=[{"left": [-1], "right": [-1], "feature": [0], "threshold": [0.0], "value": [last]}])
+    ctl = Twin(selector=model, replan=0, stress=0, horizon_s=4, seeds=1, race=1)
+    Simulator(scenario, 0, 11.0, rate=12.0).run(ctl)
+    alive = np.flatnonzero(~np.isnan(ctl.values)).tolist()
+    assert ctl.learned == len(PORTFOLIO) - 1 and len(alive) == 2 and ctl.learned in alive
 
 
 def test_a_selector_fitted_on_another_portfolio_or_probe_is_refused_naming_the_fix():
