@@ -473,7 +473,7 @@ class Twin(Selector):
             self.settings.append(best)  # a refined setting
         chosen, held = [setting_key(s) for s in self.settings].index(setting_key(best)), self.chosen
         values = self.values
-        learned = self.learned if self.prior is not None and not self.replanned_at else None
+        learned = None if self.replanned_at else self.learned  # (set only with a selector, at the first plan)
         if learned is not None and chosen != learned and chosen < len(values) \
                 and not values[chosen] > values[learned] * (1 + self.selector_margin):
             chosen = learned  # the twin's best is not clearly better than the selector's choice
