@@ -354,13 +354,13 @@ def test_a_policy_that_is_its_warm_start_is_judged_on_the_warm_starts_runs(tmp_p
     config = write(tmp_path, {**TINY, "eval": {"seeds": 2, "duration": 3.0, "validation_episodes": 2, "twin": False, "scenarios": [
         {"scenario": "colocated", "rate": 8.0, "baselines": ["centralized"], "references": []}]}})
     ran: list[list[str]] = []
-    real = knobs.evaluate_controllers
+    real = knobs.evaluate_grids
 
-    def spy(scenario, controllers, *args, **kwargs):  # type: ignore[no-untyped-def]
-        ran.append(list(controllers))
-        return real(scenario, controllers, *args, **kwargs)
+    def spy(grids, *args, **kwargs):  # type: ignore[no-untyped-def]
+        ran.extend(list(controllers) for _, controllers, _ in grids)
+        return real(grids, *args, **kwargs)
 
-    monkeypatch.setattr(knobs, "evaluate_controllers", spy)
+    monkeypatch.setattr(knobs, "evaluate_grids", spy)
     # without --config it judges over the run's own config (RUN_DIR/config.yaml, which a run writes)
     shutil.copy(config, tmp_path / "run" / knobs.RUN_CONFIG_FILE)
     judge = [str(tmp_path / "run"), "--workers", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -81,11 +81,22 @@ def pool_map(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, de
 def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:
     """Every named controller (a spec, or a picklable no-argument factory) on every seed, in
     ``workers`` processes, with one progress bar: each run is an independent simulation."""
-    jobs = [(name, make, scenario, seed, duration, rate) for name, make in controllers.items() for seed in seeds]
-    cmp = Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers})
-    for name, seed, res in pool_map(_job, jobs, workers, desc):
-        cmp.rows[name][list(seeds).index(seed)] = res
-    return cmp
+    return evaluate_grids([(scenario, controllers, rate)], seeds, duration, workers, desc)[0]
+
+
+def evaluate_grids(grids: Sequence[tuple[Any, dict[str, Any], float | None]], seeds: Sequence[int], duration: float,
+                   workers: int = 1, desc: str = "runs", first: Collection[str] = ()) -> list[Comparison]:
+    """:func:`evaluate_controllers` for several (scenario, controllers, rate) grids in one pool and
+    one progress bar, so no grid's last runs leave a worker idle. The runs of the controllers
+    named in ``first`` (the slow ones, such as a planning twin) are submitted before the rest, so
+    the pool does not end on them. Every run is seeded, so the order changes no figure."""
+    jobs = [(g, (name, make, scenario, seed, duration, rate)) for g, (scenario, controllers, rate) in enumerate(grids)
+            for name, make in controllers.items() for seed in seeds]
+    jobs.sort(key=lambda job: job[1][0] not in first)  # stable: otherwise in grid, controller, seed order
+    cmps = [Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers}) for _, controllers, _ in grids]
+    for (g, _), (name, seed, res) in zip(jobs, pool_map(_job, [job for _, job in jobs], workers, desc)):
+        cmps[g].rows[name][list(seeds).index(seed)] = res
+    return cmps
 
 
 def evaluate_baselines(scenario: Any, specs: Sequence[str], seeds: Sequence[int], duration: float, rate: float | None, workers: int = 1, desc: str = "baselines") -> Comparison:

@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 
 from training.common import ConfigError, add_set_flag, config_source, parse_overrides, progress, progress_callback, with_overrides
-from training.compare import ceiling_ratio, comparison_table, evaluate_controllers, pool_map, ratio_ci
+from training.compare import ceiling_ratio, comparison_table, evaluate_grids, pool_map, ratio_ci
 from training.rollouts import ROLLOUT_DEFAULTS
 
 KNOB_RUN_KEYS = {"n_envs", "total_timesteps", "policy", "env_kwargs", "eval", "vec_env", "half_life_s", "warm_start", "rollouts",
@@ -412,19 +412,21 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         tqdm_write("the policy is its warm start (model selection kept it): its rows are the warm start's runs")
     extras = {name: spec for name, spec in (("selector", selector and f"selector:model={selector}"),
                                             ("twin", twin_spec(ev))) if spec}  # judged beside the policy
-    summary: list[dict[str, Any]] = []
-    tables: list[str] = []
+    grids: list[tuple[Any, dict[str, Any], float | None]] = []
     for sc in ev["scenarios"]:
-        scenario = load_scenario(beside(sc["scenario"], cfg["config_file"]))
-        rate = sc.get("rate")
         named: dict[str, Any] = {spec: spec for spec in sc["baselines"]}
-        refs = list(references(ev, sc))
-        named.update({r: r for r in refs})
+        named.update({r: r for r in references(ev, sc)})
         named["warm start (clone)"] = partial(load_policy, str(warm_dir))
         named["policy"] = partial(load_policy, str(policy_dir))
         named.update(extras)
-        run = {name: make for name, make in named.items() if not (kept_warm and name == "policy")}
-        cmp = evaluate_controllers(scenario, run, seeds, float(ev["duration"]), rate, workers, desc=f"final: {scenario.name}")
+        grids.append((load_scenario(beside(sc["scenario"], cfg["config_file"])), named, sc.get("rate")))
+    # every scenario's runs in one pool, the twin's (a plan per run: the slowest) first
+    cmps = evaluate_grids([(scenario, {name: make for name, make in named.items() if not (kept_warm and name == "policy")}, rate)
+                           for scenario, named, rate in grids], seeds, float(ev["duration"]), workers,
+                          desc=f"final: {len(grids)} scenarios", first={"twin"})
+    summary: list[dict[str, Any]] = []
+    tables: list[str] = []
+    for sc, (scenario, named, rate), cmp in zip(ev["scenarios"], grids, cmps):
         if kept_warm:  # the same export on the same seeds: the same runs (the simulator is deterministic by seed)
             cmp.rows = {name: cmp.rows["warm start (clone)" if name == "policy" else name] for name in named}
         rows, table = comparison_table(cmp, "policy", list(sc["baselines"]))
