@@ -138,24 +138,26 @@ def test_rtt_sweep_rejects_non_positive_rtt_in_one_line(capsys):
     assert "--rtt-sweep" in err and "positive" in err and "\n" not in err
 
 
-def test_several_grids_in_one_pool_give_each_grids_own_runs_with_the_slow_controllers_submitted_first(monkeypatch):
+def test_several_grids_in_one_pool_give_each_grids_own_runs_seed_by_seed():
     """The final comparison runs every scenario in one pool: each grid's figures are the ones it
-    gets alone (runs are seeded, so order is free), and the ``first`` controllers' runs lead."""
+    gets alone (runs are seeded, so order is free), and the runs go seed by seed, so each stretch
+    of the progress bar holds the same mix of controllers."""
     import training.compare as compare
 
     grids = [(load_scenario("colocated"), {"static": "static", "centralized": "centralized"}, 6.0),
-             (load_scenario("wan-4region"), {"wanspec": "wanspec", "centralized": "centralized"}, 10.0)]
-    submitted: list[tuple[str, str]] = []
+             (load_scenario("wan-4region"), {"wanspec": "wanspec"}, 10.0)]
+    submitted: list[tuple[int, str, str]] = []
     real = compare.pool_map
 
     def spy(fn, jobs, *args, **kwargs):  # type: ignore[no-untyped-def]
-        submitted.extend((job[2].name, job[0]) for job in jobs)
+        submitted.extend((job[3], job[2].name, job[0]) for job in jobs)
         return real(fn, jobs, *args, **kwargs)
 
-    monkeypatch.setattr(compare, "pool_map", spy)
-    together = compare.evaluate_grids(grids, [1, 2], 2.0, workers=1, first={"centralized"})
-    assert submitted[:4] == [("colocated", "centralized")] * 2 + [("wan-4region", "centralized")] * 2
-    assert sorted(submitted[4:]) == [("colocated", "static")] * 2 + [("wan-4region", "wanspec")] * 2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare, "pool_map", spy)
+        together = compare.evaluate_grids(grids, [1, 2], 2.0, workers=1)
+    stretch = [("colocated", "static"), ("colocated", "centralized"), ("wan-4region", "wanspec")]
+    assert submitted == [(seed, *run) for seed in (1, 2) for run in stretch]
     for (scenario, controllers, rate), cmp in zip(grids, together):
         alone = compare.evaluate_controllers(scenario, controllers, [1, 2], 2.0, rate)
         assert list(cmp.rows) == list(controllers) and cmp.rows == alone.rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,14 +85,14 @@ def evaluate_controllers(scenario: Any, controllers: dict[str, Any], seeds: Sequ
 
 
 def evaluate_grids(grids: Sequence[tuple[Any, dict[str, Any], float | None]], seeds: Sequence[int], duration: float,
-                   workers: int = 1, desc: str = "runs", first: Collection[str] = ()) -> list[Comparison]:
+                   workers: int = 1, desc: str = "runs") -> list[Comparison]:
     """:func:`evaluate_controllers` for several (scenario, controllers, rate) grids in one pool and
-    one progress bar, so no grid's last runs leave a worker idle. The runs of the controllers
-    named in ``first`` (the slow ones, such as a planning twin) are submitted before the rest, so
-    the pool does not end on them. Every run is seeded, so the order changes no figure."""
-    jobs = [(g, (name, make, scenario, seed, duration, rate)) for g, (scenario, controllers, rate) in enumerate(grids)
-            for name, make in controllers.items() for seed in seeds]
-    jobs.sort(key=lambda job: job[1][0] not in first)  # stable: otherwise in grid, controller, seed order
+    one progress bar, so no grid's last runs leave a worker idle while the next grid waits. Runs
+    go seed by seed (every grid's controllers on the first seed, then the second...), so each
+    stretch of the bar holds the same mix of slow and fast controllers and its ETA holds from the
+    start. Every run is seeded, so the order changes no figure."""
+    jobs = [(g, (name, make, scenario, seed, duration, rate)) for seed in seeds
+            for g, (scenario, controllers, rate) in enumerate(grids) for name, make in controllers.items()]
     cmps = [Comparison(list(seeds), {name: [{}] * len(seeds) for name in controllers}) for _, controllers, _ in grids]
     for (g, _), (name, seed, res) in zip(jobs, pool_map(_job, [job for _, job in jobs], workers, desc)):
         cmps[g].rows[name][list(seeds).index(seed)] = res

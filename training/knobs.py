@@ -420,10 +420,9 @@ def final_comparison(policy_dir: Path, warm_dir: Path, cfg: dict[str, Any], work
         named["policy"] = partial(load_policy, str(policy_dir))
         named.update(extras)
         grids.append((load_scenario(beside(sc["scenario"], cfg["config_file"])), named, sc.get("rate")))
-    # every scenario's runs in one pool, the twin's (a plan per run: the slowest) first
     cmps = evaluate_grids([(scenario, {name: make for name, make in named.items() if not (kept_warm and name == "policy")}, rate)
                            for scenario, named, rate in grids], seeds, float(ev["duration"]), workers,
-                          desc=f"final: {len(grids)} scenarios", first={"twin"})
+                          desc=f"final: {len(grids)} scenarios x {len(seeds)} seeds")
     summary: list[dict[str, Any]] = []
     tables: list[str] = []
     for sc, (scenario, named, rate), cmp in zip(ev["scenarios"], grids, cmps):
