@@ -1,7 +1,7 @@
 """Train a knob policy (``specctl/SpecKnobs-v0``) over a scenario distribution and judge it held out.
 
-    python training/train.py                                          # the default (this recipe, ~5-10 min)
-    python training/train.py --config training/configs/knobs-full.yaml  # the full recipe (3x the labelled states)
+    python training/train.py                                          # the default: warm start, selector, final comparison
+    python training/train.py --config training/configs/knobs-full.yaml  # the full recipe (rollouts, the run's own selector labels)
 
 The recipe, and why:
 
@@ -12,6 +12,7 @@ The recipe, and why:
 2. **Policy improvement by rollouts** (``rollouts:``; :mod:`training.rollouts`): label states the
    policy visits by holding each candidate knob setting in a copy of the simulator, fit the
    policy to the clear winners, repeat. PPO from the clone did not move it in 3,000 steps.
+   ``knobs.yaml`` (the quickstart) runs none: they did not improve its tuned warm start.
 3. **PPO at the control interval** for ``total_timesteps`` (0 in the default configs;
    MaskablePPO: modes that cannot run are masked). ``half_life_s`` sets the discount per
    simulated second (``gamma = 0.5 ** (interval_s / half_life_s)``). ``paired_reward``: each
