@@ -2,9 +2,11 @@
 
     python benchmarks/twin_race_diagnosis.py --systems 16 --first-seed 7600        # ~35 min on 2 cores
     python benchmarks/twin_race_diagnosis.py --systems 2 --race 2 4 --horizon-s 20   # a quick look
+    python benchmarks/twin_race_diagnosis.py --portfolio default --horizon-s 30 --stress 0 --race 2 3   # the quickstart's twin
 
 On each system of a distribution (or seed of a scenario), the twin probes as it does
-(``twin:portfolio=FILE,horizon_s=...``, default: the 18-setting capped grid with 60-s runs) and
+(``twin:portfolio=FILE,horizon_s=...``, default: the 18-setting capped grid with 60-s runs;
+``--portfolio default``: the twin's own six settings) and
 builds its plan's twins. Every setting then runs on every twin workload, each run timed: the
 full plan. From that table, for each ``--race`` value, the raced plan (:func:`plan_settings`
 with ``race``: every setting on the heats, the best ``race`` on the rest) is replayed without
@@ -32,6 +34,7 @@ def full_plan(job: tuple[Any, float | None, str, int, float, float, int, int]) -
     """One system: each setting's SLO-met requests on each twin workload of the twin's first
     plan, and each run's wall seconds (rows: settings; columns: :func:`twin_workloads`' order)."""
     where, rate, portfolio, seed, duration, horizon_s, seeds, stress = job
+    from controllers.lookahead import PORTFOLIO
     from controllers.twin import Twin, slo_met, twin_workloads
     from runtime.distribution import ScenarioDistribution
     from runtime.sim import Simulator
@@ -46,7 +49,7 @@ def full_plan(job: tuple[Any, float | None, str, int, float, float, int, int]) -
             return None
 
     scenario, rate = where.draw(seed) if isinstance(where, ScenarioDistribution) else (where, rate)
-    probe = Probe(portfolio=portfolio, horizon_s=horizon_s, seeds=seeds, stress=stress, replan=0, background=False)
+    probe = Probe(portfolio=PORTFOLIO if portfolio == "default" else portfolio, horizon_s=horizon_s, seeds=seeds, stress=stress, replan=0, background=False)
     Simulator(scenario, seed, duration, rate=rate).run(probe)
     if probe.args is None:
         raise RuntimeError(f"system {seed}: the twin never planned (no arrivals in its probe)")
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(description=__doc__.split("\n")[0])
     add_system_flags(p, DEFAULT_DIST, 7600, "choose a race size on seeds below the test seeds (1e9); check it on those")
     p.add_argument("--duration", type=positive_float, default=60.0, help="simulated seconds of arrivals per system")
-    p.add_argument("--portfolio", default=DEFAULT_PORTFOLIO, help="the twin's portfolio file (python -m training.portfolio format)")
+    p.add_argument("--portfolio", default=DEFAULT_PORTFOLIO,
+                   help="the twin's portfolio file (python -m training.portfolio format), or `default` for the twin's own six settings")
     p.add_argument("--horizon-s", type=positive_float, default=60.0, help="the twin's runs (simulated s of arrivals)")
     p.add_argument("--seeds", type=whole("number of workloads"), default=2, help="measured-twin workloads per setting")
     p.add_argument("--stress", type=int, default=2, help="stressed twins per plan (0: none)")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--stress must be >= 0, got {a.stress}")
     import numpy as np
 
-    from controllers.lookahead import load_portfolio
+    from controllers.lookahead import PORTFOLIO, load_portfolio
     from controllers.selector import PROBE_S
     from controllers.twin import race_heats, race_leaders
     from runtime.distribution import DistributionError, ScenarioDistribution
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.duration <= PROBE_S:
         p.error(f"--duration must exceed the twin's {PROBE_S:g}-s probe, got {a.duration:g}")
     try:
-        n_settings = len(load_portfolio(a.portfolio)[1])
+        n_settings = len(PORTFOLIO if a.portfolio == "default" else load_portfolio(a.portfolio)[1])
         where = load_scenario(a.scenario) if a.scenario else ScenarioDistribution.load(a.distribution or DEFAULT_DIST)
     except (ValueError, ScenarioError, DistributionError, OSError) as e:
         p.error(str(e))
