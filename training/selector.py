@@ -70,7 +70,8 @@ def _job(job: tuple[dict[str, Any], int, float, int, list[dict[str, Any]], list[
 
 
 def fit_forest(x: np.ndarray, shares: np.ndarray, leaf: int, seed: int = 0) -> Any:
-    """A random forest (sklearn) predicting every setting's share at once from the probe features."""
+    """A random forest (sklearn) predicting every setting's share at once from the probe features.
+    One thread: its trees are small, and on 2 cores two threads fitted the shipped labels slower."""
     from sklearn.ensemble import RandomForestRegressor
 
     return RandomForestRegressor(n_estimators=TREES, min_samples_leaf=leaf, random_state=seed, n_jobs=1).fit(x, shares)
@@ -89,19 +90,32 @@ def export_trees(forest: Any) -> list[dict[str, list]]:
     return trees
 
 
-def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, folds: int = 5,
-                   seed: int = 0) -> np.ndarray:
-    """The setting each system would get from a model fitted on the other folds."""
-    n = len(x)
-    order = np.random.default_rng(seed).permutation(n)
-    picks = np.zeros(n, dtype=int)
+def fold_predictions(x: np.ndarray, shares: np.ndarray, leaf: int, folds: int = 5, seed: int = 0,
+                     bar: Any = None) -> np.ndarray:
+    """Each system's predicted shares from a forest fitted on the other folds (``bar``: a
+    progress bar advanced once per fold)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    pred = np.zeros(shares.shape, dtype=float)
     for f in range(folds):
         test = order[f::folds]
         train = np.setdiff1d(order, test)
-        pred = fit_forest(x[train], shares[train], leaf, seed).predict(x[test]).reshape(len(test), -1)
-        best = pred.argmax(axis=1)
-        picks[test] = np.where(pred[np.arange(len(test)), best] - pred[:, 0] > margin, best, 0)
-    return picks
+        pred[test] = fit_forest(x[train], shares[train], leaf, seed).predict(x[test]).reshape(len(test), -1)
+        if bar is not None:
+            bar.update()
+    return pred
+
+
+def choices(pred: np.ndarray, margin: float) -> np.ndarray:
+    """The setting each row's predicted shares choose: the best, if it beats the default
+    (setting 0) by more than ``margin``, else the default."""
+    best = pred.argmax(axis=1)
+    return np.where(pred[np.arange(len(pred)), best] - pred[:, 0] > margin, best, 0)
+
+
+def cross_validate(x: np.ndarray, shares: np.ndarray, leaf: int, margin: float, folds: int = 5,
+                   seed: int = 0) -> np.ndarray:
+    """The setting each system would get from a model fitted on the other folds."""
+    return choices(fold_predictions(x, shares, leaf, folds, seed), margin)
 
 
 @dataclass
@@ -182,8 +196,10 @@ class SelectorFit:
 
 def fit(data: SelectorData, settings: list[dict[str, Any]], modes: Sequence[str], folds: int = 5, seed: int = 0) -> SelectorFit:
     """Choose the leaf size and switching margin by ``folds``-fold cross-validation over systems,
-    then fit the forest on every system (see the module docstring)."""
+    then fit the forest on every system (see the module docstring). The margin only reads the
+    predictions, so each leaf size's folds are fitted once (16 forests, not 66)."""
     from controllers.selector import SelectorModel
+    from training.common import progress
     from training.compare import ratio_ci
     from training.mix_tune import shares_of_best, spec_of
 
@@ -194,14 +210,19 @@ def fit(data: SelectorData, settings: list[dict[str, Any]], modes: Sequence[str]
         raise ValueError(f"{len(x)} labelled systems cannot be split into {folds} folds; label more systems")
     shares = shares_of_best(goodput)
     rows = np.arange(len(x))
-    scores = {}
-    for leaf in LEAVES:
-        for m in MARGINS:
-            scores[leaf, m] = shares[rows, cross_validate(x, shares, leaf, m, folds, seed)].mean()
-    leaf, margin = max(scores, key=lambda k: (scores[k], k[1], k[0]))  # ties: switch less, larger leaves
-    picks = cross_validate(x, shares, leaf, margin, folds, seed)
-    model = SelectorModel(modes=list(modes), settings=[dict(s) for s in settings],
-                          trees=export_trees(fit_forest(x, shares, leaf, seed)), margin=float(margin), probe_s=data.probe_s)
+    scores, preds = {}, {}
+    with progress(total=len(LEAVES) * folds + 1, desc=f"selector: fit forests ({folds} folds x {len(LEAVES)} leaf sizes, then all)",
+                  unit="forest") as bar:
+        for leaf in LEAVES:
+            preds[leaf] = fold_predictions(x, shares, leaf, folds, seed, bar)
+            for m in MARGINS:
+                scores[leaf, m] = shares[rows, choices(preds[leaf], m)].mean()
+        leaf, margin = max(scores, key=lambda k: (scores[k], k[1], k[0]))  # ties: switch less, larger leaves
+        picks = choices(preds[leaf], margin)
+        trees = export_trees(fit_forest(x, shares, leaf, seed))
+        bar.update()
+    model = SelectorModel(modes=list(modes), settings=[dict(s) for s in settings], trees=trees, margin=float(margin),
+                          probe_s=data.probe_s)
     return SelectorFit(model, [spec_of(s, modes) for s in settings], len(x), folds, leaf, float(margin), float(shares[:, 0].mean()),
                        float(shares[rows, picks].mean()), ratio_ci(goodput[rows, picks], goodput[:, 0]),
                        [float(np.mean(picks == i)) for i in range(len(settings))])
