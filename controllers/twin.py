@@ -55,7 +55,7 @@ from runtime.scenario import Scenario, build_scenario
 
 from controllers.knobs import CAP_LEVELS, DEFAULT_MODES, K_CAP_LEVELS, fixed_controller, setting_key
 from controllers.lookahead import PORTFOLIO, load_portfolio
-from controllers.selector import PROBE_S, WARMUP_S, Selector, SelectorModel, load_selector
+from controllers.selector import Selector, SelectorModel, load_selector
 
 #: Where the forward-time tables are sampled: new tokens per forward, and context tokens.
 NEW_TOKENS: tuple[int, ...] = tuple(2**i for i in range(15))  # 1 .. 16384
@@ -87,6 +87,11 @@ STRESS_FLIP_PROB, STRESS_BUSY, STRESS_DWELL_S = 0.3, (0.4, 0.8), ((10.0, 60.0), 
 STRESS_DRIFT_PROB = 0.3
 #: Stressed twins per plan, the default since it passed its rule on unseen systems of the mix (docs/twin.md).
 STRESS = 2
+#: The twin's probe and the start of its averaging (s): shorter than the selector's 10 s, since a probe
+#: runs the default setting, which can be far from a system's best, and the twin needs only rates,
+#: lengths, loads and acceptance from it (docs/twin.md, "A 4-s probe"). With a learned selector
+#: (``selector=FILE``) it probes as long as the selector was fitted on.
+TWIN_PROBE_S, TWIN_WARMUP_S = 4.0, 1.0
 
 
 @dataclass
@@ -294,7 +299,8 @@ class Twin(Selector):
 
     name = "twin"
 
-    def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float = PROBE_S, warmup_s: float = WARMUP_S,
+    def __init__(self, horizon_s: float = 30.0, seeds: int = 2, probe_s: float | None = None,
+                 warmup_s: float | None = None,
                  portfolio: Sequence[dict[str, Any]] | str | Path = PORTFOLIO, modes: Sequence[str] = DEFAULT_MODES,
                  refine: int = 0,
                  guard: bool = False, replan: int = REPLAN, replan_gap_s: float = REPLAN_GAP_S,
@@ -307,6 +313,11 @@ class Twin(Selector):
         if replan_gap_s < 0 or replan_margin < 0 or probe_margin < 0 or selector_margin < 0:
             raise ValueError(f"replan_gap_s, replan_margin, probe_margin and selector_margin must be >= 0, got "
                              f"{replan_gap_s}, {replan_margin}, {probe_margin} and {selector_margin}")
+        prior = load_selector(selector) if isinstance(selector, (str, Path)) else selector
+        if probe_s is None:
+            probe_s = prior.probe_s if prior is not None else TWIN_PROBE_S
+        if warmup_s is None:
+            warmup_s = prior.warmup_s if prior is not None else TWIN_WARMUP_S
         if not 0 < warmup_s < probe_s:
             raise ValueError(f"need 0 < warmup_s < probe_s, got {warmup_s} and {probe_s}")
         if isinstance(portfolio, (str, Path)):  # a file from `python -m training.portfolio`
@@ -318,7 +329,7 @@ class Twin(Selector):
         self.probe_margin = float(probe_margin)
         self.stress, self.race = int(stress), int(race)
         self.portfolio = list(self.settings)
-        self.prior = load_selector(selector) if isinstance(selector, (str, Path)) else selector
+        self.prior = prior
         if self.prior is not None:
             self._check_prior(str(selector) if isinstance(selector, (str, Path)) else "the selector model")
         self.selector_margin = float(selector_margin)
