@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.rate is not None and not a.scenario:
         p.error("--rate applies to --scenario; a distribution draws each system's rate")
-    from controllers.selector import PROBE_S
+    from controllers.twin import TWIN_PROBE_S
 
-    if a.duration <= PROBE_S:
-        p.error(f"--duration must exceed the twin's {PROBE_S:g}-s probe, got {a.duration:g}")
+    if a.duration <= TWIN_PROBE_S:
+        p.error(f"--duration must exceed the twin's {TWIN_PROBE_S:g}-s probe, got {a.duration:g}")
     if a.stress < 0:
         p.error(f"--stress must be >= 0, got {a.stress}")
     try:

@@ -83,14 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from controllers.lookahead import PORTFOLIO, load_portfolio
-    from controllers.selector import PROBE_S
-    from controllers.twin import race_heats, race_leaders
+    from controllers.twin import TWIN_PROBE_S, race_heats, race_leaders
     from runtime.distribution import DistributionError, ScenarioDistribution
     from runtime.scenario import ScenarioError, load_scenario
     from training.compare import pool_map
 
-    if a.duration <= PROBE_S:
-        p.error(f"--duration must exceed the twin's {PROBE_S:g}-s probe, got {a.duration:g}")
+    if a.duration <= TWIN_PROBE_S:
+        p.error(f"--duration must exceed the twin's {TWIN_PROBE_S:g}-s probe, got {a.duration:g}")
     try:
         n_settings = len(PORTFOLIO if a.portfolio == "default" else load_portfolio(a.portfolio)[1])
         where = load_scenario(a.scenario) if a.scenario else ScenarioDistribution.load(a.distribution or DEFAULT_DIST)
